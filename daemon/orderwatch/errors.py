@@ -1,0 +1,47 @@
+"""One small error hierarchy. The CLI turns these into one line and an exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OrderwatchError(Exception):
+    """Root of every error orderwatch raises on purpose. Exit code 1 unless said otherwise."""
+
+    exit_code = 1
+
+
+class UsageError(OrderwatchError):
+    """The user asked for something that cannot be done as asked (exit 2)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One located problem in a config or watchlist: `file:line: key: message`."""
+
+    file: str
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(UsageError):
+    """The config is invalid; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class StateLockedError(UsageError):
+    """Another daemon already owns this embedded state directory."""
+
+
+class StoreError(OrderwatchError):
+    """The durable store failed (disk full, database unreachable, corrupt file)."""

@@ -1,0 +1,112 @@
+"""The typed, frozen shape of the config. Loading, locating errors and overrides live in config.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from orderwatch.durations import parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _positive(v: float) -> float:
+    if v <= 0:
+        raise ValueError("must be greater than zero")
+    return v
+
+
+PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RunaSettings(_Section):
+    base_url: str = "https://playground.runa.io/v2"
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    api_version: str = "2024-02-05"
+    timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> RunaSettings:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("give api_key or api_key_file, not both")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with https:// (or http:// for a local simulator)")
+        return self
+
+
+class RateLimitSettings(_Section):
+    requests_per_second: float = Field(5.0, gt=0, le=100_000)
+    max_concurrency: int = Field(4, ge=1, le=1024)
+
+
+class PollingSettings(_Section):
+    initial_delay_s: Seconds = Field(2.0, alias="initial_delay")
+    backoff_factor: float = Field(2.0, ge=1.0, le=100.0)
+    max_interval_s: PositiveSeconds = Field(300.0, alias="max_interval")
+    jitter: float = Field(0.1, ge=0.0, le=1.0)
+    give_up_after_s: PositiveSeconds = Field(72 * 3600.0, alias="give_up_after")
+    not_found_grace_s: Seconds = Field(600.0, alias="not_found_grace")
+
+
+class WebhookSettings(_Section):
+    url: str
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    secrets: tuple[SecretStr, ...] = ()  # extra secrets during rotation: every one signs
+    timeout_s: PositiveSeconds = Field(15.0, alias="timeout")
+    retry_schedule_s: tuple[Seconds, ...] = Field(
+        (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0), alias="retry_schedule"
+    )
+    max_concurrency: int = Field(8, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _check(self) -> WebhookSettings:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must start with https:// or http://")
+        if self.secret is None and self.secret_file is None and not self.secrets:
+            raise ValueError("a webhook needs secret, secret_file or secrets")
+        return self
+
+
+class AdminSettings(_Section):
+    listen: str | None = "127.0.0.1:9464"
+    token_file: Path | None = None
+
+
+class LoggingSettings(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(_Section):
+    """The whole config: one frozen object built once at the edge."""
+
+    runa: RunaSettings = RunaSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    polling: PollingSettings = PollingSettings()
+    watchlists: tuple[Path, ...] = ()
+    state_dir: Path = Path("/var/lib/orderwatch")
+    state_dsn: SecretStr | None = None
+    output_dir: Path = Path("/var/lib/orderwatch/orders")
+    webhooks: tuple[WebhookSettings, ...] = ()
+    commands: tuple[tuple[str, ...], ...] = ()
+    command_timeout_s: PositiveSeconds = Field(30.0, alias="command_timeout")
+    callbacks: tuple[str, ...] = ()
+    admin: AdminSettings = AdminSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown_timeout_s: PositiveSeconds = Field(5.0, alias="shutdown_timeout")

@@ -1,0 +1,193 @@
+"""The store interface every backend implements (SQLite now, PostgreSQL for replicas).
+
+Times are wall-clock epoch seconds (they must survive restarts). Work is handed out as leases:
+a claimed order or delivery is invisible to other claimers until `lease_until`, and every write
+that acts on a claim names its fencing token, so a worker whose lease was taken over writes
+nothing (the call returns False).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+OrderState = Literal["pending", "final", "expired", "not_found"]
+DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A pending order leased to one worker for one poll."""
+
+    order_id: str
+    fence: int
+    added_at: float
+    polls: int  # successful PROCESSING answers so far: drives the normal cadence
+    error_streak: int  # failures in a row: drives the error backoff, a separate budget
+    first_404_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A final event: its stable id, and the exact bytes every sink receives."""
+
+    event_id: str
+    order_id: str
+    event_type: str  # order.completed | order.failed | order.expired | order.not_found
+    body: bytes  # {"type", "timestamp", "data"}, serialized once, sent verbatim forever
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """What `status` shows of one order."""
+
+    order_id: str
+    state: OrderState
+    added_at: float
+    polls: int
+    error_streak: int
+    next_poll_at: float | None
+    last_error: str | None
+    final_status: str | None  # COMPLETED / FAILED / EXPIRED / NOT_FOUND
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryClaim:
+    """One (event, sink) delivery leased to one sender for one attempt."""
+
+    event: EventRecord
+    sink: str
+    attempts: int  # attempts made before this one
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    """What `status` shows of one delivery."""
+
+    event_id: str
+    order_id: str
+    sink: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_outcome: str | None
+
+
+class Store(Protocol):
+    """Durable queue of orders and outbox of deliveries. Every method is safe to call from
+    the event loop (backends do blocking I/O off the loop)."""
+
+    # -- orders --------------------------------------------------------------------------
+    async def add_orders(self, order_ids: Iterable[str], now: float, first_poll_at: float) -> int:
+        """Insert new pending orders (existing ones, in any state, are left alone).
+        Returns how many were new. Durable when it returns."""
+        ...
+
+    async def claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
+        """Lease up to `limit` pending orders whose next poll is due, earliest due first."""
+        ...
+
+    async def next_due_at(self) -> float | None:
+        """Earliest next_poll_at among pending, unleased orders (None when there are none)."""
+        ...
+
+    async def reschedule(
+        self,
+        claim: Claim,
+        next_poll_at: float,
+        *,
+        polls: int,
+        error_streak: int,
+        first_404_at: float | None,
+        last_error: str | None,
+        last_body: bytes | None,
+    ) -> bool:
+        """Keep the order pending with its new counters; drop the lease. False if fenced out.
+        `last_body` None keeps the previous stored body."""
+        ...
+
+    async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
+        """Drop the lease without counting a poll (429, auth pause, shutdown)."""
+        ...
+
+    async def finish(
+        self,
+        claim: Claim,
+        state: OrderState,
+        final_status: str,
+        event: EventRecord,
+        sinks: Sequence[str],
+    ) -> bool:
+        """In one transaction: end the order, store its event, queue one delivery per sink.
+        False (and nothing written) if fenced out or the order is no longer pending."""
+        ...
+
+    async def last_body(self, order_id: str) -> bytes | None:
+        """The last API body stored for an order (for expired/not_found events)."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Orders by state, every state present (zero where none)."""
+        ...
+
+    async def oldest_pending_added_at(self) -> float | None:
+        """added_at of the oldest pending order (for the stuck-order alert)."""
+        ...
+
+    async def get_orders(self, order_ids: Sequence[str]) -> list[OrderRow]:
+        """Rows for the IDs that exist, in the order asked."""
+        ...
+
+    # -- deliveries (outbox) ---------------------------------------------------------------
+    async def claim_deliveries(
+        self, now: float, limit: int, owner: str, lease_s: float, sinks: Sequence[str]
+    ) -> list[DeliveryClaim]:
+        """Lease due pending deliveries for the given sinks, earliest due first."""
+        ...
+
+    async def next_delivery_due_at(self, sinks: Sequence[str]) -> float | None:
+        """Earliest due pending delivery among `sinks`."""
+        ...
+
+    async def record_delivery(
+        self,
+        claim: DeliveryClaim,
+        now: float,
+        state: DeliveryState,
+        outcome: str,
+        next_attempt_at: float | None,
+    ) -> bool:
+        """Record one attempt's result; drop the lease. False if fenced out."""
+        ...
+
+    async def replay(self, order_ids: Sequence[str], sinks: Sequence[str], now: float) -> int:
+        """Queue every final event of these orders again to every sink, due now, same event id.
+        Returns how many deliveries were queued."""
+        ...
+
+    async def get_deliveries(self, order_ids: Sequence[str]) -> list[DeliveryRow]:
+        """Delivery rows for these orders."""
+        ...
+
+    async def delivery_counts(self) -> dict[str, int]:
+        """Deliveries by state."""
+        ...
+
+    async def get_event(self, order_id: str) -> EventRecord | None:
+        """The final event of an order, if it has one."""
+        ...
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def release_owner(self, owner: str) -> None:
+        """Drop every lease this owner holds (clean shutdown)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError if the store cannot be used right now (readiness)."""
+        ...
+
+    async def close(self) -> None: ...
