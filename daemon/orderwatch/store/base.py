@@ -22,6 +22,7 @@ class Claim:
 
     order_id: str
     fence: int
+    due_at: float  # when it was due; `release` without a time puts it back there
     added_at: float
     polls: int  # successful PROCESSING answers so far: drives the normal cadence
     error_streak: int  # failures in a row: drives the error backoff, a separate budget
@@ -182,8 +183,8 @@ class Store(Protocol):
         ...
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def release_owner(self, owner: str) -> None:
-        """Drop every lease this owner holds (clean shutdown)."""
+    async def release_owner(self, owner: str, now: float) -> None:
+        """Drop every lease this owner holds, making those items due by `now` (clean shutdown)."""
         ...
 
     async def ping(self) -> None:

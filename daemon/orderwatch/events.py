@@ -1,0 +1,50 @@
+"""Final events: their stable ids and the exact bytes every sink receives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from orderwatch.store.base import EventRecord
+
+EVENT_TYPES = {
+    "COMPLETED": "order.completed",
+    "FAILED": "order.failed",
+    "EXPIRED": "order.expired",
+    "NOT_FOUND": "order.not_found",
+}
+
+
+def event_id(order_id: str, event_type: str) -> str:
+    """Stable across retries, restarts, replays and replicas: derived from order and event only."""
+    return f"evt_{event_type.removeprefix('order.')}_{order_id}"
+
+
+def make_event(order_id: str, final_status: str, data: Any, now: float) -> EventRecord:
+    """Build the event once; its body is stored and sent verbatim on every attempt and replay."""
+    event_type = EVENT_TYPES[final_status]
+    stamp = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
+    body = json.dumps(
+        {"type": event_type, "timestamp": stamp, "data": data},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    return EventRecord(
+        event_id=event_id(order_id, event_type),
+        order_id=order_id,
+        event_type=event_type,
+        body=body,
+        created_at=now,
+    )
+
+
+def terminal_data(order_id: str, status: str, last_body: bytes | None) -> dict[str, Any]:
+    """`data` for expired / not_found events: no payload, the last API body if it was JSON."""
+    last: Any = None
+    if last_body:
+        try:
+            last = json.loads(last_body)
+        except ValueError:
+            last = None
+    return {"id": order_id, "status": status, "last_response": last}

@@ -1,0 +1,51 @@
+"""Portable SQL for the store: one schema both backends create (types chosen to mean the same
+in SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES = [
+    """CREATE TABLE IF NOT EXISTS meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS orders (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        added_at DOUBLE PRECISION NOT NULL,
+        next_poll_at DOUBLE PRECISION,
+        lease_owner TEXT,
+        fence BIGINT NOT NULL DEFAULT 0,
+        polls INTEGER NOT NULL DEFAULT 0,
+        error_streak INTEGER NOT NULL DEFAULT 0,
+        first_404_at DOUBLE PRECISION,
+        last_error TEXT,
+        last_body BYTEA,
+        final_status TEXT,
+        finished_at DOUBLE PRECISION)""",
+    """CREATE INDEX IF NOT EXISTS orders_due ON orders (next_poll_at)
+        WHERE state = 'pending'""",
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_order ON events (order_id)",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        event_id TEXT NOT NULL,
+        sink TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION,
+        lease_owner TEXT,
+        fence BIGINT NOT NULL DEFAULT 0,
+        last_outcome TEXT,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (event_id, sink))""",
+    """CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_attempt_at)
+        WHERE state = 'pending'""",
+]
+
+ORDER_STATES = ("pending", "final", "expired", "not_found")
+DELIVERY_STATES = ("pending", "delivered", "dead", "disabled")

@@ -1,0 +1,474 @@
+"""The embedded store: one SQLite file (WAL) under state_dir, owned by one daemon at a time.
+
+All SQL runs on one dedicated thread with one connection, so the event loop never blocks on
+disk and SQLite sees no concurrent use of a connection. Other processes (`orderwatch add`,
+`status`, `replay`) open their own connection; WAL lets them read and write beside the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orderwatch.errors import StateLockedError, StoreError
+from orderwatch.store.base import (
+    Claim,
+    DeliveryClaim,
+    DeliveryRow,
+    DeliveryState,
+    EventRecord,
+    OrderRow,
+    OrderState,
+)
+from orderwatch.store.schema import DELIVERY_STATES, ORDER_STATES, SCHEMA_VERSION, TABLES
+
+T = TypeVar("T")
+DB_NAME = "orderwatch.sqlite3"
+LOCK_NAME = "daemon.lock"
+_CHUNK = 20_000
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create state_dir 0700 (it holds payout links) or tighten an existing one we own."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if state_dir.stat().st_mode & 0o077:
+            os.chmod(state_dir, 0o700)
+    except OSError as e:
+        raise StoreError(f"state_dir {state_dir}: {e.strerror or e}") from e
+
+
+class DaemonLock:
+    """An exclusive flock on state_dir/daemon.lock: one daemon per embedded state."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateLockedError(
+                f"{self.path.parent}: another orderwatch daemon is already running on this state"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def is_held_elsewhere(self) -> bool:
+        """True when some other process holds the lock (a daemon runs on this state)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+class SqliteStore:
+    """Store over one SQLite file. Open with `await SqliteStore.open(state_dir)`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orderwatch-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, state_dir: Path, *, daemon: bool = False, now: float = 0.0) -> SqliteStore:
+        """Open (creating if needed). `daemon=True` also frees leases a crash left behind:
+        only call it while holding the DaemonLock."""
+        prepare_state_dir(state_dir)
+        store = cls(state_dir / DB_NAME)
+        await store._run(store._connect)
+        if daemon:
+            await store._run(store._recover, now)
+        return store
+
+    # -- plumbing ------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.Error as e:
+            raise StoreError(f"state database {self.path}: {e}") from e
+
+    def _connect(self) -> None:
+        old_umask = os.umask(0o077)  # the db, -wal and -shm files hold payout links
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        finally:
+            os.umask(old_umask)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        with self._tx(db):
+            for ddl in TABLES:
+                db.execute(ddl)
+            db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        self._db = db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store is closed"
+        return self._db
+
+    @contextlib.contextmanager
+    def _tx(self, db: sqlite3.Connection | None = None, durable: bool = False) -> Iterator[None]:
+        """One write transaction; `durable` fsyncs the WAL at commit (accepted orders, finals)."""
+        db = db or self.db
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+
+    def _recover(self, now: float) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE orders SET lease_owner = NULL, next_poll_at = MIN(next_poll_at, ?)"
+                " WHERE lease_owner IS NOT NULL AND state = 'pending'",
+                (now,),
+            )
+            self.db.execute(
+                "UPDATE deliveries SET lease_owner = NULL,"
+                " next_attempt_at = MIN(next_attempt_at, ?)"
+                " WHERE lease_owner IS NOT NULL AND state = 'pending'",
+                (now,),
+            )
+
+    # -- orders --------------------------------------------------------------------------
+    async def add_orders(self, order_ids: Iterable[str], now: float, first_poll_at: float) -> int:
+        return await self._run(self._add_orders, order_ids, now, first_poll_at)
+
+    def _add_orders(self, order_ids: Iterable[str], now: float, first_poll_at: float) -> int:
+        added = 0
+        sql = (
+            "INSERT INTO orders(id, state, added_at, next_poll_at)"
+            " VALUES (?, 'pending', ?, ?) ON CONFLICT(id) DO NOTHING"
+        )
+        for chunk in _chunks(order_ids, _CHUNK):
+            before = self.db.total_changes
+            with self._tx(durable=True):
+                self.db.executemany(sql, [(i, now, first_poll_at) for i in chunk])
+            added += self.db.total_changes - before
+        return added
+
+    async def claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
+        return await self._run(self._claim_due, now, limit, owner, lease_s)
+
+    def _claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
+        with self._tx():
+            rows = self.db.execute(
+                "SELECT id, fence + 1, next_poll_at, added_at, polls, error_streak, first_404_at"
+                " FROM orders WHERE state = 'pending' AND next_poll_at <= ?"
+                " ORDER BY next_poll_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            self.db.executemany(
+                "UPDATE orders SET lease_owner = ?, fence = ?, next_poll_at = ? WHERE id = ?",
+                [(owner, r[1], now + lease_s, r[0]) for r in rows],
+            )
+        return [Claim(*r) for r in rows]
+
+    async def next_due_at(self) -> float | None:
+        return await self._run(
+            self._scalar, "SELECT MIN(next_poll_at) FROM orders WHERE state = 'pending'"
+        )
+
+    def _scalar(self, sql: str, *args: Any) -> Any:
+        row = self.db.execute(sql, args).fetchone()
+        return row[0] if row else None
+
+    async def reschedule(
+        self,
+        claim: Claim,
+        next_poll_at: float,
+        *,
+        polls: int,
+        error_streak: int,
+        first_404_at: float | None,
+        last_error: str | None,
+        last_body: bytes | None,
+    ) -> bool:
+        args = (next_poll_at, polls, error_streak, first_404_at, last_error, last_body)
+        return await self._run(self._reschedule, claim, args)
+
+    def _reschedule(self, claim: Claim, args: tuple[Any, ...]) -> bool:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE orders SET next_poll_at = ?, polls = ?, error_streak = ?,"
+                " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
+                " lease_owner = NULL"
+                " WHERE id = ? AND fence = ? AND state = 'pending'",
+                (*args, claim.order_id, claim.fence),
+            )
+        return cur.rowcount == 1
+
+    async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
+        due = claim.due_at if next_poll_at is None else next_poll_at
+        return await self._run(self._release, claim, due)
+
+    def _release(self, claim: Claim, due: float) -> bool:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE orders SET next_poll_at = ?, lease_owner = NULL"
+                " WHERE id = ? AND fence = ? AND state = 'pending'",
+                (due, claim.order_id, claim.fence),
+            )
+        return cur.rowcount == 1
+
+    async def finish(
+        self,
+        claim: Claim,
+        state: OrderState,
+        final_status: str,
+        event: EventRecord,
+        sinks: Sequence[str],
+    ) -> bool:
+        return await self._run(self._finish, claim, state, final_status, event, sinks)
+
+    def _finish(
+        self,
+        claim: Claim,
+        state: OrderState,
+        final_status: str,
+        event: EventRecord,
+        sinks: Sequence[str],
+    ) -> bool:
+        now = event.created_at
+        with self._tx(durable=True):
+            cur = self.db.execute(
+                "UPDATE orders SET state = ?, final_status = ?, finished_at = ?,"
+                " next_poll_at = NULL, lease_owner = NULL, last_error = NULL"
+                " WHERE id = ? AND fence = ? AND state = 'pending'",
+                (state, final_status, now, claim.order_id, claim.fence),
+            )
+            if cur.rowcount != 1:
+                return False
+            self.db.execute(
+                "INSERT INTO events(event_id, order_id, event_type, body, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
+                (event.event_id, event.order_id, event.event_type, event.body, now),
+            )
+            self.db.executemany(
+                "INSERT INTO deliveries(event_id, sink, state, next_attempt_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?) ON CONFLICT(event_id, sink) DO NOTHING",
+                [(event.event_id, s, now, now) for s in sinks],
+            )
+        return True
+
+    async def last_body(self, order_id: str) -> bytes | None:
+        body = await self._run(self._scalar, "SELECT last_body FROM orders WHERE id = ?", order_id)
+        return bytes(body) if body is not None else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._run(self._all, "SELECT state, COUNT(*) FROM orders GROUP BY state")
+        return {s: 0 for s in ORDER_STATES} | {r[0]: r[1] for r in rows}
+
+    def _all(self, sql: str, *args: Any) -> list[Any]:
+        return self.db.execute(sql, args).fetchall()
+
+    async def oldest_pending_added_at(self) -> float | None:
+        return await self._run(
+            self._scalar, "SELECT MIN(added_at) FROM orders WHERE state = 'pending'"
+        )
+
+    async def get_orders(self, order_ids: Sequence[str]) -> list[OrderRow]:
+        return await self._run(self._get_orders, list(order_ids))
+
+    def _get_orders(self, order_ids: list[str]) -> list[OrderRow]:
+        found: dict[str, OrderRow] = {}
+        for i in range(0, len(order_ids), 500):
+            part = order_ids[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for r in self.db.execute(
+                "SELECT id, state, added_at, polls, error_streak, next_poll_at, last_error,"
+                f" final_status, finished_at FROM orders WHERE id IN ({marks})",
+                part,
+            ):
+                found[r[0]] = OrderRow(*r)
+        return [found[i] for i in order_ids if i in found]
+
+    # -- deliveries ----------------------------------------------------------------------
+    async def claim_deliveries(
+        self, now: float, limit: int, owner: str, lease_s: float, sinks: Sequence[str]
+    ) -> list[DeliveryClaim]:
+        return await self._run(self._claim_deliveries, now, limit, owner, lease_s, list(sinks))
+
+    def _claim_deliveries(
+        self, now: float, limit: int, owner: str, lease_s: float, sinks: list[str]
+    ) -> list[DeliveryClaim]:
+        claims: list[DeliveryClaim] = []
+        with self._tx():
+            for sink in sinks:
+                rows = self.db.execute(
+                    "UPDATE deliveries SET lease_owner = ?, fence = fence + 1,"
+                    " next_attempt_at = ?"
+                    " WHERE sink = ? AND event_id IN (SELECT event_id FROM deliveries"
+                    "   WHERE sink = ? AND state = 'pending' AND next_attempt_at <= ?"
+                    "   ORDER BY next_attempt_at LIMIT ?)"
+                    " RETURNING event_id, attempts, fence",
+                    (owner, now + lease_s, sink, sink, now, limit),
+                ).fetchall()
+                for event_id, attempts, fence in rows:
+                    claims.append(DeliveryClaim(self._event(event_id), sink, attempts, fence))
+        return claims
+
+    def _event(self, event_id: str) -> EventRecord:
+        r = self.db.execute(
+            "SELECT event_id, order_id, event_type, body, created_at FROM events"
+            " WHERE event_id = ?",
+            (event_id,),
+        ).fetchone()
+        return EventRecord(r[0], r[1], r[2], bytes(r[3]), r[4])
+
+    async def next_delivery_due_at(self, sinks: Sequence[str]) -> float | None:
+        if not sinks:
+            return None
+        marks = ",".join("?" * len(sinks))
+        return await self._run(
+            self._scalar,
+            "SELECT MIN(next_attempt_at) FROM deliveries"
+            f" WHERE state = 'pending' AND sink IN ({marks})",
+            *sinks,
+        )
+
+    async def record_delivery(
+        self,
+        claim: DeliveryClaim,
+        now: float,
+        state: DeliveryState,
+        outcome: str,
+        next_attempt_at: float | None,
+    ) -> bool:
+        args = (state, outcome, next_attempt_at, now, claim.event.event_id, claim.sink, claim.fence)
+        return await self._run(self._record_delivery, args)
+
+    def _record_delivery(self, args: tuple[Any, ...]) -> bool:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_outcome = ?,"
+                " next_attempt_at = ?, updated_at = ?, lease_owner = NULL"
+                " WHERE event_id = ? AND sink = ? AND fence = ? AND state = 'pending'",
+                args,
+            )
+        return cur.rowcount == 1
+
+    async def replay(self, order_ids: Sequence[str], sinks: Sequence[str], now: float) -> int:
+        return await self._run(self._replay, list(order_ids), list(sinks), now)
+
+    def _replay(self, order_ids: list[str], sinks: list[str], now: float) -> int:
+        queued = 0
+        with self._tx(durable=True):
+            for oid in order_ids:
+                for (event_id,) in self.db.execute(
+                    "SELECT event_id FROM events WHERE order_id = ?", (oid,)
+                ).fetchall():
+                    for sink in sinks:
+                        self.db.execute(
+                            "INSERT INTO deliveries(event_id, sink, state, attempts,"
+                            " next_attempt_at, updated_at) VALUES (?, ?, 'pending', 0, ?, ?)"
+                            " ON CONFLICT(event_id, sink) DO UPDATE SET state = 'pending',"
+                            " attempts = 0, next_attempt_at = excluded.next_attempt_at,"
+                            " updated_at = excluded.updated_at, lease_owner = NULL,"
+                            " fence = deliveries.fence + 1",
+                            (event_id, sink, now, now),
+                        )
+                        queued += 1
+        return queued
+
+    async def get_deliveries(self, order_ids: Sequence[str]) -> list[DeliveryRow]:
+        return await self._run(self._get_deliveries, list(order_ids))
+
+    def _get_deliveries(self, order_ids: list[str]) -> list[DeliveryRow]:
+        out: list[DeliveryRow] = []
+        for oid in order_ids:
+            out.extend(
+                DeliveryRow(*r)
+                for r in self.db.execute(
+                    "SELECT d.event_id, e.order_id, d.sink, d.state, d.attempts,"
+                    " d.next_attempt_at, d.last_outcome FROM deliveries d"
+                    " JOIN events e ON e.event_id = d.event_id WHERE e.order_id = ?"
+                    " ORDER BY d.sink",
+                    (oid,),
+                )
+            )
+        return out
+
+    async def delivery_counts(self) -> dict[str, int]:
+        rows = await self._run(self._all, "SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+        return {s: 0 for s in DELIVERY_STATES} | {r[0]: r[1] for r in rows}
+
+    async def get_event(self, order_id: str) -> EventRecord | None:
+        return await self._run(self._get_event, order_id)
+
+    def _get_event(self, order_id: str) -> EventRecord | None:
+        r = self.db.execute(
+            "SELECT event_id FROM events WHERE order_id = ? LIMIT 1", (order_id,)
+        ).fetchone()
+        return self._event(r[0]) if r else None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def release_owner(self, owner: str, now: float) -> None:
+        await self._run(self._release_owner, owner, now)
+
+    def _release_owner(self, owner: str, now: float) -> None:
+        with self._tx():
+            self.db.execute(
+                "UPDATE orders SET lease_owner = NULL, next_poll_at = MIN(next_poll_at, ?)"
+                " WHERE lease_owner = ? AND state = 'pending'",
+                (now, owner),
+            )
+            self.db.execute(
+                "UPDATE deliveries SET lease_owner = NULL,"
+                " next_attempt_at = MIN(next_attempt_at, ?)"
+                " WHERE lease_owner = ? AND state = 'pending'",
+                (now, owner),
+            )
+
+    async def ping(self) -> None:
+        await self._run(self._scalar, "SELECT 1")
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self.db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
