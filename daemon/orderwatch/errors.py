@@ -38,6 +38,10 @@ class ConfigError(UsageError):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    @classmethod
+    def single(cls, key: str, message: str, file: str = "config") -> ConfigError:
+        return cls([Problem(file, None, key, message)])
+
 
 class StateLockedError(UsageError):
     """Another daemon already owns this embedded state directory."""

@@ -27,6 +27,7 @@ class Claim:
     polls: int  # successful PROCESSING answers so far: drives the normal cadence
     error_streak: int  # failures in a row: drives the error backoff, a separate budget
     first_404_at: float | None
+    lease_until: float  # after this another worker may hold it: act on it only before
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +126,11 @@ class Store(Protocol):
     ) -> bool:
         """In one transaction: end the order, store its event, queue one delivery per sink.
         False (and nothing written) if fenced out or the order is no longer pending."""
+        ...
+
+    async def holds(self, claim: Claim) -> bool:
+        """True while this claim's fencing token is still current (checked before the payload
+        file is written, so a worker that lost its lease writes nothing)."""
         ...
 
     async def last_body(self, order_id: str) -> bytes | None:

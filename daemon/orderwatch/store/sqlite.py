@@ -206,7 +206,7 @@ class SqliteStore:
                 "UPDATE orders SET lease_owner = ?, fence = ?, next_poll_at = ? WHERE id = ?",
                 [(owner, r[1], now + lease_s, r[0]) for r in rows],
             )
-        return [Claim(*r) for r in rows]
+        return [Claim(*r, lease_until=now + lease_s) for r in rows]
 
     async def next_due_at(self) -> float | None:
         return await self._run(
@@ -294,6 +294,14 @@ class SqliteStore:
                 [(event.event_id, s, now, now) for s in sinks],
             )
         return True
+
+    async def holds(self, claim: Claim) -> bool:
+        fence = await self._run(
+            self._scalar,
+            "SELECT fence FROM orders WHERE id = ? AND state = 'pending'",
+            claim.order_id,
+        )
+        return bool(fence == claim.fence)
 
     async def last_body(self, order_id: str) -> bytes | None:
         body = await self._run(self._scalar, "SELECT last_body FROM orders WHERE id = ?", order_id)

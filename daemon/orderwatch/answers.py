@@ -1,0 +1,119 @@
+"""What the API said: every HTTP exchange classified into one of a few kinds. Pure functions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any
+
+
+class Kind(Enum):
+    PROCESSING = "processing"
+    FINAL = "final"
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TRANSPORT = "transport"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One classified response. `detail` is short and safe to log (never the body)."""
+
+    kind: Kind
+    http_status: int | None = None
+    order_status: str | None = None  # COMPLETED / FAILED for FINAL
+    body: bytes | None = None  # raw body when it was valid JSON (kept for files and events)
+    data: Any = None  # the parsed body for FINAL
+    retry_after_s: float | None = None
+    detail: str = ""
+
+
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
+_TEXT = (str,)
+
+
+def parse_retry_after(value: str | None, now_wall: float) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP-date; None when absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def _order_problem(data: Any, order_id: str) -> str | None:
+    """Why `data` is not an order of the documented shape (None when it is one)."""
+    if not isinstance(data, dict):
+        return "body is not a JSON object"
+    if data.get("id") != order_id:
+        return "body is for another order id"
+    status = data.get("status")
+    if status == "PROCESSING":
+        return None
+    if status not in FINAL_STATUSES:
+        return "unknown order status"
+    items = data.get("items", [])
+    if items is None:
+        items = []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return "items is not a list of objects"
+    for item in items:
+        payout = item.get("payout")
+        if payout is not None and not isinstance(payout, dict):
+            return "item payout is not an object"
+    for key in ("created_at", "completed_at", "currency", "total_price"):
+        if key in data and data[key] is not None and not isinstance(data[key], _TEXT):
+            return f"{key} is not a string"
+    return None
+
+
+def classify(
+    http_status: int, body: bytes, order_id: str, retry_after: str | None, now_wall: float
+) -> Answer:
+    """Turn one HTTP response into an Answer."""
+    if http_status == 429:
+        return Answer(
+            Kind.RATE_LIMITED,
+            http_status,
+            retry_after_s=parse_retry_after(retry_after, now_wall),
+            detail="http 429",
+        )
+    if http_status in (401, 403):
+        return Answer(Kind.AUTH, http_status, detail=f"http {http_status}")
+    if http_status == 404:
+        return Answer(Kind.NOT_FOUND, 404, body=_json_or_none(body), detail="http 404")
+    if http_status >= 500:
+        return Answer(Kind.SERVER_ERROR, http_status, detail=f"http {http_status}")
+    if http_status != 200:
+        return Answer(Kind.INVALID, http_status, detail=f"unexpected http {http_status}")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return Answer(Kind.INVALID, 200, detail="body is not JSON")
+    problem = _order_problem(data, order_id)
+    if problem is not None:
+        return Answer(Kind.INVALID, 200, detail=problem)
+    if data["status"] == "PROCESSING":
+        return Answer(Kind.PROCESSING, 200, "PROCESSING", body=body, detail="processing")
+    return Answer(Kind.FINAL, 200, data["status"], body=body, data=data, detail=data["status"])
+
+
+def _json_or_none(body: bytes) -> bytes | None:
+    try:
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return body

@@ -1,0 +1,94 @@
+"""The Runa client: one aiohttp session, one GET per call, every answer classified.
+
+It never retries on its own: retries are the scheduler's decision and pass the limiter again.
+aiohttp's silent re-send of an idempotent request after a connection reset is switched off for
+the same reason (LIBRARY-NOTES: that second GET would bypass the rate limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from orderwatch import __version__
+from orderwatch.answers import Answer, Kind, classify
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+class RunaClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        api_version: str,
+        timeout_s: float,
+        max_connections: int,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = {
+            "X-Api-Key": api_key,
+            "X-Api-Version": api_version,
+            "Accept": "application/json",
+            "User-Agent": f"orderwatch/{__version__}",
+        }
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_connections = max_connections
+        self._wall = wall_clock
+        self._session: aiohttp.ClientSession | None = None
+
+    def set_api_key(self, api_key: str) -> None:
+        """A reload brought a new key; the next request uses it."""
+        self._headers = {**self._headers, "X-Api-Key": api_key}
+
+    async def __aenter__(self) -> RunaClient:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, raise_for_status=False
+        )
+        # The one private knob we touch: see the module docstring. Checked by a test.
+        session._retry_connection = False
+        self._session = session
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get_order(self, order_id: str) -> Answer:
+        """GET {base}/order/{id}; order_id must already match the ID pattern."""
+        return await self._get(f"{self.base_url}/order/{order_id}", order_id)
+
+    async def _get(self, url: str, order_id: str) -> Answer:
+        assert self._session is not None, "use `async with RunaClient(...)`"
+        try:
+            async with self._session.get(url, headers=self._headers) as resp:
+                body = await resp.content.read(MAX_BODY + 1)
+                if len(body) > MAX_BODY:
+                    return Answer(Kind.INVALID, resp.status, detail="body too large")
+                return classify(
+                    resp.status, body, order_id, resp.headers.get("Retry-After"), self._wall()
+                )
+        except TimeoutError:
+            return Answer(Kind.TRANSPORT, detail="timeout")
+        except aiohttp.ClientError as e:
+            return Answer(Kind.TRANSPORT, detail=f"transport: {type(e).__name__}")
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            return Answer(Kind.TRANSPORT, detail=f"transport: {type(e).__name__}")
+
+    async def ping(self) -> Answer:
+        """GET {base}/ping: a cheap start-up check of the key (counts against the rate)."""
+        assert self._session is not None
+        try:
+            async with self._session.get(f"{self.base_url}/ping", headers=self._headers) as r:
+                await r.read()
+                kind = Kind.AUTH if r.status in (401, 403) else Kind.PROCESSING
+                return Answer(kind, r.status, detail=f"http {r.status}")
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as e:
+            return Answer(Kind.TRANSPORT, detail=f"transport: {type(e).__name__}")

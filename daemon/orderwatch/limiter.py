@@ -1,0 +1,70 @@
+"""The global request limiter: the API's rate ceiling, as the server measures it.
+
+Every GET to Runa passes `acquire()` exactly once, just before it is sent. Two rules together:
+- even spacing: sends are at least `(1 + margin) / rate` apart, so the server sees a smooth
+  stream, not a burst at the top of each second;
+- a hard log: never more than `floor(rate)` sends in any window of `1 + margin` seconds, counted
+  at the moment `acquire` returns, so a stalled event loop that then releases late cannot bunch
+  sends together.
+The margin absorbs the jitter between leaving `acquire` and arriving at the server. Waiters
+queue on an `asyncio.Lock` (FIFO) and only its holder sleeps on one timer: no polling, no CPU
+while waiting. A new limiter starts with its window full (`start_full`), because a process
+restarted after a crash cannot know what its predecessor sent in its last second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+
+class RateLimiter(Protocol):
+    """What the poller needs: wait for permission to send one request."""
+
+    async def acquire(self) -> None: ...
+
+
+class SpacedLimiter:
+    """Even spacing plus a sliding-window log; see the module docstring."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        margin: float = 0.02,
+        start_full: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.rate = rate
+        self.window_s = 1.0 + margin
+        self.interval_s = self.window_s / rate
+        self.capacity = max(1, math.floor(rate))
+        self._clock = clock
+        self._log: deque[float] = deque(maxlen=self.capacity)
+        self._lock = asyncio.Lock()
+        now = clock()
+        self._next = now + self.window_s if start_full else now
+        self.waited_s = 0.0  # total time callers spent waiting (a metric)
+
+    def earliest(self, now: float) -> float:
+        """When the next send may happen (pure: no state changes)."""
+        t = max(now, self._next)
+        if len(self._log) >= self.capacity:
+            t = max(t, self._log[0] + self.window_s)
+        return t
+
+    async def acquire(self) -> None:
+        start = self._clock()
+        async with self._lock:
+            # One timer for the lock holder; other waiters park on the lock.
+            while (wait := self.earliest(now := self._clock()) - now) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+            self._log.append(now)
+            self._next = now + self.interval_s
+        self.waited_s += now - start

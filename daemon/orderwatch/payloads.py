@@ -1,0 +1,46 @@
+"""Final payload files: `<output_dir>/<ORDER_ID>.json`, atomic, 0600, never partial."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from orderwatch.ids import is_valid_order_id
+
+TMP_PREFIX = ".tmp-"
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create output_dir 0700 and remove temp files a crash left behind."""
+    output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in output_dir.glob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
+def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
+    """Write body to <order_id>.json: temp file in the same dir, fsync, rename, fsync dir."""
+    if not is_valid_order_id(order_id):  # defence in depth: callers validated already
+        raise ValueError("refusing to write a file for an invalid order id")
+    final = output_dir / f"{order_id}.json"
+    tmp = output_dir / f"{TMP_PREFIX}{order_id}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    os.close(fd)
+    os.replace(tmp, final)
+    dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return final

@@ -1,0 +1,257 @@
+"""The polling loop: claim due orders earliest-first, GET each once through gate and limiter,
+and apply what the policy decides. The scheduler decides *when*, the client *what the API
+said*, the policy *what it means*; this module only moves claims between them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from orderwatch.aio import wait_any
+from orderwatch.answers import Answer, Kind
+from orderwatch.client import RunaClient
+from orderwatch.errors import StoreError
+from orderwatch.events import make_event, terminal_data
+from orderwatch.gate import Gate
+from orderwatch.limiter import RateLimiter
+from orderwatch.metrics import Metrics
+from orderwatch.payloads import write_payload
+from orderwatch.policy import Finish, Release, Reschedule, decide
+from orderwatch.settings import PollingSettings
+from orderwatch.store.base import Claim, Store
+
+log = structlog.get_logger("orderwatch.poller")
+
+VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
+MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
+LEASE_MARGIN_S = 15.0  # never start a request this close to the end of its claim's lease
+
+
+@dataclass
+class PollerDeps:
+    store: Store
+    client: RunaClient
+    limiter: RateLimiter
+    gate: Gate
+    polling: PollingSettings
+    output_dir: Path
+    sinks: Sequence[str]
+    owner: str
+    max_concurrency: int
+    rate: float
+    lease_s: float = 120.0  # longer than any request plus its wait in the prefetch queue
+    metrics: Metrics = field(default_factory=Metrics)
+    wall: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    on_final: Callable[[], None] = lambda: None
+
+
+class Poller:
+    def __init__(self, deps: PollerDeps) -> None:
+        self.d = deps
+        # Prefetch about two seconds of sends: enough to keep workers busy, short enough that
+        # a claim never waits in memory anywhere near its lease.
+        self._prefetch = max(1, min(2 * deps.max_concurrency, math.ceil(2 * deps.rate)))
+        self._lease_s = deps.lease_s
+        self._queue: asyncio.Queue[Claim] = asyncio.Queue(maxsize=self._prefetch)
+        self._wake = asyncio.Event()
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wake(self) -> None:
+        """New orders were added in this process: look for due work now."""
+        self._wake.set()
+
+    # -- loops ---------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
+        """Poll until `stop` is set; then let in-flight requests finish within the timeout."""
+        workers = [
+            asyncio.create_task(self._worker(), name=f"poll-worker-{i}")
+            for i in range(self.d.max_concurrency)
+        ]
+        try:
+            await self._dispatch(stop)
+        finally:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained(), shutdown_timeout_s)
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._return_queued()
+
+    async def _drained(self) -> None:
+        while self._busy:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _return_queued(self) -> None:
+        while not self._queue.empty():
+            claim = self._queue.get_nowait()
+            with contextlib.suppress(StoreError):
+                await self.d.store.release(claim)
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                got = await self._claim_some()
+            except StoreError as e:
+                log.error("store.unavailable", error=str(e))
+                got = 0
+            if got:
+                continue
+            await self._wait_for_work(stop)
+
+    async def _claim_some(self) -> int:
+        room = self._queue.maxsize - self._queue.qsize()
+        if room <= 0 or self.d.gate.rate_paused_for() > 0:
+            return 0
+        if self.d.gate.auth_failed:
+            room = min(room, 1) if self._queue.empty() and not self._busy else 0
+            if not room:
+                return 0
+        claims = await self.d.store.claim_due(self.d.wall(), room, self.d.owner, self._lease_s)
+        for c in claims:
+            self._queue.put_nowait(c)
+        return len(claims)
+
+    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        timeout = MAX_IDLE_WAIT_S
+        with contextlib.suppress(StoreError):
+            nxt = await self.d.store.next_due_at()
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, nxt - self.d.wall()))
+        pause = self.d.gate.rate_paused_for()
+        if pause > 0:
+            timeout = min(pause, MAX_IDLE_WAIT_S)
+        if self._queue.full():
+            timeout = min(timeout, 0.05)
+        self._wake.clear()
+        await wait_any(stop, self._wake, timeout=max(timeout, 0.001))
+
+    async def _worker(self) -> None:
+        while True:
+            claim = await self._queue.get()
+            self._busy += 1
+            try:
+                await self.poll_one(claim)
+            except StoreError as e:
+                log.error("store.unavailable", order_id=claim.order_id, error=str(e))
+            finally:
+                self._busy -= 1
+                if not self._busy:
+                    self._idle.set()
+
+    # -- one poll ------------------------------------------------------------------------
+    async def poll_one(self, claim: Claim) -> None:
+        """Send one GET for a claimed order (through gate and limiter) and apply the answer."""
+        d = self.d
+        if d.wall() >= claim.lease_until - LEASE_MARGIN_S:
+            return  # waited too long (a pause, a lost store): the lease may be someone else's
+        probe = await d.gate.enter()
+        try:
+            t0 = time.monotonic()
+            await d.limiter.acquire()
+            t1 = time.monotonic()
+            answer = await d.client.get_order(claim.order_id)
+            d.metrics.limiter_wait.inc(t1 - t0)
+            d.metrics.request_seconds.observe(time.monotonic() - t1)
+            d.metrics.requests.labels(answer.kind.value).inc()
+            self._tell_gate(answer)
+        finally:
+            if probe:
+                d.gate.leave_probe()
+        await self._apply(claim, answer)
+
+    def _tell_gate(self, answer: Answer) -> None:
+        if answer.kind in VALID:
+            self.d.gate.on_success()
+            self.d.metrics.last_success.set(self.d.wall())
+        elif answer.kind is Kind.RATE_LIMITED:
+            self.d.metrics.rate_limited.inc()
+            self.d.gate.on_rate_limited(answer.retry_after_s)
+        elif answer.kind is Kind.AUTH:
+            self.d.gate.on_auth_failure(answer.http_status or 401)
+
+    async def _apply(self, claim: Claim, answer: Answer) -> None:
+        d = self.d
+        now = d.wall()
+        decision = decide(answer, claim, now, d.polling, d.rng)
+        if isinstance(decision, Release):
+            await d.store.release(claim)
+            return
+        if isinstance(decision, Reschedule):
+            await d.store.reschedule(
+                claim,
+                decision.next_poll_at,
+                polls=decision.polls,
+                error_streak=decision.error_streak,
+                first_404_at=decision.first_404_at,
+                last_error=decision.last_error,
+                last_body=decision.last_body,
+            )
+            log.debug(
+                "order.polled",
+                order_id=claim.order_id,
+                outcome=answer.detail,
+                next_in_s=round(decision.next_poll_at - now, 3),
+            )
+            return
+        await self._finish(claim, answer, decision, now)
+
+    async def _finish(self, claim: Claim, answer: Answer, fin: Finish, now: float) -> None:
+        d = self.d
+        if not await d.store.holds(claim):
+            log.warning("order.lease_lost", order_id=claim.order_id)
+            return
+        if fin.state == "final":
+            assert answer.body is not None
+            try:
+                await asyncio.to_thread(write_payload, d.output_dir, claim.order_id, answer.body)
+            except OSError as e:
+                await self._write_failed(claim, now, e)
+                return
+            data = answer.data
+        else:
+            last = answer.body or await d.store.last_body(claim.order_id)
+            data = terminal_data(claim.order_id, fin.final_status, last)
+        event = make_event(claim.order_id, fin.final_status, data, now)
+        if await d.store.finish(claim, fin.state, fin.final_status, event, d.sinks):  # type: ignore[arg-type]
+            d.metrics.finals.labels(fin.final_status).inc()
+            log.info(
+                "order.final",
+                order_id=claim.order_id,
+                status=fin.final_status,
+                event_id=event.event_id,
+                age_s=round(now - claim.added_at, 3),
+            )
+            d.on_final()
+
+    async def _write_failed(self, claim: Claim, now: float, e: OSError) -> None:
+        reason = f"cannot write payload: {e.strerror or type(e).__name__}"
+        log.error("payload.write_failed", order_id=claim.order_id, error=reason)
+        streak = claim.error_streak + 1
+        await self.d.store.reschedule(
+            claim,
+            now + min(self.d.polling.max_interval_s, 2.0**streak),
+            polls=claim.polls,
+            error_streak=streak,
+            first_404_at=claim.first_404_at,
+            last_error=reason,
+            last_body=None,
+        )
+
+    async def run_until_idle(self) -> None:
+        """Poll every order that is due now, one after another, until none is due (tests, wait)."""
+        while claims := await self.d.store.claim_due(
+            self.d.wall(), self.d.max_concurrency, self.d.owner, self._lease_s
+        ):
+            await asyncio.gather(*(self.poll_one(c) for c in claims))
