@@ -1,0 +1,61 @@
+"""Classifying HTTP answers into the kinds the scheduler acts on."""
+
+from __future__ import annotations
+
+import json
+
+from orderwatch.answers import Kind, classify, parse_retry_after
+
+NOW = 1_700_000_000.0
+
+
+def body(**kw: object) -> bytes:
+    return json.dumps({"id": "O-1", **kw}).encode()
+
+
+def kind(status: int, raw: bytes, retry_after: str | None = None) -> Kind:
+    return classify(status, raw, "O-1", retry_after, NOW).kind
+
+
+def test_processing_and_final() -> None:
+    """PROCESSING, COMPLETED and FAILED bodies of the documented shape."""
+    assert kind(200, body(status="PROCESSING", message="x")) is Kind.PROCESSING
+    a = classify(200, body(status="COMPLETED", items=[{"payout": {"url": "u"}}]), "O-1", None, NOW)
+    assert a.kind is Kind.FINAL and a.order_status == "COMPLETED" and a.data["id"] == "O-1"
+    assert kind(200, body(status="FAILED")) is Kind.FINAL  # FAILED may carry no items
+
+
+def test_unknown_fields_are_kept() -> None:
+    """Extra fields (redemption_url, future ones) never make a body invalid; bytes are kept."""
+    raw = body(status="COMPLETED", items=[{"redemption_url": "r", "new": 1}], extra={"a": 1})
+    a = classify(200, raw, "O-1", None, NOW)
+    assert a.kind is Kind.FINAL and a.body == raw
+
+
+def test_invalid_bodies() -> None:
+    """Not JSON, wrong id, unknown status, wrong item shapes are invalid."""
+    assert kind(200, b"<html>") is Kind.INVALID
+    assert kind(200, json.dumps({"id": "O-2", "status": "COMPLETED"}).encode()) is Kind.INVALID
+    assert kind(200, body(status="DONE")) is Kind.INVALID
+    assert kind(200, body(status="COMPLETED", items="x")) is Kind.INVALID
+    assert kind(200, body(status="COMPLETED", items=[{"payout": "x"}])) is Kind.INVALID
+    assert kind(200, b"[]") is Kind.INVALID
+    assert kind(302, b"") is Kind.INVALID
+
+
+def test_error_statuses() -> None:
+    """404, 401, 403, 429, 5xx each map to their own kind."""
+    assert kind(404, b'{"type":"not_found"}') is Kind.NOT_FOUND
+    assert kind(401, b"") is Kind.AUTH and kind(403, b"") is Kind.AUTH
+    assert kind(429, b'{"error":"rate exceeded"}') is Kind.RATE_LIMITED
+    assert kind(500, b"") is Kind.SERVER_ERROR and kind(504, b"") is Kind.SERVER_ERROR
+
+
+def test_retry_after_forms() -> None:
+    """Retry-After as seconds or as an HTTP-date; garbage is ignored."""
+    assert parse_retry_after("7", NOW) == 7.0
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:30 GMT", NOW) == 10.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+    a = classify(429, b"", "O-1", "12", NOW)
+    assert a.retry_after_s == 12.0

@@ -1,0 +1,59 @@
+"""The global limiter: even spacing plus a hard sliding-window log."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+from orderwatch.limiter import SpacedLimiter
+
+
+def max_in_window(times: list[float], window: float = 1.0) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+async def test_spacing_and_window_under_contention() -> None:
+    """100 concurrent callers at 40/s: never more than 40 in any 1 s window, evenly spaced."""
+    lim = SpacedLimiter(40, start_full=False)
+    stamps: list[float] = []
+
+    async def caller() -> None:
+        await lim.acquire()
+        stamps.append(time.monotonic())
+
+    await asyncio.gather(*(caller() for _ in range(100)))
+    assert max_in_window(stamps) <= 40
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) >= lim.interval_s * 0.95  # the loop's timer granularity, no bursts
+
+
+async def test_starts_with_window_full() -> None:
+    """A new limiter waits out one window first: a restart cannot add to its predecessor's."""
+    t0 = time.monotonic()
+    lim = SpacedLimiter(1000)
+    await lim.acquire()
+    assert time.monotonic() - t0 >= lim.window_s * 0.99
+
+
+def test_hard_log_caps_bunching_after_a_stall() -> None:
+    """If sends were late and bunched, the log still refuses a (R+1)th send in one window."""
+    now = [0.0]
+    lim = SpacedLimiter(5, start_full=False, clock=lambda: now[0])
+    # five sends forced into 10 ms (as if the loop had stalled and then released them)
+    for i in range(5):
+        lim._log.append(0.002 * i)
+    lim._next = 0.0
+    assert lim.earliest(0.01) == lim._log[0] + lim.window_s
+
+
+def test_fractional_rate_spacing() -> None:
+    """Below one per second the spacing alone holds the rate (one per 1/R seconds)."""
+    lim = SpacedLimiter(0.5, start_full=False, clock=lambda: 0.0)
+    assert lim.capacity == 1 and abs(lim.interval_s - 2.04) < 1e-9
