@@ -104,3 +104,21 @@ async def test_oldest_pending_and_ping(store: Store) -> None:
     await store.add_orders(["B"], T0 + 5, T0 + 5)
     assert await store.oldest_pending_added_at() == T0
     await store.ping()
+
+
+async def test_counts_follow_every_transition(store: Store) -> None:
+    """Counts by state stay exact through adds, duplicates and each kind of ending."""
+    await store.add_orders(["A", "B", "C", "D"], T0, T0)
+    await store.add_orders(["A", "E"], T0, T0)
+    claims = {c.order_id: c for c in await store.claim_due(T0, 10, "w", 30)}
+    for oid, state, status in [
+        ("A", "final", "COMPLETED"),
+        ("B", "expired", "EXPIRED"),
+        ("C", "not_found", "NOT_FOUND"),
+    ]:
+        ev = make_event(oid, status, {"id": oid}, T0)
+        assert await store.finish(claims[oid], state, status, ev, [])  # type: ignore[arg-type]
+    assert not await store.finish(
+        claims["A"], "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), []
+    )
+    assert await store.counts() == {"pending": 2, "final": 1, "expired": 1, "not_found": 1}

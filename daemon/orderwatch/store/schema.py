@@ -25,6 +25,11 @@ TABLES = [
         finished_at DOUBLE PRECISION)""",
     """CREATE INDEX IF NOT EXISTS orders_due ON orders (next_poll_at)
         WHERE state = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS orders_oldest ON orders (added_at)
+        WHERE state = 'pending'""",
+    """CREATE TABLE IF NOT EXISTS order_counts (
+        state TEXT PRIMARY KEY,
+        n BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS events (
         event_id TEXT PRIMARY KEY,
         order_id TEXT NOT NULL,
@@ -48,4 +53,11 @@ TABLES = [
 ]
 
 ORDER_STATES = ("pending", "final", "expired", "not_found")
+
+# order_counts is kept in step by add_orders and finish, in their own transactions, so counting
+# a million orders is one small read, not a scan (status, metrics and systemd STATUS ask often).
+SEED_COUNTS = [
+    f"INSERT INTO order_counts(state, n) VALUES ('{s}', 0) ON CONFLICT(state) DO NOTHING"
+    for s in ORDER_STATES
+]
 DELIVERY_STATES = ("pending", "delivered", "dead", "disabled")

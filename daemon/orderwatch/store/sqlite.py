@@ -28,7 +28,13 @@ from orderwatch.store.base import (
     OrderRow,
     OrderState,
 )
-from orderwatch.store.schema import DELIVERY_STATES, ORDER_STATES, SCHEMA_VERSION, TABLES
+from orderwatch.store.schema import (
+    DELIVERY_STATES,
+    ORDER_STATES,
+    SCHEMA_VERSION,
+    SEED_COUNTS,
+    TABLES,
+)
 
 T = TypeVar("T")
 DB_NAME = "orderwatch.sqlite3"
@@ -129,7 +135,7 @@ class SqliteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
         with self._tx(db):
-            for ddl in TABLES:
+            for ddl in (*TABLES, *SEED_COUNTS):
                 db.execute(ddl)
             db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -188,7 +194,11 @@ class SqliteStore:
             before = self.db.total_changes
             with self._tx(durable=True):
                 self.db.executemany(sql, [(i, now, first_poll_at) for i in chunk])
-            added += self.db.total_changes - before
+                new = self.db.total_changes - before
+                self.db.execute(
+                    "UPDATE order_counts SET n = n + ? WHERE state = 'pending'", (new,)
+                )
+            added += new
         return added
 
     async def claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
@@ -284,6 +294,11 @@ class SqliteStore:
             if cur.rowcount != 1:
                 return False
             self.db.execute(
+                "UPDATE order_counts SET n = n + (CASE state WHEN ? THEN 1 ELSE -1 END)"
+                " WHERE state IN ('pending', ?)",
+                (state, state),
+            )
+            self.db.execute(
                 "INSERT INTO events(event_id, order_id, event_type, body, created_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT(event_id) DO NOTHING",
                 (event.event_id, event.order_id, event.event_type, event.body, now),
@@ -308,7 +323,7 @@ class SqliteStore:
         return bytes(body) if body is not None else None
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._run(self._all, "SELECT state, COUNT(*) FROM orders GROUP BY state")
+        rows = await self._run(self._all, "SELECT state, n FROM order_counts")
         return {s: 0 for s in ORDER_STATES} | {r[0]: r[1] for r in rows}
 
     def _all(self, sql: str, *args: Any) -> list[Any]:
