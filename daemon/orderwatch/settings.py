@@ -1,4 +1,4 @@
-"""The typed, frozen shape of the config. Loading, locating errors and overrides live in config.py."""
+"""The typed, frozen shape of the config. Loading and locating errors live in config.py."""
 
 from __future__ import annotations
 
