@@ -195,9 +195,7 @@ class SqliteStore:
             with self._tx(durable=True):
                 self.db.executemany(sql, [(i, now, first_poll_at) for i in chunk])
                 new = self.db.total_changes - before
-                self.db.execute(
-                    "UPDATE order_counts SET n = n + ? WHERE state = 'pending'", (new,)
-                )
+                self.db.execute("UPDATE order_counts SET n = n + ? WHERE state = 'pending'", (new,))
             added += new
         return added
 
@@ -216,7 +214,8 @@ class SqliteStore:
                 "UPDATE orders SET lease_owner = ?, fence = ?, next_poll_at = ? WHERE id = ?",
                 [(owner, r[1], now + lease_s, r[0]) for r in rows],
             )
-        return [Claim(*r, lease_until=now + lease_s) for r in rows]
+        until = now + lease_s
+        return [Claim(r[0], r[1], r[2], r[3], r[4], r[5], r[6], lease_until=until) for r in rows]
 
     async def next_due_at(self) -> float | None:
         return await self._run(

@@ -1,0 +1,171 @@
+"""The admin HTTP server: health, readiness, metrics, and a small orders API.
+
+Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
+<token>` when `admin.token_file` is set; a non-loopback `listen` without a token is refused
+at start. Nothing here ever returns a payload: those hold payout links.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from orderwatch.errors import ConfigError, StoreError
+from orderwatch.ids import is_valid_order_id
+
+if TYPE_CHECKING:
+    from orderwatch.daemon import Daemon
+
+log = structlog.get_logger("orderwatch.admin")
+MAX_BODY = 1024 * 1024
+MAX_IDS = 10_000
+DAEMON_KEY = web.AppKey("daemon", object)
+TOKEN_KEY = web.AppKey("token", str)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError.single("admin.listen", f"expected host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(daemon: Daemon) -> str:
+    path = daemon.settings.admin.token_file
+    if path is None:
+        return ""
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError.single("admin.token_file", f"cannot read {path}: {e.strerror}") from e
+    if not token:
+        raise ConfigError.single("admin.token_file", f"{path} is empty")
+    return token
+
+
+async def start_admin(daemon: Daemon) -> web.AppRunner | None:
+    """Start the admin server if `admin.listen` is set; returns its runner for cleanup."""
+    listen = daemon.settings.admin.listen
+    if not listen:
+        return None
+    host, port = parse_listen(listen)
+    token = read_token(daemon)
+    if not token and not is_loopback(host):
+        raise ConfigError.single(
+            "admin.listen", f"{listen} is not loopback: set admin.token_file to protect it"
+        )
+    from orderwatch.logs import REDACTOR
+
+    if token:
+        REDACTOR.add_secret(token)
+    app = make_app(daemon, token)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("admin.listening", listen=f"{host}:{port}")
+    return runner
+
+
+def make_app(daemon: Daemon, token: str) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[DAEMON_KEY] = daemon
+    app[TOKEN_KEY] = token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/orders", post_orders)
+    app.router.add_get("/orders/{id}", get_order)
+    return app
+
+
+def _daemon(request: web.Request) -> Daemon:
+    return request.app[DAEMON_KEY]  # type: ignore[return-value]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The loop is alive (this handler ran)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    ready, reason = d.readiness()
+    if ready and d.store is not None:
+        try:
+            await d.store.ping()
+        except StoreError:
+            ready, reason = False, "the state store is unavailable"
+    return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    with contextlib.suppress(StoreError):  # families still render; /readyz says what is wrong
+        await d.refresh_gauges(deliveries=True)
+    return web.Response(
+        body=d.metrics.render(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[TOKEN_KEY]
+    if not token:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _bad(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def post_orders(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _bad(401, "missing or wrong bearer token")
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _bad(400, 'body must be JSON: {"ids": ["O-..."]}')
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return _bad(400, 'body must be {"ids": [string, ...]}')
+    if len(ids) > MAX_IDS:
+        return _bad(413, f"at most {MAX_IDS} ids per request")
+    good = [i for i in ids if is_valid_order_id(i)]
+    bad = [i[:140] for i in ids if not is_valid_order_id(i)]
+    added = await _daemon(request).add_orders(good) if good else 0
+    status = 400 if bad and not good else 200
+    return web.json_response({"accepted": len(good), "new": added, "invalid": bad}, status=status)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    order_id = request.match_info["id"]
+    if not is_valid_order_id(order_id):
+        return _bad(400, "invalid order id")
+    d = _daemon(request)
+    assert d.store is not None
+    rows = await d.store.get_orders([order_id])
+    if not rows:
+        return _bad(404, "unknown order")
+    deliveries = await d.store.get_deliveries([order_id])
+    return web.json_response({**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]})

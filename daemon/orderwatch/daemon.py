@@ -1,0 +1,242 @@
+"""The wiring: build the object graph from the settings, run it, shut it down in one order.
+
+This is the only module that turns config into objects. The order on the way down is fixed:
+stop intake (watchlists, admin writes), let in-flight polls and deliveries finish within
+`shutdown_timeout`, cancel the rest, give leases back, close the HTTP session, the admin
+server, then the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+
+import structlog
+
+from orderwatch.aio import wait_any
+from orderwatch.client import RunaClient
+from orderwatch.delivery import Deliverer
+from orderwatch.errors import ConfigError, UsageError
+from orderwatch.gate import Gate
+from orderwatch.limiter import SpacedLimiter
+from orderwatch.metrics import Metrics
+from orderwatch.notify import Notifier
+from orderwatch.payloads import prepare_output_dir
+from orderwatch.poller import Poller, PollerDeps
+from orderwatch.settings import Settings
+from orderwatch.sinks import build_sinks
+from orderwatch.store.base import Store
+from orderwatch.store.open import open_store
+from orderwatch.watch import WatchlistWatcher
+
+log = structlog.get_logger("orderwatch.daemon")
+
+Callback = Callable[[dict[str, Any]], Any]
+
+
+def api_key_of(settings: Settings) -> str:
+    if settings.runa.api_key is None:
+        raise ConfigError.single("runa.api_key", "is required (or runa.api_key_file)")
+    return settings.runa.api_key.get_secret_value()
+
+
+class Daemon:
+    """One running orderwatch. `await Daemon(settings).run(stop)` until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        callbacks: Sequence[Callback] = (),
+        reload: Callable[[], Settings] | None = None,
+        wall: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self._callbacks = tuple(callbacks)
+        self._reload = reload
+        self.wall = wall
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier.from_env(os.environ)
+        self.ready = asyncio.Event()
+        self.store: Store | None = None
+        self.gate = Gate(settings.polling.max_interval_s)
+        self.poller: Poller | None = None
+        self.deliverer: Deliverer | None = None
+        self.watcher = WatchlistWatcher(settings.watchlists, self.add_orders)
+        self._stop: asyncio.Event | None = None
+        self._background: set[asyncio.Task[int]] = set()
+
+    # -- intake --------------------------------------------------------------------------
+    async def add_orders(self, order_ids: Iterable[str]) -> int:
+        """Enqueue valid IDs (the caller validated them); durable when it returns."""
+        assert self.store is not None
+        now = self.wall()
+        added = await self.store.add_orders(
+            order_ids, now, now + self.settings.polling.initial_delay_s
+        )
+        if added and self.poller is not None:
+            self.poller.wake()
+        return added
+
+    # -- run -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        s = self.settings
+        async with AsyncExitStack() as stack:
+            self.store = await open_store(s, stack, daemon=True, now=self.wall())
+            await asyncio.to_thread(prepare_output_dir, s.output_dir)
+            client = await stack.enter_async_context(
+                RunaClient(
+                    s.runa.base_url,
+                    api_key_of(s),
+                    api_version=s.runa.api_version,
+                    timeout_s=s.runa.timeout_s,
+                    max_connections=s.rate_limit.max_concurrency,
+                    wall_clock=self.wall,
+                )
+            )
+            self.client = client
+            sinks = build_sinks(s, extra_callbacks=self._callbacks)
+            for sink in sinks:
+                stack.push_async_callback(sink.close)
+            self.deliverer = Deliverer(
+                self.store, sinks, owner=self.owner, clock=self.wall, metrics=self.metrics
+            )
+            self.poller = Poller(self._poller_deps(client, [x.id for x in sinks]))
+            await self._serve(stack, stop)
+
+    def _poller_deps(self, client: RunaClient, sink_ids: list[str]) -> PollerDeps:
+        s = self.settings
+        assert self.store is not None and self.deliverer is not None
+        return PollerDeps(
+            store=self.store,
+            client=client,
+            limiter=SpacedLimiter(s.rate_limit.requests_per_second),
+            gate=self.gate,
+            polling=s.polling,
+            output_dir=s.output_dir,
+            sinks=sink_ids,
+            owner=self.owner,
+            max_concurrency=s.rate_limit.max_concurrency,
+            rate=s.rate_limit.requests_per_second,
+            lease_s=max(120.0, 4 * s.runa.timeout_s),
+            metrics=self.metrics,
+            wall=self.wall,
+            on_final=self.deliverer.wake,
+        )
+
+    async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
+        from orderwatch.admin import start_admin  # the admin server needs the whole graph
+
+        assert self.poller is not None and self.deliverer is not None and self.store is not None
+        admin = await start_admin(self)
+        if admin is not None:
+            stack.push_async_callback(admin.cleanup)
+        self.ready.set()
+        self.notifier.ready()
+        log.info("daemon.ready", owner=self.owner, state=self._state_label())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    self.poller.run(stop, self.settings.shutdown_timeout_s), name="poller"
+                )
+                tg.create_task(self.deliverer.run(stop), name="deliverer")
+                tg.create_task(self.watcher.run(stop), name="watchlists")
+                tg.create_task(self._housekeeping(stop), name="housekeeping")
+        finally:
+            self.notifier.stopping()
+            log.info("daemon.stopping")
+            await self.store.release_owner(self.owner, self.wall())
+
+    def _state_label(self) -> str:
+        return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Refresh gauges and systemd STATUS; pet the watchdog while the loop makes progress."""
+        interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
+        while not stop.is_set():
+            await self.refresh_gauges()
+            self.notifier.watchdog()
+            await wait_any(stop, timeout=interval)
+
+    async def refresh_gauges(self, deliveries: bool = False) -> dict[str, int]:
+        """Gauges from the store. Order counts are O(1); delivery counts scan, so they are
+        refreshed only when /metrics is scraped."""
+        assert self.store is not None
+        counts = await self.store.counts()
+        for state, n in counts.items():
+            self.metrics.orders.labels(state).set(n)
+        oldest = await self.store.oldest_pending_added_at()
+        self.metrics.oldest_pending_age.set(0 if oldest is None else self.wall() - oldest)
+        if deliveries:
+            dcounts = await self.store.delivery_counts()
+            self.metrics.dead_deliveries.set(dcounts.get("dead", 0))
+        ready, _ = self.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+        self.notifier.status(
+            f"pending {counts['pending']}, final {counts['final']}, "
+            f"expired {counts['expired']}, not_found {counts['not_found']}"
+            + ("" if ready else " - NOT READY: API key rejected, probing")
+        )
+        return counts
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): not ready while auth-paused or rate-paused for long."""
+        if not self.ready.is_set():
+            return False, "starting"
+        if self.gate.auth_failed:
+            return False, "the Runa API rejects the API key (401/403); probing"
+        if self.gate.rate_paused_for() > 60:
+            return False, "rate limited by the Runa API (429) for more than a minute"
+        return True, "ok"
+
+    # -- reload --------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: load the config again; apply what can change live, keep the old on error."""
+        if self._reload is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = self._reload()
+        except UsageError as e:
+            log.error("config.reload_rejected", problems=str(e).splitlines())
+            self.notifier.ready()
+            return False
+        self._apply(new)
+        self.notifier.ready()
+        return True
+
+    def _apply(self, new: Settings) -> None:
+        old, self.settings = self.settings, new
+        if new.runa.api_key != old.runa.api_key and new.runa.api_key is not None:
+            self.client.set_api_key(new.runa.api_key.get_secret_value())
+            self.gate.reset_auth()
+        if self.poller is not None:
+            self.poller.d.polling = new.polling
+        self.watcher.set_paths(new.watchlists)
+        restart_needed = [
+            k
+            for k in (
+                "rate_limit",
+                "state_dir",
+                "state_dsn",
+                "output_dir",
+                "webhooks",
+                "commands",
+                "callbacks",
+                "admin",
+            )
+            if getattr(new, k) != getattr(old, k)
+        ]
+        log.info("config.reloaded", needs_restart=restart_needed or None)
+        task = asyncio.get_running_loop().create_task(self.watcher.scan(force=True))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

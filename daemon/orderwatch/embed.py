@@ -1,0 +1,70 @@
+"""Run orderwatch inside your own asyncio application, with async callbacks as sinks.
+
+    from orderwatch import Watcher
+
+    async def on_final(event: dict) -> None:
+        # event = {"id": <webhook-id>, "type": "order.completed", "timestamp": ..., "data": {...}}
+        ...
+
+    async with Watcher({"runa": {"api_key": key}, "state_dir": "/var/lib/app/ow",
+                        "output_dir": "/var/lib/app/ow/orders"}, callbacks=[on_final]) as w:
+        await w.add(["O-01H5WQGHKCBB85MQFM68S9KJ5Q"])
+        ...  # your application runs; callbacks arrive at least once, durably
+
+A callback that raises is retried on the command/callback schedule like any sink; give it an
+idempotent body (the event id is stable). Callbacks are identified by module and qualified
+name, so a pending delivery survives a restart of your application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from orderwatch.daemon import Daemon
+from orderwatch.errors import UsageError
+from orderwatch.ids import is_valid_order_id
+from orderwatch.settings import Settings
+from orderwatch.store.base import OrderRow
+
+Callback = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Watcher:
+    def __init__(
+        self, settings: Settings | Mapping[str, Any], *, callbacks: Sequence[Callback] = ()
+    ) -> None:
+        if not isinstance(settings, Settings):
+            from orderwatch.config import load_settings_from_mapping
+
+            settings = load_settings_from_mapping(dict(settings), source="<Watcher>")
+        self.daemon = Daemon(settings, callbacks=callbacks)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        self._task = asyncio.create_task(self.daemon.run(self._stop), name="orderwatch")
+        ready = asyncio.create_task(self.daemon.ready.wait())
+        await asyncio.wait([self._task, ready], return_when="FIRST_COMPLETED")
+        if self._task.done():
+            ready.cancel()
+            self._task.result()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def add(self, order_ids: Iterable[str]) -> int:
+        """Track these orders (durably); returns how many were new."""
+        ids = list(order_ids)
+        bad = [i for i in ids if not is_valid_order_id(i)]
+        if bad:
+            raise UsageError(f"invalid order id: {bad[0][:40]!r}")
+        return await self.daemon.add_orders(ids)
+
+    async def status(self, order_ids: Sequence[str]) -> list[OrderRow]:
+        assert self.daemon.store is not None
+        return await self.daemon.store.get_orders(order_ids)

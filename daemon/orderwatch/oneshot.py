@@ -1,0 +1,123 @@
+"""One-shot commands that need the engine: `wait` and `replay`.
+
+`wait` never doubles the rate limit: if a daemon owns the embedded state it only hands the
+orders over and follows the store; otherwise it takes the daemon lock and polls itself (a
+daemon started meanwhile refuses to start). With PostgreSQL it runs as one more replica, under
+the cluster-wide limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from contextlib import AsyncExitStack
+
+from tqdm import tqdm
+
+from orderwatch.daemon import Daemon
+from orderwatch.delivery import Deliverer
+from orderwatch.errors import UsageError
+from orderwatch.settings import Settings
+from orderwatch.sinks import build_sinks
+from orderwatch.store.base import OrderRow, Store
+from orderwatch.store.open import daemon_running, open_store
+
+FOLLOW_INTERVAL_S = 0.5
+
+
+async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | None) -> int:
+    if daemon_running(settings):
+        async with AsyncExitStack() as stack:
+            store = await open_store(settings, stack, daemon=False, now=time.time())
+            now = time.time()
+            await store.add_orders(ids, now, now + settings.polling.initial_delay_s)
+            return await follow(store, ids, limit_s)
+    from orderwatch.commands import run_daemon
+
+    daemon = Daemon(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_daemon(daemon, stop))
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([task, ready], return_when="FIRST_COMPLETED")
+    if task.done():
+        ready.cancel()
+        task.result()  # raises what stopped it (lock held, bad config)
+        return 1
+    try:
+        await daemon.add_orders(ids)
+        assert daemon.store is not None
+        code = await follow(daemon.store, ids, limit_s)
+        await _settle_deliveries(daemon.store, ids, settings.shutdown_timeout_s)
+        return code
+    finally:
+        stop.set()
+        await task
+
+
+async def follow(store: Store, ids: list[str], limit_s: float | None) -> int:
+    """Watch the store until every order has ended; 0 if all COMPLETED, else 1."""
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    announced: set[str] = set()
+    bar = tqdm(total=len(ids), unit="order", disable=not sys.stderr.isatty(), leave=True)
+    try:
+        while True:
+            rows = await store.get_orders(ids)
+            done = [r for r in rows if r.state != "pending"]
+            for r in done:
+                if r.order_id not in announced:
+                    announced.add(r.order_id)
+                    bar.update(1)
+                    _announce(r, bar)
+            if len(done) == len(ids):
+                return 0 if all(r.final_status == "COMPLETED" for r in done) else 1
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"orderwatch: {len(ids) - len(done)} order(s) still pending", file=sys.stderr)
+                return 1
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+    finally:
+        bar.close()
+
+
+def _announce(row: OrderRow, bar: tqdm) -> None:
+    line = f"{row.order_id} {row.final_status}"
+    if bar.disable:
+        print(line, flush=True)
+    else:
+        bar.write(line)
+
+
+async def _settle_deliveries(store: Store, ids: list[str], budget_s: float) -> None:
+    """Give the first delivery attempt of these orders' events a bounded chance to happen."""
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        rows = await store.get_deliveries(ids)
+        if all(r.state != "pending" or r.attempts > 0 for r in rows):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def replay_orders(settings: Settings, ids: list[str]) -> int:
+    """Queue the final events again (same event ids); deliver them now if no daemon runs."""
+    running = daemon_running(settings)
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings, stack, daemon=not running, now=time.time())
+        missing = [i for i in ids if await store.get_event(i) is None]
+        if missing:
+            raise UsageError(f"no final event yet for: {', '.join(missing[:5])}")
+        sinks = build_sinks(settings)
+        for sink in sinks:
+            stack.push_async_callback(sink.close)
+        if not sinks:
+            raise UsageError("no sinks configured (webhooks, commands or callbacks)")
+        queued = await store.replay(ids, [s.id for s in sinks], time.time())
+        if running:
+            print(f"queued {queued} delivery(ies); the running daemon sends them")
+            return 0
+        owner = f"replay:{os.getpid()}"
+        await Deliverer(store, sinks, owner=owner).run_until_idle()
+        rows = await store.get_deliveries(ids)
+        for r in rows:
+            print(f"{r.order_id} -> {r.sink}: {r.state} ({r.last_outcome or '-'})")
+        return 0 if all(r.state == "delivered" for r in rows) else 1
