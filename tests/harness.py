@@ -1,0 +1,100 @@
+"""Test harness: a daemon in-process or as a child process, against the bundled simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orderwatch.config import load_settings_from_mapping
+from orderwatch.daemon import Daemon
+from orderwatch.settings import Settings
+
+API_KEY = "xx.test-key-0123456789"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_dict(tmp: Path, base_url: str, **sections: Any) -> dict[str, Any]:
+    """A config for tests: fast polling, no admin server unless asked."""
+    cfg: dict[str, Any] = {
+        "runa": {"base_url": base_url, "api_key": API_KEY, "timeout": "2s"},
+        "rate_limit": {"requests_per_second": 200, "max_concurrency": 8},
+        "polling": {
+            "initial_delay": "0s",
+            "backoff_factor": 1.5,
+            "max_interval": "200ms",
+            "jitter": 0.1,
+            "not_found_grace": "1s",
+        },
+        "state_dir": str(tmp / "state"),
+        "output_dir": str(tmp / "orders"),
+        "admin": {"listen": None},
+        "shutdown_timeout": "2s",
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def settings_for(tmp: Path, base_url: str, **sections: Any) -> Settings:
+    return load_settings_from_mapping(config_dict(tmp, base_url, **sections), source="<test>")
+
+
+def write_config(tmp: Path, base_url: str, **sections: Any) -> Path:
+    path = tmp / "orderwatch.yaml"
+    path.write_text(yaml.safe_dump(config_dict(tmp, base_url, **sections)))
+    return path
+
+
+@asynccontextmanager
+async def running_daemon(settings: Settings, **kw: Any) -> AsyncIterator[Daemon]:
+    """A daemon in this event loop; stopped (as by SIGTERM) on exit."""
+    daemon = Daemon(settings, **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    ready = asyncio.create_task(daemon.ready.wait())
+    await asyncio.wait([task, ready], return_when="FIRST_COMPLETED")
+    if task.done():
+        task.result()
+    try:
+        yield daemon
+    finally:
+        stop.set()
+        await task
+
+
+async def until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> None:
+    """Wait for an async predicate to become true (state observed, not time asserted)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
+
+
+async def states(daemon: Daemon, ids: list[str]) -> dict[str, str]:
+    assert daemon.store is not None
+    return {r.order_id: r.state for r in await daemon.store.get_orders(ids)}
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERWATCH_")}
+    env["PYTHONPATH"] = str(REPO / "daemon")
+    return env
+
+
+async def spawn(*args: str, **kw: Any) -> asyncio.subprocess.Process:
+    """`python -m orderwatch ARGS` as a real child process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orderwatch", *args, env=child_env(), **kw
+    )

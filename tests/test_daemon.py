@@ -1,0 +1,124 @@
+"""The daemon end to end against the simulator: each answer class leads to what SPEC says."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.store.base import Store
+
+from harness import running_daemon, settings_for, states, until
+
+
+def sim_opts(**kw: object) -> SimOptions:
+    from harness import API_KEY
+
+    return SimOptions(api_key=API_KEY, **kw)  # type: ignore[arg-type]
+
+
+def store_of(d: object) -> Store:
+    s = d.store  # type: ignore[attr-defined]
+    assert s is not None
+    return s  # type: ignore[no-any-return]
+
+
+async def all_ended(d: object, ids: list[str]) -> bool:
+    return all(s != "pending" for s in (await states(d, ids)).values())  # type: ignore[arg-type]
+
+
+async def test_processing_then_final_writes_exact_payload(tmp_path: Path) -> None:
+    """PROCESSING is polled again; COMPLETED/FAILED write the API body (0600) and an event."""
+    async with running_simulator(sim_opts(complete_after=0.3, fail_ratio=0.5, seed=3)) as rs:
+        settings = settings_for(tmp_path, rs.base_url)
+        ids = [f"O-FINAL{i}" for i in range(10)]
+        async with running_daemon(settings) as d:
+            await d.add_orders(ids)
+            await until(lambda: all_ended(d, ids))
+            rows = await store_of(d).get_orders(ids)
+        assert {r.final_status for r in rows} <= {"COMPLETED", "FAILED"}
+        assert all(r.polls >= 1 for r in rows)  # seen PROCESSING at least once
+        for oid in ids:
+            f = tmp_path / "orders" / f"{oid}.json"
+            assert json.loads(f.read_bytes()) == rs.sim.payload(oid)
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+        assert not list((tmp_path / "orders").glob(".tmp-*"))
+
+
+async def test_not_found_ends_after_grace(tmp_path: Path) -> None:
+    """A 404 that lasts not_found_grace ends the order as not_found, with no payload file."""
+    async with running_simulator(sim_opts()) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"not_found_grace": "500ms"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-404-gone"])
+            await until(lambda: all_ended(d, ["O-404-gone"]))
+            (row,) = await store_of(d).get_orders(["O-404-gone"])
+            event = await store_of(d).get_event("O-404-gone")
+        assert (row.state, row.final_status) == ("not_found", "NOT_FOUND")
+        assert event is not None and event.event_type == "order.not_found"
+        data = json.loads(event.body)["data"]
+        assert data["status"] == "NOT_FOUND" and data["last_response"]["type"] == "not_found"
+        assert not (tmp_path / "orders" / "O-404-gone.json").exists()
+
+
+async def test_brief_404_then_found(tmp_path: Path) -> None:
+    """A 404 shorter than the grace period is retried and the order then completes."""
+    async with running_simulator(sim_opts(not_found_for=0.3, complete_after=0.5)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"not_found_grace": "5s"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-LATE"])
+            await until(lambda: all_ended(d, ["O-LATE"]))
+            (row,) = await store_of(d).get_orders(["O-LATE"])
+        assert row.final_status == "COMPLETED"
+
+
+async def test_expired_after_give_up(tmp_path: Path) -> None:
+    """Still PROCESSING at give_up_after: expired, event with the last API body, no file."""
+    async with running_simulator(sim_opts(complete_after=3600)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"give_up_after": "1s"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-SLOW"])
+            await until(lambda: all_ended(d, ["O-SLOW"]))
+            event = await store_of(d).get_event("O-SLOW")
+        assert event is not None and event.event_type == "order.expired"
+        data = json.loads(event.body)["data"]
+        assert data["status"] == "EXPIRED" and data["last_response"]["status"] == "PROCESSING"
+        assert not (tmp_path / "orders" / "O-SLOW.json").exists()
+
+
+async def _retried_then_final(tmp_path: Path, fault: str, kind: str) -> None:
+    async with running_simulator(sim_opts(complete_after=0)) as rs:
+        rs.sim.script(fault, fault)
+        settings = settings_for(tmp_path, rs.base_url, runa={"timeout": "300ms"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-FLAKY"])
+            await until(lambda: all_ended(d, ["O-FLAKY"]))
+            (row,) = await store_of(d).get_orders(["O-FLAKY"])
+            failures = d.metrics.requests.labels(kind)._value.get()
+        assert row.final_status == "COMPLETED"
+        assert failures == 2
+        # both failures counted on the error budget, none on the normal cadence
+        assert (row.error_streak, row.polls) == (2, 0)
+        assert json.loads((tmp_path / "orders" / "O-FLAKY.json").read_bytes())["id"] == "O-FLAKY"
+
+
+async def test_server_error_retried(tmp_path: Path) -> None:
+    """5xx answers are retried with back-off for that order, then it completes."""
+    await _retried_then_final(tmp_path, "500", "server_error")
+
+
+async def test_malformed_body_retried(tmp_path: Path) -> None:
+    """A 200 whose body is not a valid order is retried, never written as a payload."""
+    await _retried_then_final(tmp_path, "malformed", "invalid")
+
+
+async def test_connection_reset_retried(tmp_path: Path) -> None:
+    """A connection reset is a transport error: retried, and it passes the limiter again."""
+    await _retried_then_final(tmp_path, "reset", "transport")
+
+
+async def test_timeout_retried(tmp_path: Path) -> None:
+    """A request that times out is retried."""
+    await _retried_then_final(tmp_path, "timeout", "transport")
