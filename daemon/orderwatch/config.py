@@ -207,6 +207,7 @@ def _secret_files(mapping: dict[str, Any], loc: Loc, base: Path | None, c: _Coll
             continue
         if mapping.get(key) is not None:
             c.add((*loc, file_key), f"give {key} or {file_key}, not both")
+            mapping.pop(file_key)
             continue
         secret = _read_secret(mapping.pop(file_key), (*loc, file_key), base, c)
         if secret is not None:

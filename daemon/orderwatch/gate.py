@@ -38,6 +38,10 @@ class Gate:
         """False while auth-paused (what /readyz and systemd STATUS report)."""
         return not self.auth_failed
 
+    def closed(self) -> bool:
+        """True while no ordinary request may be sent (rate-paused or auth-paused)."""
+        return self.auth_failed or self.rate_paused_for() > 0
+
     def rate_paused_for(self) -> float:
         return max(0.0, self.paused_until - self._clock())
 

@@ -161,6 +161,9 @@ class Poller:
             t0 = time.monotonic()
             await d.limiter.acquire()
             t1 = time.monotonic()
+            if not probe and d.gate.closed():
+                await d.store.release(claim)  # a 429 or 401 arrived while this one waited
+                return
             answer = await d.client.get_order(claim.order_id)
             d.metrics.limiter_wait.inc(t1 - t0)
             d.metrics.request_seconds.observe(time.monotonic() - t1)

@@ -1,0 +1,122 @@
+"""The command line as a user meets it: real child processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness import API_KEY, child_env
+
+
+def ow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orderwatch", *args],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def config(tmp_path: Path, **extra: object) -> Path:
+    cfg = {
+        "runa": {"base_url": "http://127.0.0.1:9/v2", "api_key": API_KEY},
+        "state_dir": str(tmp_path / "state"),
+        "output_dir": str(tmp_path / "orders"),
+        "admin": {"listen": None},
+        **extra,
+    }
+    path = tmp_path / "ow.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_check_config_ok_and_broken(tmp_path: Path) -> None:
+    """check-config exits 0 on a good config; 2 with one located line per problem."""
+    good = config(tmp_path)
+    assert ow("check-config", "-c", str(good)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rate_limit:\n  requests_per_sec: 5\npolling:\n  max_interval: never\n")
+    r = ow("check-config", "-c", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"{bad}:2: rate_limit.requests_per_sec: unknown key 'requests_per_sec' "
+        "(did you mean 'requests_per_second'?)",
+        f"{bad}:4: polling.max_interval: invalid duration 'never': use e.g. 250ms, 30s, 5m, 2h, 3d",
+    ]
+
+
+def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:
+    """A missing config, a missing API key, a bad argument: one line, exit 2, no traceback."""
+    r = ow("run", "-c", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot read config" in r.stderr
+    cfg = tmp_path / "nokey.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "s"),
+                "admin": {"listen": None},
+                "output_dir": str(tmp_path / "o"),
+            }
+        )
+    )
+    r = ow("run", "-c", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "runa.api_key: is required" in r.stderr
+    r = ow("frobnicate")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_add_hostile_ids_rejected_valid_kept(tmp_path: Path) -> None:
+    """add reports invalid IDs (exit 2) but keeps the valid ones; nothing escapes the dirs."""
+    cfg = config(tmp_path)
+    r = ow("add", "-c", str(cfg), "O-GOOD1", "../../etc/passwd", "a/b", "O-GOOD2", "x" * 200)
+    assert r.returncode == 2
+    assert "invalid order id: '../../etc/passwd', 'a/b', 'xxxxxxxx" in r.stderr
+    assert "accepted 2 order(s), 2 new" in r.stdout
+    status = json.loads(ow("status", "-c", str(cfg), "--json").stdout)
+    assert status["orders"]["pending"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ow.yaml", "state"]
+
+
+def test_add_twice_tracks_once(tmp_path: Path) -> None:
+    """An order is tracked once however often it is added."""
+    cfg = config(tmp_path)
+    assert ow("add", "-c", str(cfg), "O-1", "O-1", "O-2").returncode == 0
+    r = ow("add", "-c", str(cfg), "O-1")
+    assert "accepted 1 order(s), 0 new" in r.stdout
+    status = json.loads(ow("status", "-c", str(cfg), "--json").stdout)
+    assert status["orders"]["pending"] == 2
+
+
+def test_status_per_order_and_unknown(tmp_path: Path) -> None:
+    """status ID shows state and polls; an untracked ID is named and exits 1."""
+    cfg = config(tmp_path)
+    ow("add", "-c", str(cfg), "O-1")
+    r = ow("status", "-c", str(cfg), "O-1", "O-NOPE")
+    assert r.returncode == 1
+    assert "O-1" in r.stdout and "pending" in r.stdout and "O-NOPE: not tracked" in r.stdout
+    data = json.loads(ow("status", "-c", str(cfg), "O-1", "--json").stdout)
+    assert data["orders"][0]["state"] == "pending" and data["unknown"] == []
+
+
+def test_second_daemon_on_same_state_refused(tmp_path: Path) -> None:
+    """One embedded state has one daemon: a second `run` exits 2 with a clear line."""
+    import fcntl
+    import os
+
+    cfg = config(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    fd = os.open(tmp_path / "state" / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # stands in for the first daemon
+    try:
+        r = ow("run", "-c", str(cfg))
+    finally:
+        os.close(fd)
+    assert r.returncode == 2
+    assert "another orderwatch daemon is already running" in r.stderr

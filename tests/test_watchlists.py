@@ -1,0 +1,40 @@
+"""Watchlist files: read at start, re-read on change, bad lines reported, the rest counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from structlog.testing import capture_logs
+
+from orderwatch.simulator import SimOptions, running_simulator
+
+from harness import API_KEY, running_daemon, settings_for, until
+
+
+async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
+    """Valid IDs are tracked; hostile lines and a missing file are reported; appended IDs and
+    a file created later are picked up without a restart."""
+    wl1, wl2 = tmp_path / "a.txt", tmp_path / "b.txt"
+    wl1.write_text("# orders\nO-W1\n../../etc/passwd\n\nO-W2  # trailing comment\nO W3\n")
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, watchlists=[str(wl1), str(wl2)])
+        with capture_logs() as logs:
+            async with running_daemon(settings) as d:
+                store = d.store
+                assert store is not None
+
+                async def tracked(*ids: str) -> bool:
+                    return len(await store.get_orders(list(ids))) == len(ids)
+
+                await until(lambda: tracked("O-W1", "O-W2"), timeout=10)
+                with wl1.open("a") as f:
+                    f.write("O-W4\n")
+                await until(lambda: tracked("O-W4"), timeout=10)
+                wl2.write_text("O-W5\n")
+                await until(lambda: tracked("O-W5"), timeout=10)
+                assert (await store.counts())["pending"] == 4
+    problems = [e["problem"] for e in logs if e["event"] == "watchlist.problem"]
+    assert f"{wl1}:3: invalid order id '../../etc/passwd'" in problems
+    assert f"{wl1}:6: invalid order id 'O W3'" in problems
+    assert f"{wl2}: cannot read watchlist: No such file or directory" in problems
+    assert not list(tmp_path.glob("**/passwd"))
