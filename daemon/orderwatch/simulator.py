@@ -104,7 +104,7 @@ def _final_payload(order_id: str, status: str) -> dict[str, Any]:
         "total_price": total,
         "total_discount": "0.00",
         "items": items,
-        "transaction_detail": {"USD": {"value": total, "fx": None}},
+        "transaction_detail": {"USD": {"value": total}},  # no FX: the schema has no null
         "metadata": {"source": "simulator"},
     }
 
