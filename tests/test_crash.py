@@ -71,3 +71,54 @@ async def test_sigkill_restart_loop_loses_nothing(tmp_path: Path) -> None:
         for r, e in zip(rows, events, strict=True):
             assert e is not None
             assert json.loads(e.body)["data"] == rs.sim.payload(r.order_id)
+
+
+@pytest.mark.slow
+async def test_sigkill_during_delivery_burst_loses_no_event(tmp_path: Path) -> None:
+    """SIGKILL while webhooks go out, three times: afterwards every order's event has been
+    delivered at least once, always under its one stable id and with identical bytes."""
+    from orderwatch.receiver import Receiver, running_receiver
+
+    from harness import SECRET
+
+    receiver = Receiver(SECRET, delay_s=0.02)  # slow enough that kills land mid-burst
+    opts = SimOptions(api_key=API_KEY, complete_after=0)
+    ids = [f"O-HOOK{i:03d}" for i in range(150)]
+    async with running_simulator(opts) as rs, running_receiver(receiver) as url:
+        cfg = write_config(
+            tmp_path,
+            rs.base_url,
+            webhooks=[
+                {
+                    "url": url,
+                    "secret": SECRET,
+                    "retry_schedule": ["100ms"] * 5,
+                    "max_concurrency": 4,
+                }
+            ],
+        )
+        assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
+        for _ in range(3):
+            seen = len(receiver.events)
+            child = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+
+            async def progressed(seen: int = seen) -> bool:
+                return len(receiver.events) >= seen + 20
+
+            await until(progressed, timeout=30)
+            child.send_signal(signal.SIGKILL)
+            await child.wait()
+        child = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+
+        async def all_heard() -> bool:
+            return {e.order_id for e in receiver.events} == set(ids)
+
+        await until(all_heard, timeout=60)
+        child.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(child.wait(), 15) == 0
+    by_order: dict[str, set[tuple[str, bytes]]] = {}
+    for e in receiver.events:
+        assert e.verified
+        by_order.setdefault(e.order_id, set()).add((e.event_id, e.body))
+    assert set(by_order) == set(ids)
+    assert all(len(v) == 1 for v in by_order.values())  # one id, one body per order

@@ -3,6 +3,7 @@ Webhooks reference library and records what arrived. Prints no payout links."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,17 +22,27 @@ class Received:
     verified: bool
     received_at: float  # time.monotonic()
     body: bytes
+    headers: dict[str, str]
 
 
 class Receiver:
     def __init__(
-        self, secret: str, *, fail_first: int = 0, fail_status: int = 500, verbose: bool = False
+        self,
+        secret: str,
+        *,
+        fail_first: int = 0,
+        fail_status: int = 500,
+        verbose: bool = False,
+        delay_s: float = 0.0,
     ) -> None:
+        self.delay_s = delay_s  # every answer takes this long (a slow endpoint)
         self._verifier = Webhook(secret)
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.verbose = verbose
         self.attempts = 0
+        self.attempt_ids: list[str] = []  # webhook-id of every attempt, failed ones too
+        self.hang = False  # never answer (a dead-but-connected endpoint)
         self.events: list[Received] = []
         self.app = web.Application()
         self.app.router.add_post("/hook", self._hook)
@@ -39,6 +50,11 @@ class Receiver:
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.attempts += 1
+        self.attempt_ids.append(request.headers.get("webhook-id", ""))
+        if self.hang:
+            await asyncio.sleep(3600)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.attempts <= self.fail_first:
             return web.Response(status=self.fail_status)
         try:
@@ -55,6 +71,7 @@ class Receiver:
             verified,
             time.monotonic(),
             body,
+            dict(request.headers),
         )
         self.events.append(got)
         if self.verbose:
@@ -68,7 +85,9 @@ class Receiver:
 @asynccontextmanager
 async def running_receiver(receiver: Receiver, host: str = "127.0.0.1") -> AsyncIterator[str]:
     """Serve on a free loopback port; yields the hook URL."""
-    runner = web.AppRunner(receiver.app, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        receiver.app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
