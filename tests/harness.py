@@ -93,8 +93,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-async def spawn(*args: str, **kw: Any) -> asyncio.subprocess.Process:
-    """`python -m orderwatch ARGS` as a real child process."""
+async def spawn(
+    *args: str, env: dict[str, str] | None = None, **kw: Any
+) -> asyncio.subprocess.Process:
+    """`python -m orderwatch ARGS` as a real child process (`env` is added to a clean one)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orderwatch", *args, env=child_env(), **kw
+        sys.executable, "-m", "orderwatch", *args, env={**child_env(), **(env or {})}, **kw
     )

@@ -28,7 +28,7 @@ from orderwatch.limiter import SpacedLimiter
 from orderwatch.metrics import Metrics
 from orderwatch.notify import Notifier
 from orderwatch.payloads import prepare_output_dir
-from orderwatch.poller import Poller, PollerDeps
+from orderwatch.poller import MAX_IDLE_WAIT_S, Poller, PollerDeps
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
 from orderwatch.store.base import Store
@@ -143,6 +143,7 @@ class Daemon:
         self.ready.set()
         self.notifier.ready()
         log.info("daemon.ready", owner=self.owner, state=self._state_label())
+        log.info("config.loaded", config=self.settings.model_dump(mode="json"))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(
@@ -164,8 +165,16 @@ class Daemon:
         interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
         while not stop.is_set():
             await self.refresh_gauges()
-            self.notifier.watchdog()
+            if self._making_progress():
+                self.notifier.watchdog()
+            else:
+                log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
             await wait_any(stop, timeout=interval)
+
+    def _making_progress(self) -> bool:
+        """The loop runs (we are here) and the scheduler passed through its loop lately."""
+        assert self.poller is not None
+        return time.monotonic() - self.poller.heartbeat < 3 * MAX_IDLE_WAIT_S + 5.0
 
     async def refresh_gauges(self, deliveries: bool = False) -> dict[str, int]:
         """Gauges from the store. Order counts are O(1); delivery counts scan, so they are

@@ -66,6 +66,7 @@ class Poller:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
 
     def wake(self) -> None:
         """New orders were added in this process: look for due work now."""
@@ -101,6 +102,7 @@ class Poller:
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 got = await self._claim_some()
             except StoreError as e:

@@ -1,0 +1,213 @@
+"""Operating the daemon: reload, shutdown, the admin API and metrics, and what logs hold."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from orderwatch.receiver import Receiver, running_receiver
+from orderwatch.simulator import Faults, SimOptions, running_simulator
+
+from harness import API_KEY, SECRET, config_dict, running_daemon, settings_for, spawn, until
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http(method: str, url: str, **kw: object) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, await r.text()
+
+
+async def test_admin_api_and_metrics(tmp_path: Path) -> None:
+    """/healthz, /readyz, /metrics (parsed by prometheus-client with every family), POST
+    /orders behind a bearer token, GET /orders/{id} without any payload."""
+    port = free_port()
+    (tmp_path / "token").write_text("s3cret-admin-token\n")
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")},
+        )
+        base = f"http://127.0.0.1:{port}"
+        async with running_daemon(settings) as d:
+            assert (await http("GET", f"{base}/healthz"))[0] == 200
+            assert (await http("GET", f"{base}/readyz")) == (200, '{"ready": true, "reason": "ok"}')
+            body = {"ids": ["O-ADM1", "../etc"]}
+            assert (await http("POST", f"{base}/orders", json=body))[0] == 401
+            status, text = await http(
+                "POST",
+                f"{base}/orders",
+                json=body,
+                headers={"Authorization": "Bearer s3cret-admin-token"},
+            )
+            assert status == 200 and json.loads(text) == {
+                "accepted": 1,
+                "new": 1,
+                "invalid": ["../etc"],
+            }
+            assert (
+                await http(
+                    "POST",
+                    f"{base}/orders",
+                    data=b"nope",
+                    headers={"Authorization": "Bearer s3cret-admin-token"},
+                )
+            )[0] == 400
+
+            async def final() -> bool:
+                return (await d.store.counts())["final"] == 1  # type: ignore[union-attr]
+
+            await until(final)
+            status, text = await http("GET", f"{base}/orders/O-ADM1")
+            order = json.loads(text)
+            assert status == 200 and order["state"] == "final" and "items" not in text
+            assert (await http("GET", f"{base}/orders/O-NOPE"))[0] == 404
+            _, metrics = await http("GET", f"{base}/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    for name in (
+        "orderwatch_api_requests",
+        "orderwatch_orders",
+        "orderwatch_oldest_pending_age_seconds",
+        "orderwatch_limiter_wait_seconds",
+        "orderwatch_api_rate_limited",
+        "orderwatch_delivery_attempts",
+        "orderwatch_delivery_latency_seconds",
+        "orderwatch_deliveries_dead",
+        "orderwatch_last_successful_poll_timestamp_seconds",
+        "orderwatch_api_request_duration_seconds",
+        "orderwatch_ready",
+    ):
+        assert name in families, name
+    final = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
+    assert final[0].value == 1
+    assert "O-ADM1" not in metrics  # no order-id labels
+
+
+@pytest.mark.slow
+async def test_sighup_with_broken_config_keeps_old_and_sigterm_exits_0(tmp_path: Path) -> None:
+    """A broken config on SIGHUP is reported and the old one kept; a good one is applied.
+    SIGTERM with requests in flight exits 0 within the shutdown deadline."""
+    port = free_port()
+    opts = SimOptions(api_key=API_KEY, complete_after=3600, faults=Faults(latency=1.5))
+    async with running_simulator(opts) as rs:
+        cfg_path = tmp_path / "ow.yaml"
+        good = config_dict(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}"},
+            logging={"format": "json", "level": "info"},
+        )
+        cfg_path.write_text(yaml.safe_dump(good))
+        assert (
+            await (await spawn("add", "-c", str(cfg_path), *[f"O-S{i}" for i in range(20)])).wait()
+            == 0
+        )
+        proc = await spawn("run", "-c", str(cfg_path), stderr=asyncio.subprocess.PIPE)
+        lines: list[dict[str, object]] = []
+
+        async def read_logs() -> None:
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                lines.append(json.loads(raw))
+
+        reader = asyncio.create_task(read_logs())
+
+        async def logged(event: str) -> bool:
+            return any(e.get("event") == event for e in lines)
+
+        await until(lambda: logged("daemon.ready"))
+        cfg_path.write_text("runa: [this is: not valid\n")
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: logged("config.reload_rejected"))
+        assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
+        cfg_path.write_text(yaml.safe_dump({**good, "polling": {**good["polling"], "jitter": 0.2}}))
+        proc.send_signal(signal.SIGHUP)
+        await until(lambda: logged("config.reloaded"))
+
+        async def in_flight() -> bool:
+            return len(rs.sim.arrivals) >= 4  # the 1.5 s latency keeps them open
+
+        await until(in_flight)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 15)
+        elapsed = time.monotonic() - t0
+        await reader
+    assert code == 0
+    assert elapsed < 2.0 + 3.0  # shutdown_timeout (2 s) plus start-up slack of the exit path
+    rejected = next(e for e in lines if e["event"] == "config.reload_rejected")
+    assert "YAML syntax error" in json.dumps(rejected)
+
+
+@pytest.mark.slow
+async def test_logs_never_hold_secrets_or_payout_urls(tmp_path: Path) -> None:
+    """A full run with errors, 401s, retries, webhooks and a config dump, at debug level:
+    the API key, the webhook secret and every payout URL appear nowhere in the logs."""
+    receiver = Receiver(SECRET, fail_first=3)
+    faults = Faults(rate_5xx=0.1, rate_malformed=0.1, rate_reset=0.05)
+    async with (
+        running_simulator(
+            SimOptions(api_key=API_KEY, complete_after=0.3, seed=5, faults=faults)
+        ) as rs,
+        running_receiver(receiver) as url,
+    ):
+        cfg_path = tmp_path / "ow.yaml"
+        cfg = config_dict(
+            tmp_path,
+            rs.base_url,
+            logging={"format": "json", "level": "debug"},
+            webhooks=[{"url": url, "secret": SECRET, "retry_schedule": ["100ms"] * 5}],
+            commands=[["/bin/false"]],
+        )
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        ids = [f"O-LOG{i}" for i in range(15)]
+        rs.sim.create(["O-LOGSLOW"], complete_after=3600)  # still polled when the key breaks
+        assert await (await spawn("add", "-c", str(cfg_path), *ids, "O-LOGSLOW")).wait() == 0
+        proc = await spawn("run", "-c", str(cfg_path), stderr=asyncio.subprocess.PIPE)
+        out = bytearray()
+
+        async def read() -> None:
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                out.extend(raw)
+
+        reader = asyncio.create_task(read())
+
+        async def heard() -> bool:
+            return {e.order_id for e in receiver.events} == set(ids)
+
+        await until(heard, timeout=30)
+        rs.sim.set_faults(Faults(bad_key=True))  # and an auth failure, for its error line
+
+        async def auth_failed() -> bool:
+            return b"api.auth_failed" in out
+
+        await until(auth_failed, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+        await reader
+        urls = [
+            item["payout"]["url"]
+            for i in ids
+            for item in (rs.sim.payload(i) or {}).get("items", [])
+        ]
+    text = out.decode()
+    assert "order.final" in text and "config.loaded" in text and "api.auth_failed" in text
+    assert urls, "the run produced payout links to look for"
+    for secret in (API_KEY, SECRET, SECRET.removeprefix("whsec_"), *urls):
+        assert secret not in text, secret
+    assert "spend.runa.io" not in text
