@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
 from orderwatch.events import make_event
 from orderwatch.store.base import Store
+from orderwatch.store.sqlite import SqliteStore
+
+from conftest import BACKENDS
 
 T0 = 1_700_000_000.0
 
@@ -122,3 +131,51 @@ async def test_counts_follow_every_transition(store: Store) -> None:
         claims["A"], "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), []
     )
     assert await store.counts() == {"pending": 2, "final": 1, "expired": 1, "not_found": 1}
+
+
+@pytest.fixture(params=BACKENDS)
+async def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Store]]:
+    """Two store instances on the same state, as two processes (or replicas) would have."""
+    if request.param == "postgres":
+        from orderwatch.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+        a: Store = await PostgresStore.open(dsn)
+        b: Store = await PostgresStore.open(dsn)
+    else:
+        a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
+        b = await SqliteStore.open(tmp_path / "state")
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_claimers_get_disjoint_orders(two_stores: tuple[Store, Store]) -> None:
+    """Two claimers racing over the same due orders never get the same one."""
+    a, b = two_stores
+    ids = [f"O-{i:04d}" for i in range(400)]
+    await a.add_orders(ids, T0, T0)
+
+    async def drain(s: Store, owner: str) -> list[str]:
+        got: list[str] = []
+        while claims := await s.claim_due(T0 + 1, 7, owner, 300):
+            got += [c.order_id for c in claims]
+        return got
+
+    got_a, got_b = await asyncio.gather(drain(a, "a"), drain(b, "b"))
+    assert not set(got_a) & set(got_b)
+    assert sorted(got_a + got_b) == ids
+
+
+async def test_deliveries_claimed_once_across_instances(two_stores: tuple[Store, Store]) -> None:
+    """A delivery is leased to one sender at a time across instances."""
+    a, b = two_stores
+    await a.add_orders(["A"], T0, T0)
+    (c,) = await a.claim_due(T0, 1, "a", 30)
+    await a.finish(c, "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), ["s"])
+    first = await a.claim_deliveries(T0, 10, "a", 30, ["s"])
+    assert len(first) == 1 and await b.claim_deliveries(T0, 10, "b", 30, ["s"]) == []

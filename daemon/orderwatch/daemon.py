@@ -24,7 +24,7 @@ from orderwatch.client import RunaClient
 from orderwatch.delivery import Deliverer
 from orderwatch.errors import ConfigError, UsageError
 from orderwatch.gate import Gate
-from orderwatch.limiter import SpacedLimiter
+from orderwatch.limiter import RateLimiter, SpacedLimiter
 from orderwatch.metrics import Metrics
 from orderwatch.notify import Notifier
 from orderwatch.payloads import prepare_output_dir
@@ -119,7 +119,7 @@ class Daemon:
         return PollerDeps(
             store=self.store,
             client=client,
-            limiter=SpacedLimiter(s.rate_limit.requests_per_second),
+            limiter=self._limiter(s.rate_limit.requests_per_second),
             gate=self.gate,
             polling=s.polling,
             output_dir=s.output_dir,
@@ -132,6 +132,11 @@ class Daemon:
             wall=self.wall,
             on_final=self.deliverer.wake,
         )
+
+    def _limiter(self, rate: float) -> RateLimiter:
+        """The cluster-wide limiter when the store offers one (PostgreSQL), else a local one."""
+        shared = getattr(self.store, "limiter", None)
+        return shared(rate) if callable(shared) else SpacedLimiter(rate)
 
     async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
         from orderwatch.admin import start_admin  # the admin server needs the whole graph
