@@ -22,7 +22,7 @@ import structlog
 from orderwatch.aio import wait_any
 from orderwatch.client import RunaClient
 from orderwatch.delivery import Deliverer
-from orderwatch.errors import ConfigError, UsageError
+from orderwatch.errors import ConfigError, StoreError, UsageError
 from orderwatch.gate import Gate
 from orderwatch.limiter import RateLimiter, SpacedLimiter
 from orderwatch.metrics import Metrics
@@ -127,7 +127,8 @@ class Daemon:
             owner=self.owner,
             max_concurrency=s.rate_limit.max_concurrency,
             rate=s.rate_limit.requests_per_second,
-            lease_s=max(120.0, 4 * s.runa.timeout_s),
+            lease_s=s.polling.lease_s,
+            request_timeout_s=s.runa.timeout_s,
             metrics=self.metrics,
             wall=self.wall,
             on_final=self.deliverer.wake,
@@ -169,7 +170,12 @@ class Daemon:
         """Refresh gauges and systemd STATUS; pet the watchdog while the loop makes progress."""
         interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
         while not stop.is_set():
-            await self.refresh_gauges()
+            try:
+                await self.refresh_gauges()
+            except StoreError as e:  # readiness reports it; the watchdog is not fed
+                log.error("store.unavailable", error=str(e))
+                await wait_any(stop, timeout=interval)
+                continue
             if self._making_progress():
                 self.notifier.watchdog()
             else:

@@ -32,7 +32,6 @@ log = structlog.get_logger("orderwatch.poller")
 
 VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
-LEASE_MARGIN_S = 15.0  # never start a request this close to the end of its claim's lease
 
 
 @dataclass
@@ -47,7 +46,8 @@ class PollerDeps:
     owner: str
     max_concurrency: int
     rate: float
-    lease_s: float = 120.0  # longer than any request plus its wait in the prefetch queue
+    lease_s: float = 60.0  # longer than any request plus its wait in the prefetch queue
+    request_timeout_s: float = 10.0
     metrics: Metrics = field(default_factory=Metrics)
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
@@ -156,8 +156,8 @@ class Poller:
     async def poll_one(self, claim: Claim) -> None:
         """Send one GET for a claimed order (through gate and limiter) and apply the answer."""
         d = self.d
-        if d.wall() >= claim.lease_until - LEASE_MARGIN_S:
-            return  # waited too long (a pause, a lost store): the lease may be someone else's
+        if self._lease_too_short(claim):
+            return
         probe = await d.gate.enter()
         try:
             t0 = time.monotonic()
@@ -165,6 +165,8 @@ class Poller:
             t1 = time.monotonic()
             if not probe and d.gate.closed():
                 await d.store.release(claim)  # a 429 or 401 arrived while this one waited
+                return
+            if self._lease_too_short(claim):
                 return
             answer = await d.client.get_order(claim.order_id)
             d.metrics.limiter_wait.inc(t1 - t0)
@@ -175,6 +177,11 @@ class Poller:
             if probe:
                 d.gate.leave_probe()
         await self._apply(claim, answer)
+
+    def _lease_too_short(self, claim: Claim) -> bool:
+        """Too close to the lease's end to finish a request in time: leave the order alone,
+        whoever holds it next (this worker waited through a pause or lost the store)."""
+        return self.d.wall() >= claim.lease_until - self.d.request_timeout_s - 0.5
 
     def _tell_gate(self, answer: Answer) -> None:
         if answer.kind in VALID:

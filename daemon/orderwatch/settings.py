@@ -61,6 +61,9 @@ class PollingSettings(_Section):
     jitter: float = Field(0.1, ge=0.0, le=1.0)
     give_up_after_s: PositiveSeconds = Field(72 * 3600.0, alias="give_up_after")
     not_found_grace_s: Seconds = Field(600.0, alias="not_found_grace")
+    # How long a claimed order is invisible to other workers/replicas. A replica that dies
+    # holding claims delays those orders by at most this; it must exceed a request's timeout.
+    lease_s: PositiveSeconds = Field(60.0, alias="lease")
 
 
 class WebhookSettings(_Section):
@@ -110,3 +113,12 @@ class Settings(_Section):
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown_timeout_s: PositiveSeconds = Field(5.0, alias="shutdown_timeout")
+
+    @model_validator(mode="after")
+    def _lease_outlives_a_request(self) -> Settings:
+        if self.polling.lease_s < 2 * self.runa.timeout_s + 1:
+            raise ValueError(
+                f"polling.lease ({self.polling.lease_s:g}s) must be at least twice"
+                f" runa.timeout ({self.runa.timeout_s:g}s) plus one second"
+            )
+        return self
