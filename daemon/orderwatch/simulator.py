@@ -118,6 +118,7 @@ class Simulator:
         self._orders: dict[str, _Order] = {}
         self._script: deque[str] = deque()
         self.arrivals: deque[float] = deque(maxlen=1_000_000)
+        self.requests: deque[tuple[float, str]] = deque(maxlen=1_000_000)  # (arrival, order id)
         self.answered: Counter[str] = Counter()
         self.app = web.Application()
         self.app.router.add_get("/v2/order/{id}", self._order)
@@ -182,7 +183,9 @@ class Simulator:
         return "ok"
 
     async def _order(self, request: web.Request) -> web.StreamResponse:
-        self.arrivals.append(time.monotonic())
+        now = time.monotonic()
+        self.arrivals.append(now)
+        self.requests.append((now, request.match_info["id"]))
         response = await self._answer(request)
         self.answered[str(response.status)] += 1
         return response

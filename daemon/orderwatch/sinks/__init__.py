@@ -2,32 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
+from orderwatch.errors import UsageError
 from orderwatch.settings import Settings
-from orderwatch.sinks.base import AttemptResult, Sink
+from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, Sink
 from orderwatch.sinks.callback import Callback, CallbackSink, load_callable
 from orderwatch.sinks.command import CommandSink
 from orderwatch.sinks.webhook import WebhookSink
 
-# Commands and callbacks have no per-sink schedule key: the webhook default, like Svix's.
-DEFAULT_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
-
-def build_sinks(settings: Settings, extra_callbacks: Sequence[Callback] = ()) -> list[Sink]:
-    sinks: list[Sink] = [WebhookSink(w) for w in settings.webhooks]
+def build_sinks(
+    settings: Settings,
+    extra_callbacks: Sequence[Callback] = (),
+    *,
+    clock: Callable[[], float] = time.time,
+) -> list[Sink]:
+    """Every sink the config names, in config order, then the callables passed in code.
+    Commands and callbacks share `command_timeout` and the default (Svix-like) schedule.
+    Raises UsageError for a callback that cannot be loaded or two sinks that are the same."""
+    sinks: list[Sink] = [WebhookSink(w, clock=clock) for w in settings.webhooks]
+    sinks += [CommandSink(argv, settings.command_timeout_s) for argv in settings.commands]
     sinks += [
-        CommandSink(argv, settings.command_timeout_s, DEFAULT_SCHEDULE_S)
-        for argv in settings.commands
+        CallbackSink(load_callable(spec), spec, timeout_s=settings.command_timeout_s)
+        for spec in settings.callbacks
     ]
-    funcs = [load_callable(spec) for spec in settings.callbacks] + list(extra_callbacks)
-    sinks += [CallbackSink(f, DEFAULT_SCHEDULE_S) for f in funcs]
+    sinks += [CallbackSink(f, timeout_s=settings.command_timeout_s) for f in extra_callbacks]
     ids = [s.id for s in sinks]
-    if len(set(ids)) != len(ids):
-        from orderwatch.errors import UsageError
-
-        raise UsageError("two sinks are the same (same webhook url, command or callback)")
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise UsageError(f"the same sink is configured twice: {', '.join(duplicates)}")
     return sinks
 
 
-__all__ = ["AttemptResult", "Sink", "build_sinks"]
+__all__ = [
+    "DEFAULT_SCHEDULE_S",
+    "AttemptResult",
+    "Callback",
+    "CallbackSink",
+    "CommandSink",
+    "Sink",
+    "WebhookSink",
+    "build_sinks",
+    "load_callable",
+]

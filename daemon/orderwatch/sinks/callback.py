@@ -1,55 +1,101 @@
-"""Python callbacks: `package.module:function` from config, or callables passed in code.
-Each gets the event as a dict: {"id": <event id>, "type", "timestamp", "data"}."""
+"""Python callbacks: `package.module:function` from config, or async callables passed in code.
+
+Each call gets one dict, the event body parsed plus its id:
+    {"id": "evt_completed_O-1", "type": "order.completed", "timestamp": "2024-...Z",
+     "data": {<the final order payload, or {"id", "status", "last_response"}>}}
+`id` is the webhook-id: stable across retries and replays, so make the callback idempotent on
+it. Returning is delivered; raising (or running past the timeout, when one is set) is retried
+on the schedule. A callback is called once per event, at least once."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
+
 from orderwatch.errors import UsageError
-from orderwatch.sinks.base import AttemptResult
+from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, callback_sink_id
 from orderwatch.store.base import EventRecord
 
 Callback = Callable[[dict[str, Any]], Awaitable[Any]]
+log = structlog.get_logger("orderwatch.sinks.callback")
 
 
 def load_callable(spec: str) -> Callback:
+    """Import "package.module:function" (the function part may be dotted: "mod:Class.method").
+    Raises UsageError naming the spec when it is malformed, missing or not async."""
     module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if not sep or not module_name.strip() or not attr.strip():
         raise UsageError(f"callback {spec!r}: expected 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # an import error in user code is a config problem
-        raise UsageError(f"callback {spec!r}: cannot import {module_name}: {e}") from None
+    except Exception as e:  # any error importing user code is a config problem
+        raise UsageError(
+            f"callback {spec!r}: cannot import {module_name}: {type(e).__name__}: {e}"
+        ) from None
     func: Any = module
     for part in attr.split("."):
         func = getattr(func, part, None)
         if func is None:
-            raise UsageError(f"callback {spec!r}: {module_name} has no {attr}")
-    if not inspect.iscoroutinefunction(func):
-        raise UsageError(f"callback {spec!r}: must be an async function")
+            raise UsageError(f"callback {spec!r}: module {module_name} has no {attr}")
+    if not is_async_callable(func):
+        raise UsageError(f"callback {spec!r}: must be an async function (async def)")
     return func  # type: ignore[no-any-return]
 
 
+def is_async_callable(func: Any) -> bool:
+    """True for async functions, partials of them, and objects with an async __call__."""
+    return inspect.iscoroutinefunction(func) or (
+        callable(func) and inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004 (we need the method, not callability)
+    )
+
+
 def callable_name(func: Callable[..., Any]) -> str:
-    return f"{getattr(func, '__module__', '?')}:{getattr(func, '__qualname__', repr(func))}"
+    """module:qualname, how callables passed in code are named (stable across restarts)."""
+    target = getattr(func, "func", func)  # functools.partial
+    module = getattr(target, "__module__", None) or "?"
+    name = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}:{name}"
+
+
+def event_dict(event: EventRecord) -> dict[str, Any]:
+    """What a callback receives: the parsed body plus "id" (the webhook-id)."""
+    parsed = json.loads(event.body)
+    return {"id": event.event_id, **parsed}
 
 
 class CallbackSink:
-    def __init__(self, func: Callback, retry_schedule_s: tuple[float, ...]) -> None:
+    def __init__(
+        self,
+        func: Callback,
+        name: str | None = None,
+        *,
+        retry_schedule_s: tuple[float, ...] = DEFAULT_SCHEDULE_S,
+        timeout_s: float | None = None,
+        max_concurrency: int = 8,
+    ) -> None:
+        if not is_async_callable(func):
+            raise UsageError(f"callback {name or callable_name(func)}: must be an async function")
         self.func = func
-        self.id = f"callback:{callable_name(func)}"
+        self.id = callback_sink_id(name or callable_name(func))
         self.retry_schedule_s = retry_schedule_s
-        self.max_concurrency = 8
+        self.timeout_s = timeout_s
+        self.max_concurrency = max_concurrency
 
     async def attempt(self, event: EventRecord) -> AttemptResult:
-        payload = {"id": event.event_id, **json.loads(event.body)}
         try:
-            await self.func(payload)
+            async with asyncio.timeout(self.timeout_s):
+                await self.func(event_dict(event))
+        except TimeoutError:
+            return AttemptResult(False, "timeout")
         except Exception as e:
+            # the traceback is the user's to debug; the log chain redacts URLs and secrets
+            log.warning("callback.raised", order_id=event.order_id, sink=self.id, exc_info=True)
             return AttemptResult(False, f"raised {type(e).__name__}")
         return AttemptResult(True, "ok")
 

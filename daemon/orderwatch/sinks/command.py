@@ -1,6 +1,10 @@
-"""Command sink: argv from config (never a shell), the event JSON on stdin, facts in the
-environment. Exit 0 is delivered; anything else, or a timeout, is retried. Its output is not
-logged (it may echo payout links): only its size."""
+"""Command sink: argv from config, run without a shell, in its own process group.
+
+The event JSON (the exact bytes a webhook gets) arrives on stdin; the environment is ours plus
+ORDERWATCH_EVENT (order.completed ...), ORDERWATCH_EVENT_ID, ORDERWATCH_ORDER_ID and
+ORDERWATCH_STATUS (COMPLETED / FAILED / EXPIRED / NOT_FOUND). Exit 0 is delivered; any other
+exit, a failure to start, or a timeout (the whole process group is killed) is retried.
+Its output is not logged (it may echo payout links): only its size."""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import json
 import os
 import signal
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
-from orderwatch.sinks.base import AttemptResult, short_hash
+from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, command_sink_id
 from orderwatch.store.base import EventRecord
 
 log = structlog.get_logger("orderwatch.sinks.command")
@@ -21,22 +26,28 @@ log = structlog.get_logger("orderwatch.sinks.command")
 
 class CommandSink:
     def __init__(
-        self, argv: Sequence[str], timeout_s: float, retry_schedule_s: tuple[float, ...]
+        self,
+        argv: Sequence[str],
+        timeout_s: float,
+        retry_schedule_s: tuple[float, ...] = DEFAULT_SCHEDULE_S,
+        *,
+        max_concurrency: int = 4,
     ) -> None:
+        if not argv:
+            raise ValueError("a command needs at least a program")
         self.argv = tuple(argv)
-        self.id = f"command:{os.path.basename(self.argv[0])}:{short_hash(json.dumps(self.argv))}"
-        self.timeout_s = timeout_s
+        self.id = command_sink_id(self.argv)
+        self.timeout_s: float | None = timeout_s
         self.retry_schedule_s = retry_schedule_s
-        self.max_concurrency = 4
+        self.max_concurrency = max_concurrency
 
     def environment(self, event: EventRecord) -> dict[str, str]:
-        status = json.loads(event.body).get("data", {}).get("status", "")
         return {
             **os.environ,
             "ORDERWATCH_EVENT": event.event_type,
             "ORDERWATCH_EVENT_ID": event.event_id,
             "ORDERWATCH_ORDER_ID": event.order_id,
-            "ORDERWATCH_STATUS": str(status),
+            "ORDERWATCH_STATUS": _status(event.body),
         }
 
     async def attempt(self, event: EventRecord) -> AttemptResult:
@@ -47,22 +58,46 @@ class CommandSink:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=self.environment(event),
-                start_new_session=True,
+                start_new_session=True,  # its own process group: a timeout kills all of it
             )
         except OSError as e:
-            return AttemptResult(False, f"cannot start: {e.strerror}")
+            return AttemptResult(False, f"cannot start: {e.strerror or type(e).__name__}")
         try:
             out, err = await asyncio.wait_for(proc.communicate(event.body), self.timeout_s)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await _kill_group(proc)
             return AttemptResult(False, "timeout")
+        except asyncio.CancelledError:  # shutdown: leave no child running behind us
+            await asyncio.shield(_kill_group(proc))
+            raise
         log.debug(
-            "command.output", order_id=event.order_id, stdout_bytes=len(out), stderr_bytes=len(err)
+            "command.output",
+            order_id=event.order_id,
+            sink=self.id,
+            stdout_bytes=len(out),
+            stderr_bytes=len(err),
         )
         code = proc.returncode
-        return AttemptResult(code == 0, f"exit {code}")
+        assert code is not None  # communicate() returned: the process was reaped
+        outcome = f"exit {code}" if code >= 0 else f"signal {-code}"
+        return AttemptResult(code == 0, outcome)
 
     async def close(self) -> None:
         return None
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
+
+
+def _status(body: bytes) -> str:
+    """data.status of the event body, or "" when the body has none."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return ""
+    data = parsed.get("data") if isinstance(parsed, dict) else None
+    status = data.get("status") if isinstance(data, dict) else None
+    return status if isinstance(status, str) else ""

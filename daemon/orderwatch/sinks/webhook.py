@@ -1,62 +1,74 @@
 """Standard Webhooks: POST the event's exact bytes, signed by the spec authors' own library,
-one `v1,` signature per configured secret (rotation). Redirects are failures; 410 disables."""
+one `v1,` signature per configured secret (rotation: each one alone verifies).
+
+Any 2xx is delivered; 410 disables the endpoint; everything else (redirects included: they
+are never followed) is retried, no sooner than a `Retry-After` asks, capped at an hour.
+Nothing here logs: outcomes name a status or an error class, never the URL, secret or body."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import aiohttp
+from pydantic import SecretStr
 from standardwebhooks.webhooks import Webhook
 
 from orderwatch import __version__
 from orderwatch.answers import parse_retry_after
+from orderwatch.errors import UsageError
 from orderwatch.settings import WebhookSettings
-from orderwatch.sinks.base import AttemptResult, short_hash
+from orderwatch.sinks.base import AttemptResult, webhook_sink_id
 from orderwatch.store.base import EventRecord
 
 MAX_RETRY_AFTER_S = 3600.0
+MAX_RESPONSE_READ = 64 * 1024  # enough to keep the connection reusable; the body is unused
 
 
 class WebhookSink:
-    def __init__(self, settings: WebhookSettings) -> None:
+    def __init__(
+        self, settings: WebhookSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.url = settings.url
-        parts = urlsplit(settings.url)
-        self.id = f"webhook:{parts.hostname}:{short_hash(settings.url)}"
+        self.id = webhook_sink_id(settings.url)
         self.retry_schedule_s = settings.retry_schedule_s
         self.max_concurrency = settings.max_concurrency
-        secrets = [s for s in (settings.secret, *settings.secrets) if s is not None]
-        self._signers = [Webhook(s.get_secret_value()) for s in secrets]
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_s)
+        self.timeout_s: float | None = settings.timeout_s
+        self.clock = clock
+        self._signers = [_signer(s.get_secret_value(), self.id) for s in _secrets(settings)]
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.max_concurrency)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-            self._session._retry_connection = False  # every attempt is one we counted
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_concurrency),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            )
+            self._session._retry_connection = False  # every request sent is an attempt we count
         return self._session
 
-    def headers(self, event: EventRecord, now: datetime) -> dict[str, str]:
-        body = event.body.decode()
-        signatures = " ".join(s.sign(event.event_id, now, body) for s in self._signers)
+    def headers(self, event: EventRecord, now: float) -> dict[str, str]:
+        """Fresh timestamp per attempt; the id stays the event's across retries and replays."""
+        stamp = datetime.fromtimestamp(math.floor(now), UTC)  # the library signs whole seconds
+        body = event.body.decode()  # the library re-encodes it as UTF-8: the same bytes
         return {
             "webhook-id": event.event_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signatures,
+            "webhook-timestamp": str(math.floor(now)),
+            "webhook-signature": " ".join(s.sign(event.event_id, stamp, body) for s in self._signers),
             "content-type": "application/json",
             "user-agent": f"orderwatch/{__version__}",
         }
 
     async def attempt(self, event: EventRecord) -> AttemptResult:
-        headers = self.headers(event, datetime.now(UTC))
+        headers = self.headers(event, self.clock())
         try:
             async with self._client().post(
                 self.url, data=event.body, headers=headers, allow_redirects=False
             ) as resp:
-                await resp.read()
-                return _result(resp.status, resp.headers.get("Retry-After"))
+                await resp.content.read(MAX_RESPONSE_READ)
+                return classify(resp.status, resp.headers.get("Retry-After"), self.clock())
         except TimeoutError:
             return AttemptResult(False, "timeout")
         except (aiohttp.ClientError, OSError) as e:
@@ -68,12 +80,31 @@ class WebhookSink:
             self._session = None
 
 
-def _result(status: int, retry_after: str | None) -> AttemptResult:
+def classify(status: int, retry_after: str | None, now: float) -> AttemptResult:
+    """A response status (and Retry-After) as an attempt result."""
     if 200 <= status < 300:
         return AttemptResult(True, f"http {status}")
     if status == 410:
-        return AttemptResult(False, "http 410 gone", retry=False, disable_sink=True)
-    wait = parse_retry_after(retry_after, time.time())
+        return AttemptResult(False, "http 410", retry=False, disable_sink=True)
+    wait = parse_retry_after(retry_after, now)
     return AttemptResult(
-        False, f"http {status}", retry_after_s=min(wait, MAX_RETRY_AFTER_S) if wait else None
+        False,
+        f"http {status}",
+        retry_after_s=None if wait is None else min(wait, MAX_RETRY_AFTER_S),
     )
+
+
+def _secrets(settings: WebhookSettings) -> list[SecretStr]:
+    """The current secret first, then the ones kept during a rotation."""
+    return [s for s in (settings.secret, *settings.secrets) if s is not None]
+
+
+def _signer(secret: str, sink_id: str) -> Webhook:
+    try:
+        return Webhook(secret)
+    except Exception as e:  # binascii.Error, EmptyWebhookSecretError, RuntimeError
+        # the message names the endpoint by its id only: never the secret or the URL's query
+        raise UsageError(
+            f"webhook {sink_id}: secret is not a Standard Webhooks secret"
+            f" ('whsec_' + base64): {type(e).__name__}"
+        ) from None
