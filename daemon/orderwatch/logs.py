@@ -127,6 +127,7 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # drop below-level calls before any work
             *_pre_chain(),
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),
