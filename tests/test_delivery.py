@@ -1,28 +1,48 @@
-"""Delivery: Standard Webhooks signatures, retries under one id, dead letters and replay,
-isolation of a hanging endpoint. Real receivers on port 0, the real SQLite store."""
+"""Delivery: Standard Webhooks signatures, retries under one id on the schedule, dead letters
+and replay, 410 and redirects, isolation of a hanging endpoint, the run loop's wake-ups and
+shutdown, callbacks. Real receivers on port 0, the real SQLite store, an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 from standardwebhooks.webhooks import Webhook
 
 from orderwatch.config import load_settings_from_mapping
 from orderwatch.delivery import Deliverer
+from orderwatch.errors import UsageError
 from orderwatch.events import make_event
 from orderwatch.receiver import Receiver, running_receiver
+from orderwatch.settings import Settings
 from orderwatch.simulator import SimOptions, running_simulator
-from orderwatch.sinks import build_sinks
+from orderwatch.sinks import Sink, build_sinks
+from orderwatch.sinks.callback import CallbackSink, load_callable
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, SECRET, running_daemon, settings_for, until
 
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
-PAYLOAD = {"id": "O-1", "status": "COMPLETED", "items": [{"payout": {"url": "https://p/x"}}]}
+PAYOUT = "https://payouts.example/redeem/very-secret-link"
+PAYLOAD = {"id": "O-1", "status": "COMPLETED", "items": [{"payout": {"url": PAYOUT}}]}
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when a test moves them (near real time, so the
+    receiver's ±5 minute timestamp tolerance still holds)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -32,28 +52,28 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await s.close()
 
 
-def hook_settings(tmp_path: Path, url: str, **hook: object) -> object:
+def hook_settings(*hooks: dict[str, Any], **top: Any) -> Settings:
     return load_settings_from_mapping(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "output_dir": str(tmp_path / "orders"),
-            "webhooks": [
-                {"url": url, "secret": SECRET, "retry_schedule": [0.05, 0.05, 0.05], **hook}
-            ],
-        }
+        {"webhooks": [{"secret": SECRET, "retry_schedule": [0.05] * 3, **h} for h in hooks], **top}
     )
 
 
-async def queue_final(store: SqliteStore, order_id: str, sinks: list[str]) -> str:
-    now = time.time()
+async def queue_final(store: SqliteStore, order_id: str, sinks: list[Sink], now: float) -> str:
     await store.add_orders([order_id], now, now)
     (claim,) = await store.claim_due(now, 1, "t", 60)
     event = make_event(order_id, "COMPLETED", {**PAYLOAD, "id": order_id}, now)
-    assert await store.finish(claim, "final", "COMPLETED", event, sinks)
+    assert await store.finish(claim, "final", "COMPLETED", event, [s.id for s in sinks])
     return event.event_id
 
 
+async def close_all(sinks: list[Sink]) -> None:
+    for s in sinks:
+        await s.close()
+
+
 async def deliver_until_settled(deliverer: Deliverer, store: SqliteStore) -> None:
+    """run_until_idle in a loop (real short delays) until nothing is pending."""
+
     async def settled() -> bool:
         await deliverer.run_until_idle()
         return (await store.delivery_counts())["pending"] == 0
@@ -61,19 +81,21 @@ async def deliver_until_settled(deliverer: Deliverer, store: SqliteStore) -> Non
     await until(settled, timeout=10)
 
 
-async def test_reference_library_verifies_every_signature_with_rotation(
-    tmp_path: Path, store: SqliteStore
-) -> None:
+async def row(store: SqliteStore, order_id: str) -> tuple[str, int, str | None]:
+    (r,) = await store.get_deliveries([order_id])
+    return r.state, r.attempts, r.last_outcome
+
+
+async def test_reference_library_verifies_every_signature_with_rotation(store: SqliteStore) -> None:
     """With two secrets configured, the reference standardwebhooks library verifies each
-    delivery under either secret alone; body is {type, timestamp, data}."""
+    delivery under either secret alone; the body is {type, timestamp, data}."""
     receiver = Receiver(SECRET)
     async with running_receiver(receiver) as url:
-        sinks = build_sinks(hook_settings(tmp_path, url, secrets=[OLD_SECRET]))  # type: ignore[arg-type]
-        ids = [await queue_final(store, f"O-{i}", [s.id for s in sinks]) for i in range(5)]
+        sinks = build_sinks(hook_settings({"url": url, "secrets": [OLD_SECRET]}))
+        ids = [await queue_final(store, f"O-{i}", sinks, time.time()) for i in range(5)]
         await deliver_until_settled(Deliverer(store, sinks, owner="t"), store)
-        for s in sinks:
-            await s.close()
-    assert [e.event_id for e in receiver.events] == ids
+        await close_all(sinks)
+    assert sorted(e.event_id for e in receiver.events) == sorted(ids)
     for got in receiver.events:
         assert got.verified
         for secret in (SECRET, OLD_SECRET):
@@ -84,71 +106,245 @@ async def test_reference_library_verifies_every_signature_with_rotation(
         assert set(body) == {"type", "timestamp", "data"}
 
 
-async def test_failing_first_attempts_then_delivered_under_same_id(
-    tmp_path: Path, store: SqliteStore
-) -> None:
+async def test_failing_first_attempts_then_delivered_under_same_id(store: SqliteStore) -> None:
     """A receiver failing the first 2 attempts gets the event on attempt 3, same webhook-id."""
     receiver = Receiver(SECRET, fail_first=2, fail_status=503)
     async with running_receiver(receiver) as url:
-        sinks = build_sinks(hook_settings(tmp_path, url))  # type: ignore[arg-type]
-        event_id = await queue_final(store, "O-R", [s.id for s in sinks])
+        sinks = build_sinks(hook_settings({"url": url}))
+        event_id = await queue_final(store, "O-R", sinks, time.time())
         await deliver_until_settled(Deliverer(store, sinks, owner="t"), store)
-        for s in sinks:
-            await s.close()
+        await close_all(sinks)
     assert receiver.attempt_ids == [event_id] * 3
-    (row,) = await store.get_deliveries(["O-R"])
-    assert (row.state, row.attempts, row.last_outcome) == ("delivered", 3, "http 204")
+    assert await row(store, "O-R") == ("delivered", 3, "http 204")
 
 
-async def test_dead_after_schedule_then_replay_same_id(tmp_path: Path, store: SqliteStore) -> None:
+async def test_each_retry_waits_its_delay_then_dead_on_an_injected_clock(
+    store: SqliteStore,
+) -> None:
+    """Schedule [30, 60]: attempt 2 not before +30 s, attempt 3 not before +60 s more, then
+    dead (2 delays give 3 attempts); nothing is sent while the clock stands still."""
+    clock = FakeClock()
+    receiver = Receiver(SECRET, fail_first=10**6, fail_status=503)
+    async with running_receiver(receiver) as url:
+        sinks = build_sinks(hook_settings({"url": url, "retry_schedule": [30, 60]}), clock=clock)
+        await queue_final(store, "O-S", sinks, clock.now)
+        deliverer = Deliverer(store, sinks, owner="t", clock=clock)
+        for delay in (30.0, 60.0):
+            await deliverer.run_until_idle()
+            (r,) = await store.get_deliveries(["O-S"])
+            assert r.state == "pending" and r.next_attempt_at == pytest.approx(clock.now + delay)
+            attempts = receiver.attempts
+            clock.now += delay - 1
+            await deliverer.run_until_idle()
+            assert receiver.attempts == attempts  # not due yet
+            clock.now += 1
+        await deliverer.run_until_idle()
+        await close_all(sinks)
+    assert receiver.attempts == 3
+    assert await row(store, "O-S") == ("dead", 3, "http 503")
+
+
+async def test_retry_after_lengthens_the_delay(store: SqliteStore) -> None:
+    """A 429 with Retry-After: 120 puts the next attempt 120 s out, not the schedule's 0.05 s;
+    then the event arrives under the same id."""
+    clock = FakeClock()
+    receiver = Receiver(SECRET, fail_first=1, fail_status=429, fail_headers={"Retry-After": "120"})
+    async with running_receiver(receiver) as url:
+        sinks = build_sinks(hook_settings({"url": url}), clock=clock)
+        event_id = await queue_final(store, "O-RA", sinks, clock.now)
+        deliverer = Deliverer(store, sinks, owner="t", clock=clock)
+        await deliverer.run_until_idle()
+        (r,) = await store.get_deliveries(["O-RA"])
+        assert r.next_attempt_at == pytest.approx(clock.now + 120)
+        clock.now += 119
+        await deliverer.run_until_idle()
+        assert receiver.attempts == 1
+        clock.now += 1
+        await deliverer.run_until_idle()
+        await close_all(sinks)
+    assert receiver.attempt_ids == [event_id, event_id]
+    assert await row(store, "O-RA") == ("delivered", 2, "http 204")
+
+
+async def test_dead_after_schedule_then_replay_same_id(store: SqliteStore) -> None:
     """A receiver down for the whole schedule leaves a dead delivery; replay delivers it later
-    under the same id."""
+    under the same id and the same bytes."""
     receiver = Receiver(SECRET, fail_first=10**6, fail_status=500)
     async with running_receiver(receiver) as url:
-        sinks = build_sinks(hook_settings(tmp_path, url))  # type: ignore[arg-type]
-        event_id = await queue_final(store, "O-D", [s.id for s in sinks])
+        sinks = build_sinks(hook_settings({"url": url}))
+        event_id = await queue_final(store, "O-D", sinks, time.time())
         deliverer = Deliverer(store, sinks, owner="t")
         await deliver_until_settled(deliverer, store)
-        (row,) = await store.get_deliveries(["O-D"])
-        assert (row.state, row.attempts) == ("dead", 4)  # 3 delays give 4 attempts
+        assert (await row(store, "O-D"))[:2] == ("dead", 4)  # 3 delays give 4 attempts
         receiver.fail_first = 0
         assert await store.replay(["O-D"], [s.id for s in sinks], time.time()) == 1
-        await deliver_until_settled(deliverer, store)
-        for s in sinks:
-            await s.close()
+        await deliverer.run_until_idle()
+        await close_all(sinks)
     assert receiver.attempt_ids == [event_id] * 5
     assert [e.event_id for e in receiver.events] == [event_id]
-    (row,) = await store.get_deliveries(["O-D"])
-    assert row.state == "delivered"
+    event = await store.get_event("O-D")
+    assert event is not None and receiver.events[0].body == event.body
+    assert (await row(store, "O-D"))[0] == "delivered"
 
 
-async def test_410_disables_and_redirect_is_a_failure(tmp_path: Path, store: SqliteStore) -> None:
-    """410 Gone disables the endpoint at once; a 302 counts as a failed attempt."""
+async def test_410_disables_the_sink_and_redirect_is_a_failure(store: SqliteStore) -> None:
+    """410 Gone disables that delivery and stops calling the endpoint (its other deliveries
+    wait for a restart); a 302 counts as a failed attempt and is never followed."""
     gone = Receiver(SECRET, fail_first=10**6, fail_status=410)
-    moved = Receiver(SECRET, fail_first=10**6, fail_status=302)
-    async with running_receiver(gone) as url1, running_receiver(moved) as url2:
-        settings = load_settings_from_mapping(
-            {
-                "webhooks": [
-                    {"url": url1, "secret": SECRET, "retry_schedule": [0.05]},
-                    {"url": url2, "secret": SECRET, "retry_schedule": [0.05]},
-                ],
-            }
+    target = Receiver(SECRET)
+    async with running_receiver(gone) as url1, running_receiver(target) as target_url:
+        moved = Receiver(
+            SECRET, fail_first=10**6, fail_status=302, fail_headers={"Location": target_url}
+        )
+        async with running_receiver(moved) as url2:
+            settings = hook_settings(
+                {"url": url1, "retry_schedule": [0.05], "max_concurrency": 1},
+                {"url": url2, "retry_schedule": [0.05]},
+            )
+            sinks = build_sinks(settings)
+            for oid in ("O-G1", "O-G2", "O-G3"):
+                await queue_final(store, oid, sinks, time.time())
+            deliverer = Deliverer(store, sinks, owner="t")
+            with structlog.testing.capture_logs() as logs:
+                await deliver_until_settled_for(deliverer, store, sinks[1])
+            await close_all(sinks)
+    assert gone.attempts == 1
+    gone_rows = [
+        r for r in await store.get_deliveries(["O-G1", "O-G2", "O-G3"]) if r.sink == sinks[0].id
+    ]
+    assert sorted(r.state for r in gone_rows) == ["disabled", "pending", "pending"]
+    moved_rows = [r for r in await store.get_deliveries(["O-G1"]) if r.sink == sinks[1].id]
+    assert [(r.state, r.attempts, r.last_outcome) for r in moved_rows] == [("dead", 2, "http 302")]
+    assert target.attempts == 0
+    assert [e["event"] for e in logs].count("delivery.sink_disabled") == 1
+
+
+async def deliver_until_settled_for(deliverer: Deliverer, store: SqliteStore, sink: Sink) -> None:
+    """Like deliver_until_settled, for one sink's deliveries only."""
+
+    async def settled() -> bool:
+        await deliverer.run_until_idle()
+        return await store.next_delivery_due_at([sink.id]) is None
+
+    await until(settled, timeout=10)
+
+
+async def test_attempt_log_lines_are_canonical_and_hold_no_secrets(store: SqliteStore) -> None:
+    """One `delivery.attempt` line per attempt with order_id, event_id, sink, attempt, outcome,
+    state; one loud `delivery.dead` at the end; no secret, query token or payout link."""
+    clock = FakeClock()
+    receiver = Receiver(SECRET, fail_first=10**6, fail_status=500)
+    async with running_receiver(receiver) as url:
+        sinks = build_sinks(
+            hook_settings({"url": url + "?token=qs-secret", "retry_schedule": [1]}), clock=clock
+        )
+        event_id = await queue_final(store, "O-L", sinks, clock.now)
+        deliverer = Deliverer(store, sinks, owner="t", clock=clock)
+        with structlog.testing.capture_logs() as logs:
+            await deliverer.run_until_idle()
+            clock.now += 1
+            await deliverer.run_until_idle()
+        await close_all(sinks)
+    attempts = [e for e in logs if e["event"] == "delivery.attempt"]
+    assert [(e["attempt"], e["state"], e["outcome"]) for e in attempts] == [
+        (1, "pending", "http 500"),
+        (2, "dead", "http 500"),
+    ]
+    for e in attempts:
+        assert (e["order_id"], e["event_id"], e["sink"]) == ("O-L", event_id, sinks[0].id)
+    dead = [e for e in logs if e["event"] == "delivery.dead"]
+    assert len(dead) == 1 and dead[0]["log_level"] == "error"
+    text = repr(logs)
+    for secret in ("qs-secret", SECRET, SECRET.removeprefix("whsec_"), PAYOUT, url):
+        assert secret not in text
+
+
+async def test_run_sees_wakes_and_inserts_by_another_process(
+    tmp_path: Path, store: SqliteStore
+) -> None:
+    """The run loop delivers an event queued through another store connection with no wake
+    (it re-checks the store on its own), and one announced by wake()."""
+    receiver = Receiver(SECRET)
+    other = await SqliteStore.open(tmp_path / "state")  # as `orderwatch replay` would
+    stop = asyncio.Event()
+    async with running_receiver(receiver) as url:
+        sinks = build_sinks(hook_settings({"url": url}))
+        deliverer = Deliverer(store, sinks, owner="t")
+        task = asyncio.create_task(deliverer.run(stop))
+        try:
+            first = await queue_final(other, "O-X1", sinks, time.time())
+
+            async def heard(n: int) -> bool:
+                return len(receiver.events) >= n
+
+            await until(lambda: heard(1), timeout=10)
+            second = await queue_final(store, "O-X2", sinks, time.time())
+            deliverer.wake()
+            await until(lambda: heard(2), timeout=10)
+        finally:
+            stop.set()
+            await task
+            await other.close()
+            await close_all(sinks)
+    assert [e.event_id for e in receiver.events] == [first, second]
+
+
+async def test_stop_abandons_a_hanging_attempt_within_the_grace(store: SqliteStore) -> None:
+    """On stop, an attempt that never ends is cancelled after the grace; the delivery stays
+    pending with no attempt counted, and is due again once the owner's leases are released."""
+    hanging = Receiver(SECRET)
+    hanging.hang = True
+    stop = asyncio.Event()
+    async with running_receiver(hanging) as url:
+        sinks = build_sinks(hook_settings({"url": url, "timeout": "1h"}))
+        await queue_final(store, "O-HS", sinks, time.time())
+        deliverer = Deliverer(store, sinks, owner="t")
+        task = asyncio.create_task(deliverer.run(stop, shutdown_timeout_s=0.2))
+
+        async def in_flight() -> bool:
+            return hanging.in_flight == 1
+
+        await until(in_flight, timeout=10)
+        stop.set()
+        await asyncio.wait_for(task, 10)  # would never return if the attempt were awaited
+        await close_all(sinks)
+    assert await row(store, "O-HS") == ("pending", 0, None)
+    assert await store.next_delivery_due_at([sinks[0].id]) > time.time() + 60  # type: ignore[operator]
+    await store.release_owner("t", time.time())
+    assert await store.next_delivery_due_at([sinks[0].id]) <= time.time()  # type: ignore[operator]
+
+
+async def test_hanging_endpoint_does_not_slow_a_healthy_one(store: SqliteStore) -> None:
+    """The run loop: one endpoint never answers; the healthy endpoint still gets all 20 events,
+    while the hanging one has at most its concurrency (2) in flight."""
+    healthy, hanging = Receiver(SECRET), Receiver(SECRET)
+    hanging.hang = True
+    stop = asyncio.Event()
+    async with running_receiver(healthy) as good_url, running_receiver(hanging) as bad_url:
+        settings = hook_settings(
+            {"url": bad_url, "timeout": "1h", "max_concurrency": 2}, {"url": good_url}
         )
         sinks = build_sinks(settings)
-        await queue_final(store, "O-G", [s.id for s in sinks])
-        await deliver_until_settled(Deliverer(store, sinks, owner="t"), store)
-        for s in sinks:
-            await s.close()
-    rows = {r.sink: r for r in await store.get_deliveries(["O-G"])}
-    assert (rows[sinks[0].id].state, rows[sinks[0].id].attempts) == ("disabled", 1)
-    assert (rows[sinks[1].id].state, rows[sinks[1].id].attempts) == ("dead", 2)
-    assert rows[sinks[1].id].last_outcome == "http 302"
+        ids = [f"O-I{i:02d}" for i in range(20)]
+        for oid in ids:
+            await queue_final(store, oid, sinks, time.time())
+        task = asyncio.create_task(Deliverer(store, sinks, owner="t").run(stop, 0.1))
+        try:
+
+            async def all_heard() -> bool:
+                return sorted(e.order_id for e in healthy.events) == ids
+
+            await until(all_heard, timeout=20)
+            assert 1 <= hanging.attempts <= 2 and hanging.in_flight <= 2
+        finally:
+            stop.set()
+            await task
+            await close_all(sinks)
 
 
 async def test_hanging_endpoint_does_not_slow_polling_or_a_healthy_one(tmp_path: Path) -> None:
-    """One endpoint never answers: every order still ends final and the healthy endpoint gets
-    every event, while the hanging one holds at most its concurrency in flight."""
+    """The whole daemon: one endpoint never answers; every order still ends final and the
+    healthy endpoint gets every event, while the hanging one holds at most its concurrency."""
     healthy, hanging = Receiver(SECRET), Receiver(SECRET)
     hanging.hang = True
     ids = [f"O-H{i:02d}" for i in range(30)]
@@ -173,4 +369,64 @@ async def test_hanging_endpoint_does_not_slow_polling_or_a_healthy_one(tmp_path:
 
             await until(all_heard, timeout=20)
             assert (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
-            assert hanging.attempts == 2  # its concurrency bound, nothing more
+            assert 1 <= hanging.attempts <= 2 and hanging.in_flight <= 2
+
+
+async def test_callback_gets_the_event_dict_and_is_retried_after_raising(
+    store: SqliteStore,
+) -> None:
+    """An in-process callback receives {"id", "type", "timestamp", "data"}; when it raises, it
+    is called again on the schedule with the same id, and delivered when it returns."""
+    calls: list[dict[str, Any]] = []
+
+    async def on_final(event: dict[str, Any]) -> None:
+        calls.append(event)
+        if len(calls) == 1:
+            raise RuntimeError("downstream unavailable")
+
+    clock = FakeClock()
+    sinks = build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final])
+    assert sinks[0].id == f"callback:{__name__}:{on_final.__qualname__}"
+    event_id = await queue_final(store, "O-CB", sinks, clock.now)
+    deliverer = Deliverer(store, sinks, owner="t", clock=clock)
+    await deliverer.run_until_idle()
+    assert await row(store, "O-CB") == ("pending", 1, "raised RuntimeError")
+    clock.now += sinks[0].retry_schedule_s[0]
+    await deliverer.run_until_idle()
+    assert await row(store, "O-CB") == ("delivered", 2, "ok")
+    assert calls[0] == calls[1]
+    assert set(calls[0]) == {"id", "type", "timestamp", "data"}
+    assert calls[0]["id"] == event_id and calls[0]["data"]["id"] == "O-CB"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon_here", "expected 'package.module:function'"),
+        ("json:", "expected 'package.module:function'"),
+        ("orderwatch_no_such_module:f", "cannot import orderwatch_no_such_module"),
+        ("json:no_such_function", "has no no_such_function"),
+        ("json:dumps", "must be an async function"),
+    ],
+)
+def test_bad_callback_specs_are_usage_errors(spec: str, message: str) -> None:
+    """A malformed, missing or synchronous callback is a UsageError naming the spec."""
+    with pytest.raises(UsageError) as info:
+        load_callable(spec)
+    assert spec in str(info.value) and message in str(info.value)
+
+
+def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`callbacks: [pkg.mod:func]` loads the async function, names the sink
+    `callback:pkg.mod:func`, and the same sink twice is a UsageError."""
+    (tmp_path / "ow_test_hooks.py").write_text("async def on_final(event):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ow_test_hooks", raising=False)
+    sinks = build_sinks(load_settings_from_mapping({"callbacks": ["ow_test_hooks:on_final"]}))
+    assert [s.id for s in sinks] == ["callback:ow_test_hooks:on_final"]
+    assert isinstance(sinks[0], CallbackSink)
+    twice = {"callbacks": ["ow_test_hooks:on_final", "ow_test_hooks:on_final"]}
+    with pytest.raises(UsageError, match="configured twice"):
+        build_sinks(load_settings_from_mapping(twice))

@@ -1,14 +1,15 @@
 """The outbox worker: deliver every queued (event, sink) pair at least once.
 
-Each sink is served by its own loop with its own concurrency bound, so a slow or dead
-endpoint never delays another sink, and never the poller (which only writes the outbox).
-An attempt's result is recorded with the claim's fencing token: a sender that lost its lease
-records nothing, and the delivery is retried by whoever holds it."""
+Each sink is served by its own loop with its own concurrency bound and its own claims, so a
+slow or dead endpoint never delays another sink, and never the poller (which only writes the
+outbox and calls `wake`). An attempt's result is recorded with the claim's fencing token: a
+sender that lost its lease records nothing, and the delivery is retried by whoever holds it.
+A loop never waits more than MAX_IDLE_WAIT_S without asking the store again, so deliveries
+queued by another process (`orderwatch replay`) are seen without a wake-up."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -22,12 +23,14 @@ from orderwatch.store.base import DeliveryClaim, DeliveryState, Store
 
 log = structlog.get_logger("orderwatch.delivery")
 MAX_IDLE_WAIT_S = 1.0  # replays queued by other processes are seen within this
+DEFAULT_LEASE_S = 300.0
 
 
 def next_step(
     sink: Sink, attempts_before: int, result: AttemptResult, now: float
 ) -> tuple[DeliveryState, float | None]:
-    """After an attempt: delivered, retry at a time, dead (schedule spent), or disabled."""
+    """After an attempt: delivered, retry at a time, dead (schedule spent), or disabled.
+    N delays in the schedule give N+1 attempts; Retry-After can only lengthen a delay."""
     if result.delivered:
         return "delivered", None
     if result.disable_sink:
@@ -48,7 +51,7 @@ class Deliverer:
         *,
         owner: str,
         clock: Callable[[], float] = time.time,
-        lease_s: float = 300.0,
+        lease_s: float = DEFAULT_LEASE_S,
         metrics: Metrics | None = None,
     ) -> None:
         self.store = store
@@ -58,14 +61,17 @@ class Deliverer:
         self.lease_s = lease_s
         self.metrics = metrics or Metrics()
         self._wakes = {s.id: asyncio.Event() for s in self.sinks}
-        self._disabled: set[str] = set()
+        self._disabled: set[str] = set()  # answered 410: not called again until a restart
 
     def wake(self) -> None:
-        """New events were committed: every sink looks for work now."""
+        """New deliveries were committed: every sink looks for work now."""
         for event in self._wakes.values():
             event.set()
 
+    # -- the daemon's loop ---------------------------------------------------------------
     async def run(self, stop: asyncio.Event, shutdown_timeout_s: float = 5.0) -> None:
+        """Deliver until `stop` is set; then give in-flight attempts `shutdown_timeout_s` and
+        cancel the rest (their leases are released by the daemon, or expire)."""
         if not self.sinks:
             await stop.wait()
             return
@@ -75,55 +81,66 @@ class Deliverer:
 
     async def _sink_loop(self, sink: Sink, stop: asyncio.Event, grace_s: float) -> None:
         inflight: set[asyncio.Task[None]] = set()
+        wake = self._wakes[sink.id]
 
         def done(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
-            self._wakes[sink.id].set()  # a slot is free
+            wake.set()  # a slot is free
 
-        while not stop.is_set():
-            free = sink.max_concurrency - len(inflight)
-            claims = await self._claim(sink, free) if free > 0 else []
-            for claim in claims:
-                task = asyncio.create_task(self._attempt(sink, claim))
-                inflight.add(task)
-                task.add_done_callback(done)
-            if not claims:
-                await self._idle(sink, stop, busy=free <= 0)
-        if inflight:
-            _, pending = await asyncio.wait(inflight, timeout=grace_s)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            while not stop.is_set():
+                wake.clear()  # before looking: a wake() from now on is not lost
+                free = sink.max_concurrency - len(inflight)
+                claims = await self._claim(sink, free) if free > 0 else []
+                for claim in claims:
+                    task = asyncio.create_task(self._attempt(sink, claim))
+                    inflight.add(task)
+                    task.add_done_callback(done)
+                # Fewer claims than free slots: nothing else is due. As many: we are full.
+                await self._idle(sink, stop, full=len(inflight) >= sink.max_concurrency)
+        finally:
+            await _settle(inflight, grace_s)
+
+    async def _idle(self, sink: Sink, stop: asyncio.Event, full: bool) -> None:
+        """Wait for stop, a wake, a free slot, the next due time, or MAX_IDLE_WAIT_S."""
+        timeout = MAX_IDLE_WAIT_S
+        if not full and sink.id not in self._disabled:
+            try:
+                nxt = await self.store.next_delivery_due_at([sink.id])
+            except StoreError:
+                nxt = None  # _claim logs store trouble once per pass
+            if nxt is not None:
+                timeout = min(timeout, max(0.0, nxt - self.clock()))
+        await wait_any(stop, self._wakes[sink.id], timeout=max(timeout, 0.001))
 
     async def _claim(self, sink: Sink, limit: int) -> list[DeliveryClaim]:
         if sink.id in self._disabled:
             return []
         try:
             return await self.store.claim_deliveries(
-                self.clock(), limit, self.owner, self.lease_s, [sink.id]
+                self.clock(), limit, self.owner, self._lease_for(sink), [sink.id]
             )
         except StoreError as e:
-            log.error("store.unavailable", error=str(e))
+            log.error("store.unavailable", sink=sink.id, error=str(e))
             return []
 
-    async def _idle(self, sink: Sink, stop: asyncio.Event, busy: bool) -> None:
-        timeout = 0.05 if busy else MAX_IDLE_WAIT_S
-        if not busy:
-            with contextlib.suppress(StoreError):
-                nxt = await self.store.next_delivery_due_at([sink.id])
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, nxt - self.clock()))
-        wake = self._wakes[sink.id]
-        wake.clear()
-        await wait_any(stop, wake, timeout=max(timeout, 0.001))
+    def _lease_for(self, sink: Sink) -> float:
+        """A claim must outlive its attempt, or another sender could start a second one."""
+        bound = sink.timeout_s
+        return self.lease_s if bound is None else max(self.lease_s, 2 * bound + 1)
 
+    # -- one attempt ---------------------------------------------------------------------
     async def _attempt(self, sink: Sink, claim: DeliveryClaim) -> None:
-        result = await sink.attempt(claim.event)
+        try:
+            result = await sink.attempt(claim.event)
+        except Exception as e:  # a bug in a sink: count it as a failed attempt, keep going
+            log.exception("delivery.sink_error", order_id=claim.event.order_id, sink=sink.id)
+            result = AttemptResult(False, f"error {type(e).__name__}")
         now = self.clock()
         state, next_at = next_step(sink, claim.attempts, result, now)
         try:
             recorded = await self.store.record_delivery(claim, now, state, result.outcome, next_at)
-        except StoreError as e:
+        except StoreError as e:  # the lease expires and the attempt is made again
             log.error("store.unavailable", order_id=claim.event.order_id, error=str(e))
             return
         self._account(sink, claim, result, state, now, recorded)
@@ -133,32 +150,53 @@ class Deliverer:
         sink: Sink,
         claim: DeliveryClaim,
         result: AttemptResult,
-        state: str,
+        state: DeliveryState,
         now: float,
         recorded: bool,
     ) -> None:
+        """Metrics, and the one canonical line per attempt (plus one loud line at the end)."""
         self.metrics.deliveries.labels(state if state != "pending" else "retry").inc()
         if result.delivered:
             self.metrics.delivery_seconds.observe(max(0.0, now - claim.event.created_at))
-        fields = dict(
-            order_id=claim.event.order_id,
-            event_id=claim.event.event_id,
-            sink=sink.id,
-            attempt=claim.attempts + 1,
-            outcome=result.outcome,
-            state=state,
-            recorded=recorded,
-        )
+        fields = {
+            "order_id": claim.event.order_id,
+            "event_id": claim.event.event_id,
+            "sink": sink.id,
+            "attempt": claim.attempts + 1,
+            "outcome": result.outcome,
+            "state": state,
+        }
+        if not recorded:  # fenced out: another sender holds it now; our result is void
+            log.warning("delivery.attempt", **fields, recorded=False)
+            return
+        log.info("delivery.attempt", **fields)
         if state == "dead":
-            log.error("delivery.dead", **fields)
+            log.error("delivery.dead", **fields, hint="retry schedule spent; `orderwatch replay`")
         elif state == "disabled":
             self._disabled.add(sink.id)
-            log.error("delivery.sink_disabled", **fields, hint="endpoint answered 410 Gone")
-        else:
-            log.info("delivery.attempt", **fields)
+            log.error(
+                "delivery.sink_disabled",
+                **fields,
+                hint="the endpoint answered 410 Gone; not called again until a restart",
+            )
 
+    # -- one-shot ------------------------------------------------------------------------
     async def run_until_idle(self) -> None:
-        """Deliver everything due now (and retries that fall due meanwhile are left)."""
-        for sink in self.sinks:
-            while claims := await self._claim(sink, sink.max_concurrency):
-                await asyncio.gather(*(self._attempt(sink, c) for c in claims))
+        """Deliver everything due now, every sink at once, then return. Retries that fall due
+        later are left queued (call again, or move the injected clock, to send them)."""
+        await asyncio.gather(*(self._drain(sink) for sink in self.sinks))
+
+    async def _drain(self, sink: Sink) -> None:
+        while claims := await self._claim(sink, sink.max_concurrency):
+            await asyncio.gather(*(self._attempt(sink, c) for c in claims))
+
+
+async def _settle(inflight: set[asyncio.Task[None]], grace_s: float) -> None:
+    """Give in-flight attempts a bounded time, then cancel them and wait for them to unwind."""
+    if not inflight:
+        return
+    tasks = set(inflight)
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

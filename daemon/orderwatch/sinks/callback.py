@@ -51,7 +51,7 @@ def load_callable(spec: str) -> Callback:
 def is_async_callable(func: Any) -> bool:
     """True for async functions, partials of them, and objects with an async __call__."""
     return inspect.iscoroutinefunction(func) or (
-        callable(func) and inspect.iscoroutinefunction(getattr(func, "__call__", None))  # noqa: B004 (we need the method, not callability)
+        callable(func) and inspect.iscoroutinefunction(type(func).__call__)
     )
 
 

@@ -53,10 +53,11 @@ class WebhookSink:
         """Fresh timestamp per attempt; the id stays the event's across retries and replays."""
         stamp = datetime.fromtimestamp(math.floor(now), UTC)  # the library signs whole seconds
         body = event.body.decode()  # the library re-encodes it as UTF-8: the same bytes
+        signatures = [s.sign(event.event_id, stamp, body) for s in self._signers]
         return {
             "webhook-id": event.event_id,
             "webhook-timestamp": str(math.floor(now)),
-            "webhook-signature": " ".join(s.sign(event.event_id, stamp, body) for s in self._signers),
+            "webhook-signature": " ".join(signatures),
             "content-type": "application/json",
             "user-agent": f"orderwatch/{__version__}",
         }
