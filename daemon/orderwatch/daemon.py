@@ -9,6 +9,7 @@ server, then the store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import socket
@@ -146,6 +147,7 @@ class Daemon:
         admin = await start_admin(self)
         if admin is not None:
             stack.push_async_callback(admin.cleanup)
+        gc.freeze()  # start-up objects never need scanning again: shorter GC pauses later
         self.ready.set()
         self.notifier.ready()
         log.info("daemon.ready", owner=self.owner, state=self._state_label())
@@ -155,7 +157,9 @@ class Daemon:
                 tg.create_task(
                     self.poller.run(stop, self.settings.shutdown_timeout_s), name="poller"
                 )
-                tg.create_task(self.deliverer.run(stop), name="deliverer")
+                tg.create_task(
+                    self.deliverer.run(stop, self.settings.shutdown_timeout_s), name="deliverer"
+                )
                 tg.create_task(self.watcher.run(stop), name="watchlists")
                 tg.create_task(self._housekeeping(stop), name="housekeeping")
         finally:
