@@ -62,6 +62,8 @@ class Poller:
         self._prefetch = max(1, min(2 * deps.max_concurrency, math.ceil(2 * deps.rate)))
         self._lease_s = deps.lease_s
         self._queue: asyncio.Queue[Claim] = asyncio.Queue(maxsize=self._prefetch)
+        self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
+        self._room = asyncio.Event()
         self._wake = asyncio.Event()
         self._busy = 0
         self._idle = asyncio.Event()
@@ -114,6 +116,8 @@ class Poller:
 
     async def _claim_some(self) -> int:
         room = self._queue.maxsize - self._queue.qsize()
+        if room < self._batch and not self._queue.empty():
+            return 0  # claim in batches: one transaction per poll was the hot spot
         if room <= 0 or self.d.gate.rate_paused_for() > 0:
             return 0
         if self.d.gate.auth_failed:
@@ -126,6 +130,11 @@ class Poller:
         return len(claims)
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        if self._queue.maxsize - self._queue.qsize() < self._batch and not self._queue.empty():
+            self._room.clear()
+            self._wake.clear()  # nothing can be claimed until there is room anyway
+            await wait_any(stop, self._room, self._wake, timeout=MAX_IDLE_WAIT_S)
+            return
         timeout = MAX_IDLE_WAIT_S
         with contextlib.suppress(StoreError):
             nxt = await self.d.store.next_due_at()
@@ -142,6 +151,8 @@ class Poller:
     async def _worker(self) -> None:
         while True:
             claim = await self._queue.get()
+            if self._queue.maxsize - self._queue.qsize() >= self._batch:
+                self._room.set()
             self._busy += 1
             try:
                 await self.poll_one(claim)
