@@ -7,16 +7,7 @@ import itertools
 import time
 
 from orderwatch.limiter import SpacedLimiter
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    times = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
+from orderwatch.simulator import max_in_window
 
 
 async def test_spacing_and_window_under_contention() -> None:

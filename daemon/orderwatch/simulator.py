@@ -16,7 +16,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -110,6 +110,18 @@ def _final_payload(order_id: str, status: str) -> dict[str, Any]:
     }
 
 
+def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
+    """The most timestamps inside any half-open window [t, t + window_s): the server's view
+    of a rate limit."""
+    ordered = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(ordered):
+        while ordered[j] <= t - window_s:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
 class Simulator:
     def __init__(self, options: SimOptions, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options
@@ -158,13 +170,7 @@ class Simulator:
         return order.payload if order else None
 
     def max_in_window(self, window_s: float = 1.0) -> int:
-        times = sorted(self.arrivals)
-        best, j = 0, 0
-        for i, t in enumerate(times):
-            while times[j] <= t - window_s:
-                j += 1
-            best = max(best, i - j + 1)
-        return best
+        return max_in_window(self.arrivals, window_s)
 
     # -- handlers ----------------------------------------------------------------------
     def _pick_fault(self) -> str:

@@ -1,0 +1,48 @@
+"""1. Rate fidelity: 5,000 orders always PROCESSING; achieved rate and the busiest second."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import Report, sim_stats, simulator_process
+from bench.inproc import daemon, settings
+
+
+async def one(rate: int, seconds: float, report: Report) -> None:
+    async with simulator_process("--complete-after", "100d") as base:
+        with tempfile.TemporaryDirectory() as tmp:
+            s = settings(
+                Path(tmp),
+                base,
+                rate_limit={
+                    "requests_per_second": rate,
+                    "max_concurrency": min(64, max(4, rate // 10)),
+                },
+                polling={"initial_delay": "0s", "max_interval": "10ms", "jitter": 0},
+            )
+            async with daemon(s) as d:
+                await d.add_orders([f"O-RATE{i:05d}" for i in range(5000)])
+                await asyncio.sleep(2.0)  # past the start-up window and the ramp
+                c0, t0 = (await sim_stats(base))["count"], time.monotonic()
+                await asyncio.sleep(seconds)
+                c1, t1 = (await sim_stats(base))["count"], time.monotonic()
+            stats = await sim_stats(base)
+    achieved = (c1 - c0) / (t1 - t0)
+    busiest = int(stats["max_in_window"])
+    report.add(
+        "rate",
+        f"achieved at {rate}/s (share of setting)",
+        achieved / rate,
+        ">= 0.97",
+        achieved / rate >= 0.97,
+        f"{achieved:.1f}/s",
+    )
+    report.add("rate", f"busiest 1 s window at {rate}/s", busiest, f"<= {rate}", busiest <= rate)
+
+
+async def run(report: Report, smoke: bool) -> None:
+    for rate in (10, 100) if smoke else (10, 100, 1000):
+        await one(rate, 3.0 if smoke else 10.0, report)

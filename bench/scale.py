@@ -1,0 +1,112 @@
+"""3. Scale: a million pending orders. Ingest time from a watchlist, peak RSS, CPU while none
+is due, and time from start to ready with that state on disk. The daemon is a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from bench.common import API_KEY, REPO, Report, cpu_seconds, free_port
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pending(db: Path) -> int:
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            row = con.execute("SELECT n FROM order_counts WHERE state = 'pending'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+async def ready(port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def spawn(cfg: Path) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orderwatch",
+        "run",
+        "-c",
+        str(cfg),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def run(report: Report, smoke: bool) -> None:
+    n = 100_000 if smoke else 1_000_000
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        wl = tmp / "watchlist.txt"
+        with wl.open("w") as f:
+            f.writelines(f"O-SCALE{i:09d}\n" for i in range(n))
+        port = free_port()
+        cfg = tmp / "orderwatch.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "runa": {"base_url": "http://127.0.0.1:9/v2", "api_key": API_KEY},
+                    "polling": {"initial_delay": "1h"},
+                    "watchlists": [str(wl)],
+                    "state_dir": str(tmp / "state"),
+                    "output_dir": str(tmp / "orders"),
+                    "admin": {"listen": f"127.0.0.1:{port}"},
+                    "logging": {"format": "json", "level": "warning"},
+                }
+            )
+        )
+        db = tmp / "state" / "orderwatch.sqlite3"
+        t0 = time.monotonic()
+        proc = await spawn(cfg)
+        while pending(db) < n:
+            await asyncio.sleep(0.1)
+        ingest = time.monotonic() - t0
+        await asyncio.sleep(3)  # let the post-ingest work settle
+        c0 = cpu_seconds(proc.pid)
+        await asyncio.sleep(10)
+        idle = (cpu_seconds(proc.pid) - c0) / 10 * 100
+        rss = peak_rss_mb(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+        t1 = time.monotonic()
+        proc = await spawn(cfg)
+        while not await ready(port):
+            await asyncio.sleep(0.05)
+        to_ready = time.monotonic() - t1
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    label = f"{n:,} orders"
+    report.add("scale", f"ingest {label} from a watchlist, s", ingest, "<= 10 s", ingest <= 10)
+    report.add("scale", f"peak RSS with {label}, MB", rss, "<= 300 MB", rss <= 300)
+    report.add("scale", "CPU while none is due, % of a core", idle, "< 1 %", idle < 1)
+    report.add(
+        "scale", f"start to ready with {label} on disk, s", to_ready, "<= 5 s", to_ready <= 5
+    )
