@@ -19,10 +19,15 @@ from orderwatch.settings import Settings
 from orderwatch.store.open import daemon_running, open_store
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings: Settings, one_shot: bool = False) -> None:
+    """One-shot commands (wait, replay) log warnings and up unless debug is asked for: their
+    own output is what a person reads."""
     from orderwatch.secrets import register_secrets
 
-    configure_logging(settings.logging.format, settings.logging.level)
+    level = settings.logging.level
+    if one_shot and level == "info":
+        level = "warning"
+    configure_logging(settings.logging.format, level)
     register_secrets(settings)
 
 
@@ -104,7 +109,7 @@ def replay(args: argparse.Namespace) -> int:
 
     settings = load(args)
     ids = need_valid_ids(args.ids)
-    _setup_logging(settings)
+    _setup_logging(settings, one_shot=True)
     return asyncio.run(replay_orders(settings, ids))
 
 
@@ -115,7 +120,7 @@ def wait(args: argparse.Namespace) -> int:
     settings = load(args)
     ids = need_valid_ids(args.ids)
     timeout = parse_duration(args.timeout) if args.timeout else None
-    _setup_logging(settings)
+    _setup_logging(settings, one_shot=True)
     return asyncio.run(wait_for_orders(settings, ids, timeout))
 
 

@@ -1,0 +1,104 @@
+"""One-shot commands: `wait` (polling itself, or handing over to a running daemon without
+doubling the rate) and `replay` (same event id, delivered again)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import pty
+import signal
+import struct
+import termios
+from pathlib import Path
+
+from orderwatch.receiver import Receiver, running_receiver
+from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.store.sqlite import DaemonLock
+
+from harness import API_KEY, SECRET, spawn, until, write_config
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    p = await spawn(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(p.communicate(), 60)
+    assert p.returncode is not None
+    return p.returncode, out.decode(), err.decode()
+
+
+async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
+    """No daemon: wait polls the orders itself; exit 0 when all COMPLETED, 1 if one FAILED."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
+        rs.sim.create(["O-BAD"], complete_after=0.3, status="FAILED")
+        cfg = write_config(tmp_path, rs.base_url)
+        code, out, err = await run_cli("wait", "-c", str(cfg), "O-W1", "O-W2")
+        assert (code, sorted(out.split("\n")[:2])) == (0, ["O-W1 COMPLETED", "O-W2 COMPLETED"]), err
+        code, out, _ = await run_cli("wait", "-c", str(cfg), "O-W1", "O-BAD")
+        assert code == 1 and "O-BAD FAILED" in out
+        assert not DaemonLock(tmp_path / "state").is_held_elsewhere()  # lock given back
+
+
+async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
+    """With a daemon on the same state, wait only enqueues and follows the store: the server
+    sees the daemon's rate, never two pollers."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.5)) as rs:
+        cfg = write_config(tmp_path, rs.base_url, rate_limit={"requests_per_second": 20})
+        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        try:
+
+            async def locked() -> bool:
+                return DaemonLock(tmp_path / "state").is_held_elsewhere()
+
+            await until(locked)
+            code, out, _ = await run_cli("wait", "-c", str(cfg), *[f"O-H{i}" for i in range(30)])
+            assert code == 0 and out.count("COMPLETED") == 30
+            assert rs.sim.max_in_window(1.0) <= 20
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+
+
+async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, wait draws a progress bar (tqdm) that reaches 100%."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        p = await spawn(
+            "wait", "-c", str(cfg), "O-T1", "O-T2", stdin=slave, stdout=slave, stderr=slave
+        )
+        os.close(slave)
+        chunks: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        while p.returncode is None:
+            try:
+                chunks.append(
+                    await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
+                )
+            except OSError:
+                break
+        await p.wait()
+        os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert p.returncode == 0
+    assert "100%" in screen and "2/2" in screen
+
+
+async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
+    """replay sends a final event again to every sink, under the same webhook-id and bytes."""
+    receiver = Receiver(SECRET)
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as rs,
+        running_receiver(receiver) as url,
+    ):
+        cfg = write_config(tmp_path, rs.base_url, webhooks=[{"url": url, "secret": SECRET}])
+        assert (await run_cli("wait", "-c", str(cfg), "O-RP"))[0] == 0
+        assert len(receiver.events) == 1
+        code, out, err = await run_cli("replay", "-c", str(cfg), "O-RP")
+        assert code == 0, err
+        assert "delivered" in out
+        code, _, err = await run_cli("replay", "-c", str(cfg), "O-NEVER")
+        assert code == 2 and "no final event yet" in err
+    first, again = receiver.events
+    assert first.event_id == again.event_id and first.body == again.body
+    assert first.headers["webhook-timestamp"] <= again.headers["webhook-timestamp"]
