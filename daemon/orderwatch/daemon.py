@@ -30,6 +30,7 @@ from orderwatch.metrics import Metrics
 from orderwatch.notify import Notifier
 from orderwatch.payloads import prepare_output_dir
 from orderwatch.poller import MAX_IDLE_WAIT_S, Poller, PollerDeps
+from orderwatch.secrets import register_secrets
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
 from orderwatch.store.base import Store
@@ -91,6 +92,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         s = self.settings
+        register_secrets(s)  # whoever embeds us, the log redactor knows every secret
         async with AsyncExitStack() as stack:
             self.store = await open_store(s, stack, daemon=True, now=self.wall())
             await asyncio.to_thread(prepare_output_dir, s.output_dir)
@@ -239,6 +241,7 @@ class Daemon:
         return True
 
     def _apply(self, new: Settings) -> None:
+        register_secrets(new)  # before anything can log the new key
         old, self.settings = self.settings, new
         if new.runa.api_key != old.runa.api_key and new.runa.api_key is not None:
             self.client.set_api_key(new.runa.api_key.get_secret_value())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import secrets
 import stat
 import sys
@@ -50,6 +51,7 @@ async def run_demo(n_orders: int) -> int:
             source="<demo>",
         )
         configure_logging("console", "info")
+        logging.getLogger("orderwatch.poller").setLevel(logging.DEBUG)  # show each poll
         register_secrets(settings)
         ids = [demo_order_id() for _ in range(n_orders)]
         print(f"demo: state in {tmp}; following {len(ids)} orders", file=sys.stderr)
