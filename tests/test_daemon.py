@@ -122,3 +122,30 @@ async def test_connection_reset_retried(tmp_path: Path) -> None:
 async def test_timeout_retried(tmp_path: Path) -> None:
     """A request that times out is retried."""
     await _retried_then_final(tmp_path, "timeout", "transport")
+
+
+async def test_payload_write_failure_keeps_order_pending_then_recovers(tmp_path: Path) -> None:
+    """When the payload cannot be written (here: output_dir replaced by a file), the order is
+    not finished and no event is sent; once writing works again it completes normally."""
+    import shutil
+
+    async with running_simulator(sim_opts(complete_after=0)) as rs:
+        settings = settings_for(tmp_path, rs.base_url)
+        out = tmp_path / "orders"
+        async with running_daemon(settings) as d:
+            shutil.rmtree(out)
+            out.write_text("not a directory")
+            await d.add_orders(["O-DISK"])
+
+            async def failed_once() -> bool:
+                rows = await store_of(d).get_orders(["O-DISK"])
+                return bool(rows and rows[0].last_error)
+
+            await until(failed_once)
+            (row,) = await store_of(d).get_orders(["O-DISK"])
+            assert row.state == "pending" and "cannot write payload" in (row.last_error or "")
+            assert await store_of(d).get_event("O-DISK") is None
+            out.unlink()
+            out.mkdir(mode=0o700)
+            await until(lambda: all_ended(d, ["O-DISK"]), timeout=30)
+        assert json.loads((out / "O-DISK.json").read_bytes()) == rs.sim.payload("O-DISK")
