@@ -14,7 +14,7 @@ from pathlib import Path
 
 from orderwatch.receiver import Receiver, running_receiver
 from orderwatch.simulator import SimOptions, running_simulator
-from orderwatch.store.sqlite import DaemonLock
+from orderwatch.store.lock import DaemonLock
 
 from harness import API_KEY, SECRET, spawn, until, write_config
 

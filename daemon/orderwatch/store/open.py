@@ -6,7 +6,8 @@ from contextlib import AsyncExitStack
 
 from orderwatch.settings import Settings
 from orderwatch.store.base import Store
-from orderwatch.store.sqlite import DaemonLock, SqliteStore, prepare_state_dir
+from orderwatch.store.lock import DaemonLock, prepare_state_dir
+from orderwatch.store.sqlite import SqliteStore
 
 
 async def open_store(

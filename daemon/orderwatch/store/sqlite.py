@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,7 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orderwatch.errors import StateLockedError, StoreError
+from orderwatch.errors import StoreError
 from orderwatch.store.base import (
     Claim,
     DeliveryClaim,
@@ -28,6 +27,7 @@ from orderwatch.store.base import (
     OrderRow,
     OrderState,
 )
+from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.schema import (
     DELIVERY_STATES,
     ORDER_STATES,
@@ -38,58 +38,7 @@ from orderwatch.store.schema import (
 
 T = TypeVar("T")
 DB_NAME = "orderwatch.sqlite3"
-LOCK_NAME = "daemon.lock"
 _CHUNK = 20_000
-
-
-def prepare_state_dir(state_dir: Path) -> None:
-    """Create state_dir 0700 (it holds payout links) or tighten an existing one we own."""
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if state_dir.stat().st_mode & 0o077:
-            os.chmod(state_dir, 0o700)
-    except OSError as e:
-        raise StoreError(f"state_dir {state_dir}: {e.strerror or e}") from e
-
-
-class DaemonLock:
-    """An exclusive flock on state_dir/daemon.lock: one daemon per embedded state."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateLockedError(
-                f"{self.path.parent}: another orderwatch daemon is already running on this state"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def is_held_elsewhere(self) -> bool:
-        """True when some other process holds the lock (a daemon runs on this state)."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
