@@ -205,3 +205,31 @@ async def test_partitioned_replica_stops_within_lease_and_resumes(
             await proxy.cut()
         assert code == 0
         assert rs.sim.max_in_window(1.0) <= RATE
+
+
+async def test_cli_against_the_shared_store(tmp_path: Path, pg_dsn: str) -> None:
+    """add, wait (as one more replica, under the cluster limiter), status and replay all work
+    on PostgreSQL state."""
+    import json
+
+    receiver = Receiver(SECRET)
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs,
+        running_receiver(receiver) as url,
+    ):
+        cfg = replica_config(tmp_path, rs.base_url, pg_dsn, url)
+        assert await (await spawn("add", "-c", str(cfg), "O-PG1", "O-PG2")).wait() == 0
+        wait = await spawn("wait", "-c", str(cfg), "O-PG1", "O-PG2", stdout=asyncio.subprocess.PIPE)
+        out, _ = await wait.communicate()
+        assert wait.returncode == 0 and out.decode().count("COMPLETED") == 2
+        status = await spawn(
+            "status", "-c", str(cfg), "O-PG1", "--json", stdout=asyncio.subprocess.PIPE
+        )
+        report = json.loads((await status.communicate())[0])
+        (order,) = report["orders"]
+        assert order["state"] == "final" and order["deliveries"][0]["state"] == "delivered"
+        replay = await spawn("replay", "-c", str(cfg), "O-PG1", stdout=asyncio.subprocess.PIPE)
+        await replay.communicate()
+        assert replay.returncode == 0
+    ids = [e.event_id for e in receiver.events if e.order_id == "O-PG1"]
+    assert len(ids) == 2 and len(set(ids)) == 1

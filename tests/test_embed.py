@@ -1,0 +1,41 @@
+"""Running orderwatch inside an asyncio application, with an async callback as the sink."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orderwatch import Watcher
+from orderwatch.errors import UsageError
+from orderwatch.simulator import SimOptions, running_simulator
+
+from harness import API_KEY, config_dict, until
+
+
+async def test_watcher_with_callback(tmp_path: Path) -> None:
+    """Watcher tracks added orders and awaits the callback once per final event, with the
+    event id, type and the API's payload."""
+    got: list[dict[str, Any]] = []
+    seen = asyncio.Event()
+
+    async def on_final(event: dict[str, Any]) -> None:
+        got.append(event)
+        seen.set()
+
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
+        async with Watcher(config_dict(tmp_path, rs.base_url), callbacks=[on_final]) as w:
+            assert await w.add(["O-EMB"]) == 1
+            with pytest.raises(UsageError):
+                await w.add(["../x"])
+            await asyncio.wait_for(seen.wait(), 20)
+
+            async def final() -> bool:
+                return (await w.status(["O-EMB"]))[0].state == "final"
+
+            await until(final)
+        (event,) = got
+        assert event["id"] == "evt_completed_O-EMB" and event["type"] == "order.completed"
+        assert event["data"] == rs.sim.payload("O-EMB")
