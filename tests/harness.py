@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,17 @@ from orderwatch.settings import Settings
 API_KEY = "xx.test-key-0123456789"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeClock:
+    """Wall-clock seconds that move only when a test moves them (starting near real time, so
+    a webhook receiver's +-5 minute timestamp tolerance still holds)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def config_dict(tmp: Path, base_url: str, **sections: Any) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from orderwatch.sinks.command import CommandSink
 from orderwatch.store.base import EventRecord
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import until
+from harness import FakeClock, until
 
 # Every shell metacharacter, each of which would create the marker if a shell ever ran it
 # (and nothing destructive, should that regression ever happen).
@@ -46,19 +45,9 @@ print("payout link: " + json.loads(data)["data"]["items"][0]["url"])
 """
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state", daemon=True, now=time.time())
-    yield s
-    await s.close()
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    return sqlite_store
 
 
 def hostile_event(marker: Path, now: float) -> EventRecord:

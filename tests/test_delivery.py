@@ -8,7 +8,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,16 @@ from orderwatch.sinks import Sink, build_sinks
 from orderwatch.sinks.callback import CallbackSink, load_callable
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, SECRET, running_daemon, settings_for, until
+from harness import API_KEY, SECRET, FakeClock, running_daemon, settings_for, until
 
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 PAYOUT = "https://payouts.example/redeem/very-secret-link"
 PAYLOAD = {"id": "O-1", "status": "COMPLETED", "items": [{"payout": {"url": PAYOUT}}]}
 
 
-class FakeClock:
-    """Wall-clock seconds that move only when a test moves them (near real time, so the
-    receiver's ±5 minute timestamp tolerance still holds)."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = await SqliteStore.open(tmp_path / "state", daemon=True, now=time.time())
-    yield s
-    await s.close()
+def store(sqlite_store: SqliteStore) -> SqliteStore:
+    return sqlite_store
 
 
 def hook_settings(*hooks: dict[str, Any], **top: Any) -> Settings:
