@@ -38,3 +38,35 @@ async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
     assert f"{wl1}:6: invalid order id 'O W3'" in problems
     assert f"{wl2}: cannot read watchlist: No such file or directory" in problems
     assert not list(tmp_path.glob("**/passwd"))
+
+
+async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> None:
+    """A restart does not read an unchanged watchlist again (its signature is remembered in
+    the store); a changed one is read."""
+    wl = tmp_path / "a.txt"
+    wl.write_text("O-R1\nO-R2\n")
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, watchlists=[str(wl)], polling={"initial_delay": "1h"}
+        )
+        for expect_read in (True, False):
+            with capture_logs() as logs:
+                async with running_daemon(settings) as d:
+                    assert d.store is not None
+
+                    async def scanned() -> bool:
+                        return await d.store.get_meta(f"watchlist:{wl}") is not None  # type: ignore[union-attr]
+
+                    await until(scanned)
+                    await d.watcher.scan()  # a full pass has certainly happened now
+            reads = [e for e in logs if e["event"] == "watchlist.read"]
+            assert bool(reads) is expect_read
+        wl.write_text("O-R1\nO-R2\nO-R3\n")
+        with capture_logs() as logs:
+            async with running_daemon(settings) as d:
+
+                async def tracked() -> bool:
+                    return len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
+
+                await until(tracked)
+        assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]

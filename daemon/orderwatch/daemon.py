@@ -95,6 +95,7 @@ class Daemon:
         register_secrets(s)  # whoever embeds us, the log redactor knows every secret
         async with AsyncExitStack() as stack:
             self.store = await open_store(s, stack, daemon=True, now=self.wall())
+            self.watcher.store = self.store
             await asyncio.to_thread(prepare_output_dir, s.output_dir)
             client = await stack.enter_async_context(
                 RunaClient(

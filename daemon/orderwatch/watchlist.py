@@ -23,10 +23,17 @@ class WatchlistResult:
 
 
 def read_watchlist(path: Path) -> WatchlistResult:
-    """Parse a watchlist; never raises for bad content or an unreadable file."""
+    """Parse a watchlist into a list; never raises for bad content or an unreadable file."""
     result = WatchlistResult()
+    result.ids.extend(iter_watchlist(path, result.problems))
+    return result
+
+
+def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
+    """The valid IDs of a watchlist, one at a time (a huge file is never held whole);
+    problems are appended to `problems` as they are met."""
     name = str(path)
-    skipped = 0
+    reported = skipped = 0
     try:
         with open(path, "rb") as f:
             for lineno, raw in enumerate(_lines(f), 1):
@@ -36,18 +43,18 @@ def read_watchlist(path: Path) -> WatchlistResult:
                 elif not text:
                     continue
                 elif ORDER_ID_RE.fullmatch(text):
-                    result.ids.append(text)
+                    yield text
                     continue
-                if len(result.problems) < MAX_PROBLEMS:
+                if reported < MAX_PROBLEMS:
+                    reported += 1
                     msg = f"invalid order id {quote_for_error(text)}"
-                    result.problems.append(Problem(name, lineno, None, msg))
+                    problems.append(Problem(name, lineno, None, msg))
                 else:
                     skipped += 1
     except OSError as e:
-        result.problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror}"))
+        problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror}"))
     if skipped:
-        result.problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
-    return result
+        problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
 
 
 def _lines(f: BinaryIO) -> Iterator[bytes]:

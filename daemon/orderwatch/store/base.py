@@ -188,6 +188,13 @@ class Store(Protocol):
         """The final event of an order, if it has one."""
         ...
 
+    # -- small facts ---------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        """A small durable fact (e.g. a watchlist's signature when it was last read)."""
+        ...
+
+    async def set_meta(self, key: str, value: str) -> None: ...
+
     # -- lifecycle -----------------------------------------------------------------------
     async def release_owner(self, owner: str, now: float) -> None:
         """Drop every lease this owner holds, making those items due by `now` (clean shutdown)."""

@@ -344,6 +344,19 @@ class PostgresStore:
         r = rows[0]
         return EventRecord(r[0], r[1], r[2], bytes(r[3]), r[4])
 
+    # -- small facts ---------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        value = await self._one("SELECT value FROM meta WHERE key = %s", key)
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     # -- cluster-wide rate limit -----------------------------------------------------------
     def limiter(self, rate: float) -> RateLimiter:
         return PostgresLimiter(self, rate)

@@ -436,6 +436,22 @@ class SqliteStore:
         ).fetchone()
         return self._event(r[0]) if r else None
 
+    # -- small facts ---------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        value = await self._run(self._scalar, "SELECT value FROM meta WHERE key = ?", key)
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(self._set_meta, key, value)
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._tx():
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     # -- lifecycle -----------------------------------------------------------------------
     async def release_owner(self, owner: str, now: float) -> None:
         await self._run(self._release_owner, owner, now)
