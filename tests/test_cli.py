@@ -120,3 +120,14 @@ def test_second_daemon_on_same_state_refused(tmp_path: Path) -> None:
         os.close(fd)
     assert r.returncode == 2
     assert "another orderwatch daemon is already running" in r.stderr
+
+
+def test_unusable_directories_are_one_line(tmp_path: Path) -> None:
+    """A state_dir or output_dir that cannot be created is one clear line, exit 1."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for key in ("state_dir", "output_dir"):
+        cfg = config(tmp_path, **{key: str(blocker / "sub")})
+        r = ow("run", "-c", str(cfg))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert f"{key} {blocker / 'sub'}: Not a directory" in r.stderr

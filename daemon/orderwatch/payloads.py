@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from orderwatch.errors import OrderwatchError
 from orderwatch.ids import is_valid_order_id
 
 TMP_PREFIX = ".tmp-"
@@ -13,10 +14,15 @@ TMP_PREFIX = ".tmp-"
 
 def prepare_output_dir(output_dir: Path) -> None:
     """Create output_dir 0700 and remove temp files a crash left behind."""
-    output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for leftover in output_dir.glob(f"{TMP_PREFIX}*"):
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
+    try:
+        output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(output_dir, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        for leftover in output_dir.glob(f"{TMP_PREFIX}*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+    except OSError as e:
+        raise OrderwatchError(f"output_dir {output_dir}: {e.strerror or e}") from None
 
 
 def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
