@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,18 @@ def test_second_daemon_on_same_state_refused(tmp_path: Path) -> None:
         os.close(fd)
     assert r.returncode == 2
     assert "another orderwatch daemon is already running" in r.stderr
+
+
+def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """An admin.listen port another process holds is one clear line and exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config(tmp_path, admin={"listen": f"127.0.0.1:{port}"})
+        r = ow("run", "-c", str(cfg))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"admin.listen 127.0.0.1:{port}: Address already in use" in r.stderr
 
 
 def test_unusable_directories_are_one_line(tmp_path: Path) -> None:

@@ -11,13 +11,14 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 
-from orderwatch.errors import ConfigError, StoreError
+from orderwatch.errors import ConfigError, OrderwatchError, StoreError
 from orderwatch.ids import is_valid_order_id
 
 if TYPE_CHECKING:
@@ -78,7 +79,12 @@ async def start_admin(daemon: Daemon) -> web.AppRunner | None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:  # port taken, address not on this host: one line, not a traceback
+        await runner.cleanup()
+        reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio rewords strerror
+        raise OrderwatchError(f"admin.listen {host}:{port}: {reason}") from None
     log.info("admin.listening", listen=f"{host}:{port}")
     return runner
 
