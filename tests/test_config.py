@@ -2,159 +2,468 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from orderwatch.config import load_settings, load_settings_from_mapping
+from orderwatch.config import (
+    DEFAULT_PATH,
+    load_settings,
+    load_settings_from_mapping,
+    resolve_config_path,
+)
 from orderwatch.errors import ConfigError
+from orderwatch.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "config" / "orderwatch.example.yaml"
 
 
-def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
-    cfg = tmp_path / "ow.yaml"
-    cfg.write_text(text)
+def write(tmp_path: Path, text: str | bytes, name: str = "ow.yaml") -> Path:
+    cfg = tmp_path / name
+    if isinstance(text, bytes):
+        cfg.write_bytes(text)
+    else:
+        cfg.write_text(text)
+    return cfg
+
+
+def problems(tmp_path: Path, text: str | bytes, env: dict[str, str] | None = None) -> list[str]:
+    """The rendered problems of a config that must fail, with tmp_path shortened to '.'."""
+    cfg = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
         load_settings(cfg, env or {})
-    return [str(p).replace(str(cfg), "ow.yaml") for p in e.value.problems]
+    return [str(p).replace(str(tmp_path), ".") for p in e.value.problems]
+
+
+def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settings:
+    return load_settings(write(tmp_path, text), env or {})
+
+
+# --- what loads -------------------------------------------------------------------------------
 
 
 def test_every_spec_key_parses(tmp_path: Path) -> None:
-    """The SPEC's example keys load into typed values with units applied."""
+    """The SPEC's keys load into typed values with units applied and paths made absolute."""
     (tmp_path / "key").write_text("xx.secret\n")
-    cfg = tmp_path / "ow.yaml"
-    cfg.write_text(
+    s = load(
+        tmp_path,
         """
 runa: {base_url: "https://playground.runa.io/v2", api_key_file: key, api_version: "2024-02-05", timeout: 10s}
 rate_limit: {requests_per_second: 5, max_concurrency: 4}
-polling: {initial_delay: 250ms, backoff_factor: 2, max_interval: 5m, jitter: 0.1, give_up_after: 3d, not_found_grace: 10m}
+polling: {initial_delay: 250ms, backoff_factor: 2, max_interval: 5m, jitter: 0.1, give_up_after: 3d, not_found_grace: 10m, lease: 90s}
 watchlists: [lists/a.txt]
 state_dir: state
+state_dsn: postgresql://orderwatch@db/orderwatch
 output_dir: /srv/orders
-webhooks: [{url: "https://h/x", secret: "whsec_abc", timeout: 15s, retry_schedule: [5s, 5m, 2h]}]
+webhooks: [{url: "https://h/x", secret: "whsec_abc", timeout: 15s, retry_schedule: [5s, 5m, 2h], max_concurrency: 3}]
 commands: [[/usr/local/bin/on-order-final, --flag]]
+command_timeout: 1m
 callbacks: ["myapp.payouts:on_order_final"]
-admin: {listen: "127.0.0.1:9464"}
+admin: {listen: "127.0.0.1:9464", token_file: tok}
 logging: {format: json, level: info}
-"""
+shutdown_timeout: 2s
+""",
     )
-    s = load_settings(cfg, {})
     assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "xx.secret"
+    assert s.runa.api_key_file == tmp_path / "key" and s.runa.timeout_s == 10
+    assert s.rate_limit.requests_per_second == 5 and s.rate_limit.max_concurrency == 4
     assert s.polling.initial_delay_s == 0.25 and s.polling.give_up_after_s == 3 * 86400
+    assert s.polling.max_interval_s == 300 and s.polling.lease_s == 90
     assert s.webhooks[0].retry_schedule_s == (5.0, 300.0, 7200.0)
+    assert s.webhooks[0].max_concurrency == 3
     assert s.watchlists == (tmp_path / "lists/a.txt",)  # relative to the config file
-    assert s.state_dir == tmp_path / "state"
+    assert s.state_dir == tmp_path / "state" and s.output_dir == Path("/srv/orders")
+    assert s.admin.token_file == tmp_path / "tok"
+    assert s.state_dsn is not None and s.state_dsn.get_secret_value().startswith("postgresql:")
     assert s.commands == (("/usr/local/bin/on-order-final", "--flag"),)
+    assert s.callbacks == ("myapp.payouts:on_order_final",)
+    assert s.command_timeout_s == 60 and s.shutdown_timeout_s == 2
+    assert s.logging.format == "json"
 
 
-def test_example_config_loads(tmp_path: Path) -> None:
-    """config/orderwatch.example.yaml is valid as shipped."""
-    s = load_settings(
-        REPO / "config" / "orderwatch.example.yaml",
-        {"RUNA_API_KEY": "xx.k", "WEBHOOK_SECRET": "whsec_x"},
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("250ms", 0.25), ("30s", 30), ("5m", 300), ("2h", 7200), ("3d", 259200), ("45", 45),
+     ("1.5", 1.5), ("'90'", 90), ("1.5m", 90)],
+)  # fmt: skip
+def test_durations_accept_units_and_numbers(tmp_path: Path, written: str, seconds: float) -> None:
+    """Durations are numbers of seconds or a number with ms/s/m/h/d."""
+    s = load(tmp_path, f"polling:\n  max_interval: {written}\n")
+    assert s.polling.max_interval_s == pytest.approx(seconds)
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    """An empty (or comment-only) config is every default."""
+    assert load(tmp_path, "") == Settings()
+    assert load(tmp_path, "# nothing yet\n") == Settings()
+
+
+def test_example_config_loads_and_names_every_key() -> None:
+    """config/orderwatch.example.yaml is valid with only RUNA_API_KEY set, and mentions every
+    key the settings accept (commented-out alternatives count)."""
+    s = load_settings(EXAMPLE, {"RUNA_API_KEY": "xx.example"})
+    assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "xx.example"
+    assert s.rate_limit.requests_per_second == 5 and s.polling.give_up_after_s == 72 * 3600
+    text = EXAMPLE.read_text()
+    missing = [k for k in _all_keys(Settings) if not re.search(rf"\b{k}:", text)]
+    assert missing == []
+
+
+def _all_keys(model: type[BaseModel]) -> set[str]:
+    keys: set[str] = {"state_dsn_file"}
+    for name, field in model.model_fields.items():
+        keys.add(field.alias or name)
+        for inner in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                keys |= _all_keys(inner)
+    return keys
+
+
+def test_relative_secret_file_and_trailing_newline(tmp_path: Path) -> None:
+    """*_file secrets are read relative to the config, less their trailing newline, for the
+    API key, a webhook secret and the state DSN; the file's path is kept."""
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds/runa").write_text("xx.fromfile\n")
+    (tmp_path / "creds/hook").write_text("whsec_fromfile\r\n")
+    (tmp_path / "creds/dsn").write_text("postgresql://u:pw@db/x\n")
+    s = load(
+        tmp_path,
+        "runa: {api_key_file: creds/runa}\nstate_dsn_file: creds/dsn\n"
+        "webhooks: [{url: 'https://h', secret_file: creds/hook}]\n",
     )
-    assert s.rate_limit.requests_per_second > 0
+    assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "xx.fromfile"
+    assert s.webhooks[0].secret is not None
+    assert s.webhooks[0].secret.get_secret_value() == "whsec_fromfile"
+    assert s.state_dsn is not None and s.state_dsn.get_secret_value() == "postgresql://u:pw@db/x"
+    assert s.state_dsn_file == tmp_path / "creds/dsn"
 
 
-def test_unknown_key_with_did_you_mean_at_its_line(tmp_path: Path) -> None:
-    """An unknown key names its line and the near match."""
-    assert problems(tmp_path, "polling:\n  initial_dely: 2s\n") == [
-        "ow.yaml:2: polling.initial_dely: unknown key 'initial_dely' (did you mean 'initial_delay'?)"
+def test_mapping_config_validates_too() -> None:
+    """Configs built in code get the same validation, without lines."""
+    with pytest.raises(ConfigError) as e:
+        load_settings_from_mapping({"rate_limits": 1, "polling": {"jitter": 2}}, source="<t>")
+    assert [str(p) for p in e.value.problems] == [
+        "<t>: polling.jitter: should be less than or equal to 1",
+        "<t>: rate_limits: unknown key 'rate_limits' (did you mean 'rate_limit'?)",
+    ]
+    assert load_settings_from_mapping({"polling": {"jitter": 0.5}}).polling.jitter == 0.5
+
+
+def test_resolve_config_path() -> None:
+    """-c wins, then $ORDERWATCH_CONFIG, then /etc/orderwatch/orderwatch.yaml."""
+    env = {"ORDERWATCH_CONFIG": "/env/ow.yaml"}
+    assert resolve_config_path("cli.yaml", env) == Path("cli.yaml")
+    assert resolve_config_path(None, env) == Path("/env/ow.yaml")
+    assert resolve_config_path(None, {}) == DEFAULT_PATH == Path("/etc/orderwatch/orderwatch.yaml")
+
+
+# --- located problems ---------------------------------------------------------------------------
+
+
+def test_unknown_keys_with_did_you_mean_at_their_lines(tmp_path: Path) -> None:
+    """Unknown keys, in a section, a list item or at the top, name their line and near match."""
+    got = problems(
+        tmp_path,
+        "polling:\n  initial_dely: 2s\nwebhooks:\n  - url: https://h\n    secret: whsec_x\n"
+        "    retry_shedule: [1s]\nstat_dir: /x\nbanana: 1\n",
+    )
+    assert got == [
+        "./ow.yaml:2: polling.initial_dely: unknown key 'initial_dely' (did you mean 'initial_delay'?)",
+        "./ow.yaml:6: webhooks[0].retry_shedule: unknown key 'retry_shedule' (did you mean 'retry_schedule'?)",
+        "./ow.yaml:7: stat_dir: unknown key 'stat_dir' (did you mean 'state_dir'?)",
+        "./ow.yaml:8: banana: unknown key 'banana'",
+    ]
+
+
+def test_wrong_types_in_plain_words(tmp_path: Path) -> None:
+    """Wrong types are said plainly, at the line of the key or the list item."""
+    got = problems(
+        tmp_path,
+        "runa:\n  api_version: 2024-02-05\nrate_limit: 5\nwatchlists: a.txt\n"
+        "logging:\n  format: xml\ncommands:\n  - [ok]\n  - /bin/x\n"
+        "polling:\n  backoff_factor: fast\n",
+    )
+    assert got == [
+        "./ow.yaml:2: runa.api_version: should be a string (put it in quotes)",
+        "./ow.yaml:3: rate_limit: should be a mapping of keys",
+        "./ow.yaml:4: watchlists: should be a list",
+        "./ow.yaml:6: logging.format: should be 'auto', 'json' or 'console'",
+        "./ow.yaml:9: commands[1]: should be a list",
+        "./ow.yaml:11: polling.backoff_factor: should be a valid number, unable to parse string as a number",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("5 minutes", "invalid duration '5 minutes': use e.g. 250ms, 30s, 5m, 2h, 3d"),
+        ("soon", "invalid duration 'soon': use e.g. 250ms, 30s, 5m, 2h, 3d"),
+        ("5w", "invalid duration '5w': use e.g. 250ms, 30s, 5m, 2h, 3d"),
+        ("-1s", "invalid duration '-1s': use e.g. 250ms, 30s, 5m, 2h, 3d"),
+        ("-3", "invalid duration -3: must be a finite, non-negative time"),
+        (".inf", "invalid duration inf: must be a finite, non-negative time"),
+        ("true", "expected a duration like 30s, 5m or a number of seconds"),
+        ("[1]", "invalid duration [1]: use e.g. 250ms, 30s, 5m, 2h, 3d"),
+    ],
+)
+def test_bad_durations(tmp_path: Path, written: str, message: str) -> None:
+    """A duration that is not one is located with what is wrong."""
+    assert problems(tmp_path, f"polling:\n  initial_delay: {written}\n") == [
+        f"./ow.yaml:2: polling.initial_delay: {message}"
+    ]
+
+
+def test_negative_and_zero(tmp_path: Path) -> None:
+    """Zero where a positive value is needed, and negative counts, are out of range; a zero
+    initial delay is allowed."""
+    got = problems(
+        tmp_path,
+        "polling:\n  max_interval: 0\n  jitter: -0.1\n"
+        "rate_limit:\n  requests_per_second: 0\n  max_concurrency: -1\n"
+        "webhooks:\n  - {url: 'https://h', secret: whsec_x, timeout: 0s}\n",
+    )
+    assert got == [
+        "./ow.yaml:2: polling.max_interval: must be greater than zero",
+        "./ow.yaml:3: polling.jitter: should be greater than or equal to 0",
+        "./ow.yaml:5: rate_limit.requests_per_second: should be greater than 0",
+        "./ow.yaml:6: rate_limit.max_concurrency: should be greater than or equal to 1",
+        "./ow.yaml:8: webhooks[0].timeout: must be greater than zero",
+    ]
+    assert load(tmp_path, "polling: {initial_delay: 0}\n").polling.initial_delay_s == 0
+
+
+def test_urls_located_at_their_key(tmp_path: Path) -> None:
+    """A URL without http(s) is reported at its own key, not its section."""
+    got = problems(
+        tmp_path, "runa:\n  base_url: ftp://x\nwebhooks:\n  - secret: whsec_x\n    url: file:///x\n"
+    )
+    assert got == [
+        "./ow.yaml:2: runa.base_url: must start with https:// (or http:// for a local simulator)",
+        "./ow.yaml:5: webhooks[0].url: must start with https:// or http://",
     ]
 
 
 def test_several_problems_reported_at_once(tmp_path: Path) -> None:
-    """Wrong types, bad durations and out-of-range values are all reported, in line order."""
+    """Problems of different kinds and steps are all reported together, in line order."""
     got = problems(
         tmp_path,
         "rate_limit:\n  requests_per_second: fast\n  max_concurrency: 0\n"
-        "polling:\n  max_interval: 5 minutes\n  jitter: 3\n",
+        "polling:\n  max_interval: 5 minutes\n  jitter: 3\n"
+        "runa:\n  api_key: ${NOPE}\n  timout: 1s\n",
     )
-    assert [g.split(":")[1] for g in got] == ["2", "3", "5", "6"]
-    assert "rate_limit.requests_per_second: input should be a valid number" in got[0]
-    assert "invalid duration '5 minutes'" in got[2]
+    assert [g.split(":")[1] for g in got] == ["2", "3", "5", "6", "8", "9"]
+    assert got[4] == "./ow.yaml:8: runa.api_key: environment variable NOPE is not set"
 
 
-def test_missing_key_file_is_located(tmp_path: Path) -> None:
-    """A secret file that cannot be read is an error at the *_file key."""
-    got = problems(tmp_path, "runa:\n  api_key_file: /nonexistent/key\n")
+def test_cross_key_check_reported(tmp_path: Path) -> None:
+    """A lease shorter than two request timeouts is rejected, naming both keys."""
+    got = problems(tmp_path, "polling: {lease: 15s}\nruna: {timeout: 10s}\n")
     assert got == [
-        "ow.yaml:2: runa.api_key_file: cannot read api_key_file /nonexistent/key: "
-        "No such file or directory"
+        "./ow.yaml: polling.lease (15s) must be at least twice runa.timeout (10s) plus one second"
+    ]
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_missing_or_bad_secret_files_are_located(tmp_path: Path) -> None:
+    """A secret file that is missing, a directory, empty or over 64 KiB is an error at its
+    *_file key."""
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "big").write_text("x" * (64 * 1024 + 1))
+    got = problems(
+        tmp_path,
+        "runa:\n  api_key_file: /nonexistent/key\nstate_dsn_file: .\n"
+        "webhooks:\n  - url: https://h\n    secret_file: empty\n"
+        "  - url: https://h\n    secret_file: big\n",
+    )
+    assert got == [
+        "./ow.yaml:2: runa.api_key_file: cannot read api_key_file /nonexistent/key: No such file or directory",
+        "./ow.yaml:3: state_dsn_file: cannot read state_dsn_file .: Is a directory",
+        "./ow.yaml:6: webhooks[0].secret_file: ./empty is empty",
+        "./ow.yaml:8: webhooks[1].secret_file: ./big is larger than 64 KiB",
     ]
 
 
 def test_both_secret_forms_rejected(tmp_path: Path) -> None:
-    """api_key and api_key_file together is an error."""
+    """A secret and its *_file form together are an error, for each kind of secret."""
     (tmp_path / "k").write_text("x")
-    got = problems(tmp_path, "runa:\n  api_key: xx.a\n  api_key_file: k\n")
-    assert got == ["ow.yaml:3: runa.api_key_file: give api_key or api_key_file, not both"]
-
-
-def test_env_expansion_and_unset_variable(tmp_path: Path) -> None:
-    """${VAR} expands; an unset one is a located error."""
-    cfg = tmp_path / "ow.yaml"
-    cfg.write_text("runa:\n  api_key: ${KEY}\n")
-    assert load_settings(cfg, {"KEY": "xx.v"}).runa.api_key.get_secret_value() == "xx.v"  # type: ignore[union-attr]
-    assert problems(tmp_path, "runa:\n  api_key: ${KEY}\n") == [
-        "ow.yaml:2: runa.api_key: environment variable KEY is not set"
+    got = problems(
+        tmp_path,
+        "runa:\n  api_key: xx.a\n  api_key_file: k\nstate_dsn: postgresql://db\nstate_dsn_file: k\n"
+        "webhooks:\n  - {url: 'https://h', secret: whsec_a, secret_file: k}\n",
+    )
+    assert got == [
+        "./ow.yaml:3: runa.api_key_file: give api_key or api_key_file, not both",
+        "./ow.yaml:5: state_dsn_file: give state_dsn or state_dsn_file, not both",
+        "./ow.yaml:7: webhooks[0].secret_file: give secret or secret_file, not both",
     ]
 
 
-def test_env_overrides_and_bad_override(tmp_path: Path) -> None:
-    """ORDERWATCH_<SECTION>__<KEY> overrides the file; a bad one is reported as env:NAME."""
-    cfg = tmp_path / "ow.yaml"
-    cfg.write_text("rate_limit:\n  requests_per_second: 5\n")
-    env = {"ORDERWATCH_RATE_LIMIT__REQUESTS_PER_SECOND": "2", "ORDERWATCH_STATE_DIR": "/x"}
-    s = load_settings(cfg, env)
-    assert s.rate_limit.requests_per_second == 2 and s.state_dir == Path("/x")
-    got = problems(
-        tmp_path, "", {"ORDERWATCH_RATE_LIMT__X": "1", "ORDERWATCH_POLLING__MAX_INTERVAL": "soon"}
-    )
-    assert "env:ORDERWATCH_POLLING__MAX_INTERVAL: polling.max_interval: invalid duration" in got[0]
-    assert (
-        got[1]
-        == "env:ORDERWATCH_RATE_LIMT__X: rate_limt: unknown key 'rate_limt' (did you mean 'rate_limit'?)"
-    )
+SECRETS = ("xx.supersecret", "whsec_topsecret", "whsec_rotated", "pw-in-dsn", "xx.fromfile9")
 
 
 def test_secret_values_never_in_errors(tmp_path: Path) -> None:
-    """A secret with the wrong type or shape is reported without its value."""
+    """No secret value appears in any error, whether it is the wrong shape, used where a
+    duration belongs, read from a file or given in an override."""
+    (tmp_path / "k").write_text("xx.fromfile9\n")
+    dsn = "postgresql://u:pw-in-dsn@db"
+    env = {
+        "HOOK": "whsec_topsecret",
+        "ORDERWATCH_STATE_DSN": dsn,
+        "ORDERWATCH_COMMAND_TIMEOUT": dsn,
+    }
     got = problems(
         tmp_path,
-        "runa:\n  api_key: [xx.supersecret]\nwebhooks:\n  - url: ftp://h\n"
-        "    secret: whsec_topsecret\n",
+        "runa:\n  api_key: [xx.supersecret]\n  timeout: xx.supersecret\n"
+        "webhooks:\n  - url: ftp://h\n    secret: ${HOOK}\n    secrets: [whsec_rotated, {a: 1}]\n"
+        "    retry_schedule: ['${HOOK}', whsec_rotated]\n"
+        "  - {url: 'https://h', secret_file: k, timeout: xx.fromfile9}\n",
+        env,
     )
     text = "\n".join(got)
-    assert "supersecret" not in text and "topsecret" not in text
-    assert "runa.api_key" in text and "webhooks[0]" in text
+    assert not [s for s in SECRETS if s in text]
+    assert "./ow.yaml:3: runa.timeout: invalid duration '***'" in text
+    assert "./ow.yaml:8: webhooks[0].retry_schedule[0]: invalid duration '***'" in text
+    assert "./ow.yaml:2: runa.api_key: should be a string" in text
+    assert "env:ORDERWATCH_COMMAND_TIMEOUT: command_timeout: invalid duration '***'" in text
+    assert len(got) == 8
 
 
-def test_yaml_syntax_error_located(tmp_path: Path) -> None:
-    """Broken YAML names the line of the problem."""
-    got = problems(tmp_path, "runa:\n  base_url: [unclosed\nstate_dir: x\n")
-    assert len(got) == 1 and got[0].startswith("ow.yaml:") and "YAML syntax error" in got[0]
+# --- environment --------------------------------------------------------------------------------
+
+
+def test_env_expansion_escape_and_unset_variable(tmp_path: Path) -> None:
+    """${VAR} expands in any string, $${ is a literal ${, an unset variable or a malformed
+    reference is a located error."""
+    s = load(
+        tmp_path,
+        "runa:\n  api_key: ${KEY}\n  base_url: https://${HOST}/v2\ncallbacks: ['m$${x}:f']\n",
+        {"KEY": "xx.v", "HOST": "sim.local"},
+    )
+    assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "xx.v"
+    assert s.runa.base_url == "https://sim.local/v2" and s.callbacks == ("m${x}:f",)
+    assert problems(tmp_path, "runa:\n  api_key: ${RUNA_API_KEY}\nstate_dir: ${a b}\n") == [
+        "./ow.yaml:2: runa.api_key: environment variable RUNA_API_KEY is not set",
+        "./ow.yaml:3: state_dir: '${' must start a ${NAME} reference (write $${ for a literal ${)",
+    ]
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    """ORDERWATCH_<SECTION>__<KEY> and ORDERWATCH_<KEY> override the file; values parse as YAML
+    except for text keys; an override of one secret form replaces the file's other form;
+    variables that are not config are ignored."""
+    (tmp_path / "k").write_text("xx.file\n")
+    cfg = "rate_limit:\n  requests_per_second: 5\nruna:\n  api_key: ${RUNA_API_KEY}\n"
+    env = {
+        "ORDERWATCH_RATE_LIMIT__REQUESTS_PER_SECOND": "2.5",
+        "ORDERWATCH_STATE_DIR": "/x",
+        "ORDERWATCH_RUNA__API_KEY_FILE": str(tmp_path / "k"),
+        "ORDERWATCH_RUNA__API_VERSION": "2025-01-01",
+        "ORDERWATCH_ADMIN__LISTEN": "null",
+        "ORDERWATCH_WATCHLISTS": "[/a.txt, /b.txt]",
+        "ORDERWATCH_POLLING": "{jitter: 0.5}",
+        "ORDERWATCH_CONFIG": "/elsewhere.yaml",
+        "ORDERWATCH_EVENT": "order.completed",
+    }
+    s = load(tmp_path, cfg, env)
+    assert s.rate_limit.requests_per_second == 2.5 and s.state_dir == Path("/x")
+    assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "xx.file"
+    assert s.runa.api_version == "2025-01-01" and s.admin.listen is None
+    assert s.watchlists == (Path("/a.txt"), Path("/b.txt")) and s.polling.jitter == 0.5
+    s = load(tmp_path, "", {"ORDERWATCH_RUNA__API_KEY": "1234"})
+    assert s.runa.api_key is not None and s.runa.api_key.get_secret_value() == "1234"
+
+
+def test_bad_overrides(tmp_path: Path) -> None:
+    """Unknown sections and keys in overrides get a did-you-mean, bad values a message; all are
+    reported as env:NAME without a line, after the file's own problems."""
+    env = {
+        "ORDERWATCH_RATE_LIMT__X": "1",
+        "ORDERWATCH_POLLING__MAX_INTERVALL": "1s",
+        "ORDERWATCH_POLLING__MAX_INTERVAL": "soon",
+        "ORDERWATCH_WEBHOOKS__URL": "https://h",
+        "ORDERWATCH_A__B__C": "1",
+    }
+    assert problems(tmp_path, "logging: {level: loud}\n", env) == [
+        "./ow.yaml:1: logging.level: should be 'debug', 'info', 'warning' or 'error'",
+        "env:ORDERWATCH_A__B__C: expected ORDERWATCH_<KEY> or ORDERWATCH_<SECTION>__<KEY>",
+        "env:ORDERWATCH_POLLING__MAX_INTERVAL: polling.max_interval: invalid duration 'soon': use e.g. 250ms, 30s, 5m, 2h, 3d",
+        "env:ORDERWATCH_POLLING__MAX_INTERVALL: polling.max_intervall: unknown key 'max_intervall' (did you mean 'max_interval'?)",
+        "env:ORDERWATCH_RATE_LIMT__X: rate_limt: unknown key 'rate_limt' (did you mean 'rate_limit'?)",
+        "env:ORDERWATCH_WEBHOOKS__URL: webhooks: is not a section: set it whole, as a YAML flow value",
+    ]
+
+
+# --- the file itself ------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_errors_located(tmp_path: Path) -> None:
+    """Broken YAML, a control character and a second document name the line of the problem."""
+    assert problems(tmp_path, "runa:\n  base_url: [unclosed\nstate_dir: x\n") == [
+        "./ow.yaml:3: YAML syntax error: expected ',' or ']', but got ':'"
+    ]
+    assert problems(tmp_path, b"runa:\n  base_url: a\x07b\n") == [
+        "./ow.yaml:2: YAML syntax error: character '\\x07' is not allowed"
+    ]
+    assert problems(tmp_path, "a: 1\n---\nb: 2\n") == [
+        "./ow.yaml:2: YAML syntax error: expected a single document in the stream, but found another document"
+    ]
+
+
+def test_duplicate_key_reported(tmp_path: Path) -> None:
+    """A key given twice is an error (YAML would silently keep the last)."""
+    assert problems(tmp_path, "runa:\n  timeout: 1s\n  timeout: 2s\n") == [
+        "./ow.yaml:3: runa.timeout: duplicate key (also at line 2)"
+    ]
 
 
 def test_top_level_must_be_mapping(tmp_path: Path) -> None:
     """A config that is a list or a scalar is rejected with a clear message."""
-    assert problems(tmp_path, "- a\n- b\n") == [
-        "ow.yaml:1: the config must be a mapping of sections"
+    assert problems(tmp_path, "# c\n- a\n- b\n") == [
+        "./ow.yaml:2: the config must be a mapping of sections"
+    ]
+    assert problems(tmp_path, "just text\n") == [
+        "./ow.yaml:1: the config must be a mapping of sections"
     ]
 
 
-def test_unreadable_and_huge_config(tmp_path: Path) -> None:
-    """A missing file and a file over 1 MiB are one clear problem each."""
-    with pytest.raises(ConfigError, match="cannot read config: No such file"):
-        load_settings(tmp_path / "nope.yaml", {})
-    big = tmp_path / "big.yaml"
-    big.write_text("#" * (1024 * 1024 + 1))
-    with pytest.raises(ConfigError, match="larger than 1 MiB"):
-        load_settings(big, {})
+def test_unreadable_huge_and_binary_config(tmp_path: Path) -> None:
+    """A missing file, a directory, a file over 1 MiB and one not in UTF-8 are one problem each."""
+    big = write(tmp_path, "#" * (1024 * 1024 + 1), "big.yaml")
+    binary = write(tmp_path, b"a: 1\nb: \xff\n", "bin.yaml")
+    cases = [
+        (tmp_path / "nope.yaml", "nope.yaml: cannot read config: No such file or directory"),
+        (tmp_path, ": cannot read config: Is a directory"),
+        (big, "big.yaml: config is larger than 1 MiB"),
+        (binary, "bin.yaml:2: config is not UTF-8 text"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as e:
+            load_settings(path, {})
+        rendered = [str(p) for p in e.value.problems]
+        assert rendered == [f"{tmp_path}{os.sep if path != tmp_path else ''}{message}"]
 
 
-def test_mapping_config_validates_too() -> None:
-    """Configs built in code get the same validation."""
-    with pytest.raises(ConfigError, match="unknown key 'rate'"):
-        load_settings_from_mapping({"rate": 1})
+def test_alias_bomb_and_deep_nesting_rejected(tmp_path: Path) -> None:
+    """A 'billion laughs' file and absurd nesting are refused instead of eating the machine."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    assert problems(tmp_path, "\n".join(lines) + "\n") == [
+        "./ow.yaml: config has more than 100000 values (aliases expanded)"
+    ]
+    assert problems(tmp_path, "x: " + "[" * 5000 + "\n") == [
+        "./ow.yaml: YAML syntax error: nested too deeply"
+    ]
+
+
+def test_loaded_settings_are_frozen(tmp_path: Path) -> None:
+    """What the loader returns cannot be changed by accident."""
+    s: Any = load(tmp_path, "rate_limit: {requests_per_second: 3}\n")
+    with pytest.raises(ValueError, match="frozen"):
+        s.rate_limit.requests_per_second = 9

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    field_validator,
     model_validator,
 )
 
@@ -36,17 +37,17 @@ class _Section(BaseModel):
 class RunaSettings(_Section):
     base_url: str = "https://playground.runa.io/v2"
     api_key: SecretStr | None = None
+    # Where api_key was read from, if a file: the loader reads it and rejects giving both.
     api_key_file: Path | None = None
     api_version: str = "2024-02-05"
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
-    @model_validator(mode="after")
-    def _one_key(self) -> RunaSettings:
-        if self.api_key is not None and self.api_key_file is not None:
-            raise ValueError("give api_key or api_key_file, not both")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must start with https:// (or http:// for a local simulator)")
-        return self
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// for a local simulator)")
+        return v
 
 
 class RateLimitSettings(_Section):
@@ -77,10 +78,15 @@ class WebhookSettings(_Section):
     )
     max_concurrency: int = Field(8, ge=1, le=256)
 
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// or http://")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> WebhookSettings:
-        if not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must start with https:// or http://")
         if self.secret is None and self.secret_file is None and not self.secrets:
             raise ValueError("a webhook needs secret, secret_file or secrets")
         return self
@@ -105,6 +111,7 @@ class Settings(_Section):
     watchlists: tuple[Path, ...] = ()
     state_dir: Path = Path("/var/lib/orderwatch")
     state_dsn: SecretStr | None = None
+    state_dsn_file: Path | None = None  # where state_dsn was read from, if a file
     output_dir: Path = Path("/var/lib/orderwatch/orders")
     webhooks: tuple[WebhookSettings, ...] = ()
     commands: tuple[tuple[str, ...], ...] = ()

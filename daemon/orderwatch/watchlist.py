@@ -1,9 +1,14 @@
-"""Watchlist files: one order ID per line, `#` comments, blank lines ignored. A bad line is a
-located problem and is skipped; the rest of the file still counts. Hostile input (huge lines,
-binary, path tricks) never reaches anything but this parser."""
+"""Watchlist files: one order ID per line, `#` starts a comment, blank lines are ignored. A bad
+line is a located problem and is skipped; the rest of the file still counts. Hostile input
+(huge lines, binary, path tricks, a FIFO) never reaches anything but this parser, and a file
+of a million lines streams through it without being held whole."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +17,10 @@ from typing import BinaryIO
 from orderwatch.errors import Problem
 from orderwatch.ids import ORDER_ID_RE, quote_for_error
 
-MAX_LINE = 4096
+MAX_LINE = 4096  # bytes; a longer line is invalid and is never held whole
 MAX_PROBLEMS = 100  # per file and read: past this, one summary line
+# The common case in one C-level match on the raw bytes: an ID, maybe spaces, maybe a newline.
+_PLAIN_LINE = re.compile(rb"[ \t]*(" + ORDER_ID_RE.pattern.encode() + rb")[ \t]*\r?\n?")
 
 
 @dataclass
@@ -23,57 +30,78 @@ class WatchlistResult:
 
 
 def read_watchlist(path: Path) -> WatchlistResult:
-    """Parse a watchlist into a list; never raises for bad content or an unreadable file."""
+    """The valid IDs of a watchlist in file order, and its problems; never raises for bad
+    content or an unreadable file."""
     result = WatchlistResult()
     result.ids.extend(iter_watchlist(path, result.problems))
     return result
 
 
 def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
-    """The valid IDs of a watchlist, one at a time (a huge file is never held whole);
-    problems are appended to `problems` as they are met."""
-    name = str(path)
-    reported = skipped = 0
+    """The valid IDs of a watchlist, one at a time; problems are appended to `problems` as
+    they are met (at most MAX_PROBLEMS lines each, then a count)."""
+    name, reported, skipped = str(path), 0, 0
     try:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(_lines(f), 1):
-                text = _line_text(raw)
-                if text is None:
-                    text = raw[:60].decode("utf-8", "replace") + "…"
-                elif not text:
+        with _open_regular(path) as f:
+            for lineno, (raw, whole) in enumerate(_lines(f), 1):
+                if whole and (m := _PLAIN_LINE.fullmatch(raw)):
+                    yield m.group(1).decode("ascii")
                     continue
-                elif ORDER_ID_RE.fullmatch(text):
-                    yield text
-                    continue
-                if reported < MAX_PROBLEMS:
+                order_id, message = _classify(raw, whole)
+                if order_id:
+                    yield order_id
+                elif message and reported < MAX_PROBLEMS:
                     reported += 1
-                    msg = f"invalid order id {quote_for_error(text)}"
-                    problems.append(Problem(name, lineno, None, msg))
-                else:
+                    problems.append(Problem(name, lineno, None, message))
+                elif message:
                     skipped += 1
     except OSError as e:
-        problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror}"))
+        problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror or e}"))
     if skipped:
         problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
 
 
-def _lines(f: BinaryIO) -> Iterator[bytes]:
-    """Lines, each cut at MAX_LINE + 1 bytes: a giant line is never held whole."""
+def _open_regular(path: Path) -> BinaryIO:
+    """Open for reading, refusing what is not a regular file (a FIFO would block forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(0, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lines(f: BinaryIO) -> Iterator[tuple[bytes, bool]]:
+    """Each line as (its first MAX_LINE + 1 bytes at most, whether that is the whole line)."""
     while raw := f.readline(MAX_LINE + 1):
-        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
-            while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
-                pass
-        yield raw
+        if len(raw) <= MAX_LINE or raw.endswith(b"\n"):
+            yield raw, True
+            continue
+        while (rest := f.readline(1 << 16)) and not rest.endswith(b"\n"):
+            pass  # skip the rest of an over-long line without keeping it
+        yield raw, False
 
 
-def _line_text(raw: bytes) -> str | None:
-    """The ID text of one line ('' when blank or a comment), None when it is not text."""
-    if len(raw) > MAX_LINE:
-        return None
+def _classify(raw: bytes, whole: bool) -> tuple[str | None, str | None]:
+    """(the ID, None) for a valid line, (None, None) for a blank or comment line, else
+    (None, the problem's message)."""
     hash_at = raw.find(b"#")
     if hash_at >= 0:
-        raw = raw[:hash_at]
+        raw, whole = raw[:hash_at], True  # whatever follows '#' is a comment, however long
     try:
-        return raw.decode("utf-8").strip()
+        text, note = raw.decode("utf-8").strip(), ""
     except UnicodeDecodeError:
-        return None
+        text, note = raw[:60].decode("utf-8", "replace").strip(), " (not UTF-8)"
+    if not whole:
+        return None, f"invalid order id {quote_for_error(text[:60] + '…')} (longer than 4096 bytes)"
+    if not text:
+        return None, None
+    if not note and ORDER_ID_RE.fullmatch(text):
+        return text, None
+    return None, f"invalid order id {quote_for_error(text)}{note}"
