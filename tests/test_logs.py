@@ -1,4 +1,7 @@
-"""Redaction is a processor: whatever a developer logs, secrets and payout links go."""
+"""Redaction is a processor: whatever a developer logs, secrets and payout links go.
+
+Every test renders real lines into a StringIO through configure_logging, the way the daemon
+does, and reads them back."""
 
 from __future__ import annotations
 
@@ -6,64 +9,193 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import structlog
 
-from orderwatch.logs import REDACTOR, configure_logging
+from orderwatch.logs import REDACTED, REDACTED_URL, REDACTOR, Redactor, configure_logging
 
 SECRET = "whsec_very-secret-value"
 KEY = "xx.api-key-secret"
-PAYOUT = "https://spend.runa.io/abc123-redeem-me"
+DSN_PASSWORD = "pg-pass-4711"
+SAFE = "https://playground.runa.io/v2"
+PAYOUT = "https://spend.runa.io/xyz"
 
 
-@pytest.fixture
-def stream() -> Iterator[io.StringIO]:
-    out = io.StringIO()
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     REDACTOR.add_secret(SECRET)
     REDACTOR.add_secret(KEY)
-    REDACTOR.add_safe_url_prefix("https://playground.runa.io/v2")
-    configure_logging("json", "debug", stream=out)
-    yield out
+    REDACTOR.add_secret(DSN_PASSWORD)
+    REDACTOR.add_safe_url_prefix(SAFE)
+    yield
     structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    structlog.contextvars.clear_contextvars()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
-def lines(out: io.StringIO) -> list[dict[str, object]]:
+def json_stream(level: str = "debug") -> io.StringIO:
+    out = io.StringIO()
+    configure_logging("json", level, stream=out)
+    return out
+
+
+def lines(out: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
 
-def test_secrets_and_payout_urls_removed_everywhere(stream: io.StringIO) -> None:
-    """Registered secrets and unknown URLs vanish from values, nested values and messages;
-    safe URLs stay; payload-bearing keys are dropped whole."""
-    log = structlog.get_logger("t")
+def test_json_lines_carry_iso_utc_time_level_logger_and_event() -> None:
+    """Each call is one JSON object with a UTC ISO timestamp, level, logger and event."""
+    out = json_stream()
+    structlog.get_logger("orderwatch.test").info("order.final", status="COMPLETED", n=3)
+    (line,) = lines(out)
+    assert line["event"] == "order.final" and line["level"] == "info"
+    assert line["logger"] == "orderwatch.test" and line["n"] == 3
+    ts = datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00"))
+    assert ts.utcoffset() == timedelta(0)
+
+
+def test_bound_order_id_appears_on_every_line() -> None:
+    """order_id bound with bind_contextvars is merged into lines from any logger."""
+    out = json_stream()
     structlog.contextvars.bind_contextvars(order_id="O-1")
-    try:
-        log.info(
-            "x",
-            note=f"key={KEY}",
-            nested={"a": [PAYOUT, {"b": SECRET}]},
-            base="https://playground.runa.io/v2/order/O-1",
-            data={"ok": 1},
-        )
-    finally:
-        structlog.contextvars.clear_contextvars()
-    (line,) = lines(stream)
+    structlog.get_logger("a").info("order.polled")
+    logging.getLogger("aiohttp.client").warning("plain stdlib line")
+    assert [line["order_id"] for line in lines(out)] == ["O-1", "O-1"]
+
+
+def test_registered_secrets_removed_from_values_and_nested_containers() -> None:
+    """A secret inside any string, at any depth of dicts, lists and tuples, is replaced."""
+    out = json_stream()
+    structlog.get_logger("t").info(
+        "x",
+        note=f"key={KEY}",
+        nested={"a": [f"pw {DSN_PASSWORD}", {"b": (SECRET, 1)}]},
+        error=ValueError(f"bad {SECRET}"),
+    )
+    (line,) = lines(out)
     text = json.dumps(line)
-    assert KEY not in text and SECRET not in text and PAYOUT not in text
-    assert line["order_id"] == "O-1" and line["base"] == "https://playground.runa.io/v2/order/O-1"
-    assert line["data"] == "[REDACTED]" and line["note"] == "key=[REDACTED]"
+    assert KEY not in text and SECRET not in text and DSN_PASSWORD not in text
+    assert line["note"] == f"key={REDACTED}"
+    assert line["nested"] == {"a": [f"pw {REDACTED}", {"b": [REDACTED, 1]}]}
+    assert line["error"] == f"bad {REDACTED}"
 
 
-def test_exceptions_and_stdlib_loggers_redacted(stream: io.StringIO) -> None:
-    """Exception text and stdlib loggers (aiohttp's) pass the same redaction, no locals."""
-    log = structlog.get_logger("t")
-    secret_local = SECRET  # noqa: F841 - a local that must not be rendered
+def test_sensitive_keys_have_their_whole_value_redacted() -> None:
+    """api_key, x-api-key, *_secret, token, password, authorization, payload, body, data."""
+    out = json_stream()
+    keys = ["api_key", "x-api-key", "webhook_secret", "token", "password", "Authorization"]
+    keys += ["payload", "response_body", "data"]
+    structlog.get_logger("t").info("x", **{k: {"anything": 1} for k in keys}, kept="visible")
+    (line,) = lines(out)
+    assert all(line[k] == REDACTED for k in keys)
+    assert line["kept"] == "visible"
+
+
+def test_payout_urls_redacted_and_safe_prefix_kept() -> None:
+    """Any http(s) URL not under a safe prefix (a payout link, a look-alike host) is replaced."""
+    out = json_stream()
+    structlog.get_logger("t").info(
+        "x",
+        link=PAYOUT,
+        text=f"redeem at {PAYOUT}?code=1 now",
+        lookalike="https://playground.runa.io.evil.example/v2/order/1",
+        base=f"{SAFE}/order/O-1",
+    )
+    (line,) = lines(out)
+    assert line["link"] == REDACTED_URL
+    assert line["text"] == f"redeem at {REDACTED_URL} now"
+    assert line["lookalike"] == REDACTED_URL
+    assert line["base"] == f"{SAFE}/order/O-1"
+
+
+def test_exception_text_redacted_and_no_locals_rendered() -> None:
+    """An exception whose message holds a secret is rendered as dicts without it or locals."""
+    out = json_stream()
+    only_in_a_local = "local-only-value-0042"
+    assert only_in_a_local  # a live local of the raising frame: show_locals would print it
     try:
-        raise RuntimeError(f"boom {PAYOUT} {KEY}")
+        raise RuntimeError(f"boom {SECRET} {PAYOUT}")
     except RuntimeError:
-        log.exception("failed")
-    logging.getLogger("aiohttp.client").warning("retrying %s with %s", PAYOUT, KEY)
-    text = stream.getvalue()
-    assert "boom" in text and "retrying" in text
-    assert KEY not in text and SECRET not in text and PAYOUT not in text
+        structlog.get_logger("t").error("failed", exc_info=True)
+    (line,) = lines(out)
+    text = out.getvalue()
+    assert SECRET not in text and PAYOUT not in text and only_in_a_local not in text
+    (exc,) = line["exception"]
+    assert exc["exc_type"] == "RuntimeError"
+    assert exc["exc_value"] == f"boom {REDACTED} {REDACTED_URL}"
+    assert all("locals" not in frame for frame in exc["frames"])
+
+
+def test_stdlib_loggers_pass_the_same_redaction() -> None:
+    """aiohttp's and asyncio's stdlib lines are JSON, redacted, exceptions included."""
+    out = json_stream()
+    logging.getLogger("aiohttp.client").warning("retrying %s with %s", PAYOUT, SECRET)
+    try:
+        raise OSError(f"connect failed for {KEY}")
+    except OSError:
+        logging.getLogger("asyncio").exception("task died")
+    first, second = lines(out)
+    assert first["event"] == f"retrying {REDACTED_URL} with {REDACTED}"
+    assert first["logger"] == "aiohttp.client" and first["level"] == "warning"
+    assert second["logger"] == "asyncio" and KEY not in out.getvalue()
+    assert second["exception"][0]["exc_value"] == f"connect failed for {REDACTED}"
+
+
+def test_console_format_is_redacted_too() -> None:
+    """The console renderer gets the same redaction, exception text included."""
+    out = io.StringIO()
+    configure_logging("console", "info", stream=out)
+    try:
+        raise RuntimeError(f"boom {SECRET}")
+    except RuntimeError:
+        structlog.get_logger("t").exception("failed", link=PAYOUT)
+    text = out.getvalue()
+    assert "failed" in text and "RuntimeError: boom [REDACTED]" in text
+    assert SECRET not in text and PAYOUT not in text and not text.startswith("{")
+
+
+def test_auto_is_json_off_a_terminal_and_level_filters() -> None:
+    """auto on a non-TTY stream gives JSON; lines below the level are dropped."""
+    out = io.StringIO()
+    configure_logging("auto", "info", stream=out)
+    log = structlog.get_logger("t")
+    log.debug("hidden")
+    logging.getLogger("aiohttp.client").debug("hidden too")
+    log.info("shown")
+    assert [line["event"] for line in lines(out)] == ["shown"]
+
+
+def test_configure_twice_keeps_one_handler() -> None:
+    """A second configure_logging replaces the first: one line per call, to the new stream."""
+    first = json_stream()
+    second = json_stream()
+    structlog.get_logger("t").info("once")
+    logging.getLogger("aiohttp").warning("once too")
+    assert first.getvalue() == ""
+    assert [line["event"] for line in lines(second)] == ["once", "once too"]
+
+
+def test_redactor_rebuilds_its_pattern_when_a_secret_is_added() -> None:
+    """Secrets added later are redacted; overlapping secrets go longest first; tiny ones skip."""
+    r = Redactor()
+    assert r.text("abc-secret-1") == "abc-secret-1"
+    r.add_secret("abc-secret-1")
+    r.add_secret("abc-secret-1-longer")
+    r.add_secret("ab")
+    assert r.text("x abc-secret-1-longer y abc-secret-1") == f"x {REDACTED} y {REDACTED}"
+    assert r.text("ab cd") == "ab cd"
+
+
+def test_redactor_without_safe_prefixes_redacts_every_url() -> None:
+    """Before any prefix is registered, every http(s) URL is unsafe; other schemes stay."""
+    r = Redactor()
+    r.add_safe_url_prefix("https://")  # no host: refused, it would make every URL safe
+    assert r.text("see HTTP://a.example/x and ftp://b.example") == (
+        f"see {REDACTED_URL} and ftp://b.example"
+    )

@@ -3,21 +3,26 @@
 Redaction is a processor, not a habit: `REDACTOR` knows every secret the config holds and
 removes them, every URL not known to be safe (payout links), and the whole value of keys
 that carry payloads or credentials, from every line, whoever logged it (stdlib loggers of
-aiohttp and asyncio go through the same chain)."""
+aiohttp and asyncio go through the same chain). It runs last before the renderer, after
+exceptions have been turned into text or dicts, so exception messages pass it too."""
 
 from __future__ import annotations
 
 import logging
 import re
 import sys
+import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 REDACTED = "[REDACTED]"
 REDACTED_URL = "[REDACTED-URL]"
+# A key whose name is one of these, or ends in "_<one of these>" ("webhook_secret",
+# "x-api-key", "response_body"), has its whole value replaced, whatever the value is.
 SENSITIVE_KEYS = frozenset(
     {
         "api_key",
@@ -25,69 +30,121 @@ SENSITIVE_KEYS = frozenset(
         "secrets",
         "token",
         "password",
+        "passwd",
         "authorization",
-        "x-api-key",
+        "cookie",
+        "credentials",
         "payload",
         "body",
         "data",
         "dsn",
-        "state_dsn",
         "headers",
     }
 )
-_URL = re.compile(r"https?://[^\s\"'<>\\]+", re.IGNORECASE)
+MIN_SECRET_LEN = 4  # shorter "secrets" would blank out ordinary words in every line
+_MAX_DEPTH = 16
+_KEY_CACHE_MAX = 4096
+_URL = re.compile(r"https?://[^\s\"'<>\\`]+", re.IGNORECASE)
+_URL_BOUNDARY = ("/", "?", "#")
+_HANDLER_MARK = "_orderwatch_handler"
+
+
+def _sensitive(key: str) -> bool:
+    k = key.lower().replace("-", "_")
+    return k in SENSITIVE_KEYS or any(k.endswith("_" + s) for s in SENSITIVE_KEYS)
 
 
 class Redactor:
-    """Removes registered secrets and unsafe URLs from any value, recursively."""
+    """Removes registered secrets and unsafe URLs from any value, recursively.
+
+    Registering is cheap and thread-safe; redacting a line without URLs costs one regex
+    search over each string value (all secrets share one precompiled pattern)."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+        self._secrets: frozenset[str] = frozenset()
         self._secret_re: re.Pattern[str] | None = None
         self._safe: tuple[str, ...] = ()
+        self._key_cache: dict[str, bool] = {}
 
     def add_secret(self, value: str) -> None:
-        if len(value) >= 4 and value not in self._secrets:
-            self._secrets.add(value)
-            alternatives = sorted(self._secrets, key=len, reverse=True)
-            self._secret_re = re.compile("|".join(re.escape(s) for s in alternatives))
+        """Every later occurrence of `value` inside any logged string becomes [REDACTED]."""
+        value = value.strip()
+        if len(value) < MIN_SECRET_LEN or value in self._secrets:
+            return
+        with self._lock:
+            secrets = self._secrets | {value}
+            longest_first = sorted(secrets, key=len, reverse=True)
+            pattern = re.compile("|".join(re.escape(s) for s in longest_first))
+            self._secrets, self._secret_re = secrets, pattern
 
     def add_safe_url_prefix(self, prefix: str) -> None:
-        if prefix and prefix not in self._safe:
-            self._safe = (*self._safe, prefix)
+        """URLs under `prefix` (same origin, path at a `/`, `?` or `#` boundary) are kept."""
+        prefix = prefix.strip().rstrip("/").lower()
+        if not urlsplit(prefix).hostname:
+            return  # "https://" alone would make every URL safe: keep redacting
+        with self._lock:
+            if prefix not in self._safe:
+                self._safe = (*self._safe, prefix)
+
+    def is_safe_url(self, url: str) -> bool:
+        low = url.lower()
+        for prefix in self._safe:
+            if low.startswith(prefix) and (
+                len(low) == len(prefix) or low[len(prefix)] in _URL_BOUNDARY
+            ):
+                return True
+        return False
 
     def _url(self, m: re.Match[str]) -> str:
         url = m.group(0)
-        return url if url.startswith(self._safe) and self._safe else REDACTED_URL
+        return url if self.is_safe_url(url) else REDACTED_URL
 
     def text(self, value: str) -> str:
-        if self._secret_re is not None:
-            value = self._secret_re.sub(REDACTED, value)
+        pattern = self._secret_re
+        if pattern is not None:
+            value = pattern.sub(REDACTED, value)
         if "://" in value:
             value = _URL.sub(self._url, value)
         return value
 
-    def value(self, value: Any) -> Any:
+    def sensitive_key(self, key: str) -> bool:
+        hit = self._key_cache.get(key)
+        if hit is None:
+            hit = _sensitive(key)
+            if len(self._key_cache) < _KEY_CACHE_MAX:  # keys of logged data can be unbounded
+                self._key_cache[key] = hit
+        return hit
+
+    def value(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
             return self.text(value)
-        if isinstance(value, Mapping):
-            return {k: self.item(str(k), v) for k, v in value.items()}
-        if isinstance(value, list | tuple | set | frozenset):
-            return [self.value(v) for v in value]
-        if isinstance(value, bytes | bytearray):
-            return REDACTED
-        if isinstance(value, int | float | bool) or value is None:
+        if value is None or isinstance(value, bool | int | float):
             return value
+        if depth >= _MAX_DEPTH:
+            return REDACTED
+        if isinstance(value, Mapping):
+            return {str(k): self.item(str(k), v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self.value(v, depth + 1) for v in value]
+        if isinstance(value, bytes | bytearray | memoryview):
+            return REDACTED
         return self.text(str(value))
 
-    def item(self, key: str, value: Any) -> Any:
-        return REDACTED if key.lower() in SENSITIVE_KEYS else self.value(value)
+    def item(self, key: str, value: Any, depth: int = 0) -> Any:
+        return REDACTED if self.sensitive_key(key) else self.value(value, depth)
 
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        for key, v in list(event_dict.items()):
-            event_dict[key] = self.item(key, v)
+        sensitive, text = self.sensitive_key, self.text
+        for key, v in event_dict.items():
+            if sensitive(key):
+                event_dict[key] = REDACTED
+            elif isinstance(v, str):  # the common case, inlined: this runs on every line
+                event_dict[key] = text(v)
+            elif v is not None and not isinstance(v, bool | int | float):
+                event_dict[key] = self.value(v)
         return event_dict
 
 
@@ -103,28 +160,52 @@ def _pre_chain() -> list[Any]:
     ]
 
 
-def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> None:
-    """Idempotent. `fmt` is auto | json | console; auto means console on a TTY."""
-    stream = stream or sys.stderr
-    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+def _render_chain(console: bool, colors: bool) -> list[Any]:
+    """Exceptions to text or dicts, then redaction, then the renderer."""
     if console:
-        renderer: Any = structlog.dev.ConsoleRenderer(colors=stream.isatty())
-        exc: list[Any] = [structlog.processors.format_exc_info]  # a string, so it is redacted
-    else:
-        renderer = structlog.processors.JSONRenderer()
-        exc = [structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))]
-    final = [*exc, REDACTOR, renderer]
+        return [
+            structlog.processors.format_exc_info,  # a string, so the redactor sees it
+            REDACTOR,
+            structlog.dev.ConsoleRenderer(colors=colors),
+        ]
+    return [
+        # Never dict_tracebacks: it renders frame locals, which can hold secrets.
+        structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+        REDACTOR,
+        structlog.processors.JSONRenderer(),
+    ]
+
+
+def _install_root_handler(handler: logging.Handler, level: str) -> None:
+    """Replace our previous handler (not other people's), so a second call is a no-op."""
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> None:
+    """Idempotent. `fmt` is auto | json | console (auto: console on a TTY); `stream` is
+    sys.stderr at call time when not given. stdlib loggers come out the same way."""
+    stream = stream if stream is not None else sys.stderr
+    if fmt not in ("auto", "json", "console"):
+        raise ValueError(f"logging format must be auto, json or console, not {fmt!r}")
+    tty = stream.isatty()
+    console = fmt == "console" or (fmt == "auto" and tty)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_pre_chain(),
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *_render_chain(console, colors=tty),
+            ],
         )
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    _install_root_handler(handler, level)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,  # drop below-level calls before any work
@@ -135,5 +216,11 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
+        # Off so that a reconfiguration (tests, `demo`) reaches loggers already created.
         cache_logger_on_first_use=False,
     )
+
+
+def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
+    """A structlog logger named like a stdlib one (`orderwatch.poller`)."""
+    return structlog.stdlib.get_logger(name)
