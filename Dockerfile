@@ -1,29 +1,39 @@
 # orderwatch container image: `docker build -t orderwatch .`
-# Runs `orderwatch run` as a non-root user; config from a mounted file, secrets via *_file
-# (e.g. Docker/Kubernetes secrets), state on a volume. See README "Run in a container".
+# Runs `orderwatch run` as uid/gid 10001; config from a mounted file, secrets via the *_file
+# keys (Docker/Kubernetes secrets), state on the /var/lib/orderwatch volume (it must be
+# writable by uid 10001). See README "Run in a container".
+#
+# Admin HTTP (/healthz, /readyz, /metrics) listens on 127.0.0.1:9464 by default, which the
+# HEALTHCHECK below reaches from inside the container. To scrape /metrics from outside, set
+# ORDERWATCH_ADMIN__LISTEN=0.0.0.0:9464 (and admin.token_file, since POST /orders is there).
+
 FROM python:3.12-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
-# DL3013: this installs the project itself; its pyproject bounds the dependencies.
+# DL3013: this installs the project itself (not editable); its pyproject bounds the versions.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir --prefix=/install ".[postgres]"
+RUN pip install --prefix=/install ".[postgres]"
 
 FROM python:3.12-slim
 COPY --from=build /install /usr/local
-RUN useradd --system --uid 10001 --home-dir /var/lib/orderwatch --shell /usr/sbin/nologin orderwatch \
+RUN groupadd --system --gid 10001 orderwatch \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 \
+        --home-dir /var/lib/orderwatch --shell /usr/sbin/nologin orderwatch \
     && mkdir -p /var/lib/orderwatch /etc/orderwatch \
-    && chown orderwatch /var/lib/orderwatch && chmod 0700 /var/lib/orderwatch
+    && chown 10001:10001 /var/lib/orderwatch && chmod 0700 /var/lib/orderwatch
 ENV ORDERWATCH_CONFIG=/etc/orderwatch/orderwatch.yaml \
     ORDERWATCH_STATE_DIR=/var/lib/orderwatch \
     ORDERWATCH_OUTPUT_DIR=/var/lib/orderwatch/orders \
     ORDERWATCH_LOGGING__FORMAT=json \
     PYTHONUNBUFFERED=1
-USER 10001
+USER 10001:10001
+WORKDIR /var/lib/orderwatch
 VOLUME ["/var/lib/orderwatch"]
 EXPOSE 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status != 200)"]
 ENTRYPOINT ["orderwatch"]
 CMD ["run"]
