@@ -21,24 +21,37 @@ PG_ADMIN = os.environ.get("ORDERWATCH_TEST_PG", "postgresql://postgres@127.0.0.1
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-def _pg_reachable() -> str | None:
+REQUIRE_POSTGRES = os.environ.get("ORDERWATCH_REQUIRE_POSTGRES") == "1"
+
+
+def _pg_unavailable() -> str | None:
+    """Why the PostgreSQL tests cannot run here, or None when they can."""
     try:
         import psycopg
-
+    except ImportError:
+        return "psycopg is not installed (pip install -e '.[postgres]')"
+    try:
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return None
-    except Exception as e:
-        return f"no PostgreSQL at {PG_ADMIN.rsplit('@', 1)[-1]}: {type(e).__name__}"
+    except psycopg.Error as e:
+        return f"no PostgreSQL server at {PG_ADMIN.rsplit('@', 1)[-1]} ({type(e).__name__})"
+
+
+def skip_without_postgres() -> None:
+    """Skip the calling test when PostgreSQL cannot be used; fail instead when CI requires
+    it (ORDERWATCH_REQUIRE_POSTGRES=1), so a broken CI database cannot pass as skipped."""
+    reason = _pg_unavailable()
+    if reason is None:
+        return
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"{reason}; ORDERWATCH_REQUIRE_POSTGRES=1 makes this a failure")
+    pytest.skip(reason)
 
 
 @pytest.fixture
 def pg_dsn() -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
-    reason = _pg_reachable()
-    if reason is not None:
-        if os.environ.get("ORDERWATCH_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"{reason} (ORDERWATCH_REQUIRE_POSTGRES=1)")
-        pytest.skip(reason)
+    skip_without_postgres()
     import psycopg
 
     name = f"orderwatch_test_{secrets.token_hex(6)}"

@@ -179,3 +179,109 @@ async def test_deliveries_claimed_once_across_instances(two_stores: tuple[Store,
     await a.finish(c, "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), ["s"])
     first = await a.claim_deliveries(T0, 10, "a", 30, ["s"])
     assert len(first) == 1 and await b.claim_deliveries(T0, 10, "b", 30, ["s"]) == []
+
+
+async def test_fenced_out_writes_change_nothing(store: Store) -> None:
+    """After a takeover the old holder's release, finish and holds all fail, and its finish
+    leaves no event and no delivery behind."""
+    await store.add_orders(["A"], T0, T0)
+    (old,) = await store.claim_due(T0, 1, "w1", 10)
+    (new,) = await store.claim_due(T0 + 11, 1, "w2", 10)
+    assert new.fence > old.fence
+    assert await store.holds(new) and not await store.holds(old)
+    assert not await store.release(old, T0)
+    ev = make_event("A", "COMPLETED", {"id": "A"}, T0 + 12)
+    assert not await store.finish(old, "final", "COMPLETED", ev, ["s"])
+    assert await store.get_event("A") is None and await store.get_deliveries(["A"]) == []
+    assert await store.finish(new, "final", "COMPLETED", ev, ["s"])
+    assert not await store.holds(new)  # a final order is held by nobody
+
+
+async def test_release_with_a_time_and_reschedule_keeps_the_body(store: Store) -> None:
+    """release(at) makes the order due then; reschedule without a body keeps the stored one."""
+    await store.add_orders(["A"], T0, T0)
+    (c,) = await store.claim_due(T0, 1, "w", 30)
+    assert await store.reschedule(
+        c, T0 + 1, polls=1, error_streak=0, first_404_at=None, last_error=None, last_body=b"1"
+    )
+    (c,) = await store.claim_due(T0 + 1, 1, "w", 30)
+    assert await store.reschedule(
+        c, T0 + 2, polls=2, error_streak=1, first_404_at=None, last_error="x", last_body=None
+    )
+    assert await store.last_body("A") == b"1"
+    (c,) = await store.claim_due(T0 + 2, 1, "w", 30)
+    assert await store.release(c, T0 + 50)
+    assert await store.next_due_at() == T0 + 50
+    assert await store.claim_due(T0 + 49, 1, "w", 30) == []
+    (row,) = await store.get_orders(["A"])
+    assert (row.polls, row.error_streak, row.last_error) == (2, 1, "x")
+
+
+async def test_empty_store_answers_none(store: Store) -> None:
+    """Nothing pending, nothing due, nothing known: None and empty lists, not errors."""
+    assert await store.next_due_at() is None
+    assert await store.next_delivery_due_at(["s"]) is None
+    assert await store.next_delivery_due_at([]) is None
+    assert await store.last_body("nope") is None
+    assert await store.get_event("nope") is None
+    assert await store.get_orders(["nope"]) == []
+    assert await store.replay(["nope"], ["s"], T0) == 0
+    assert await store.get_meta("nope") is None
+    assert await store.delivery_counts() == {
+        s: 0 for s in ("pending", "delivered", "dead", "disabled")
+    }
+
+
+async def test_get_orders_keeps_the_asked_order(store: Store) -> None:
+    """Rows come back in the order asked, unknown IDs left out."""
+    await store.add_orders(["A", "B", "C"], T0, T0)
+    rows = await store.get_orders(["C", "X", "A"])
+    assert [r.order_id for r in rows] == ["C", "A"]
+    assert rows[0].state == "pending" and rows[0].next_poll_at == T0
+
+
+async def test_meta_is_overwritten(store: Store) -> None:
+    """A small fact is stored, and a second write replaces it."""
+    await store.set_meta("k", "1")
+    await store.set_meta("k", "2")
+    assert await store.get_meta("k") == "2"
+
+
+async def test_deliveries_only_for_the_named_sinks(store: Store) -> None:
+    """claim_deliveries hands out only the sinks asked for; release_owner frees deliveries."""
+    await store.add_orders(["A"], T0, T0)
+    (c,) = await store.claim_due(T0, 1, "w", 30)
+    await store.finish(c, "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), ["s1", "s2"])
+    (d,) = await store.claim_deliveries(T0, 10, "w", 300, ["s2"])
+    assert d.sink == "s2"
+    assert await store.next_delivery_due_at(["s2"]) == T0 + 300
+    await store.release_owner("w", T0 + 1)
+    (again,) = await store.claim_deliveries(T0 + 1, 10, "x", 300, ["s2"])
+    assert again.fence > d.fence
+    assert not await store.record_delivery(d, T0 + 2, "delivered", "http 200", None)
+
+
+async def test_a_large_add_counts_every_new_order(store: Store) -> None:
+    """Adds bigger than one internal batch are all stored and counted once."""
+    ids = [f"O-{i:06d}" for i in range(25_000)]
+    assert await store.add_orders(iter(ids), T0, T0) == 25_000
+    assert await store.add_orders([*ids[:10], "new"], T0, T0) == 1
+    assert (await store.counts())["pending"] == 25_001
+
+
+async def test_racing_finishers_end_an_order_once(two_stores: tuple[Store, Store]) -> None:
+    """A lease taken over on another instance: of the two finishes exactly the current
+    holder's lands, and the order has one event."""
+    a, b = two_stores
+    await a.add_orders(["A"], T0, T0)
+    (old,) = await a.claim_due(T0, 1, "a", 5)
+    (new,) = await b.claim_due(T0 + 6, 1, "b", 5)
+    ev_a = make_event("A", "COMPLETED", {"by": "a"}, T0 + 7)
+    ev_b = make_event("A", "COMPLETED", {"by": "b"}, T0 + 7)
+    results = await asyncio.gather(
+        a.finish(old, "final", "COMPLETED", ev_a, ["s"]),
+        b.finish(new, "final", "COMPLETED", ev_b, ["s"]),
+    )
+    assert results == [False, True]
+    assert await a.get_event("A") == ev_b
+    assert (await a.counts())["final"] == 1

@@ -1,26 +1,31 @@
 """The shared store: one PostgreSQL database for several replicas.
 
-Driver: psycopg 3 (async, with psycopg_pool). Chosen over asyncpg for libpq's standard DSN,
-environment and sslmode handling (what operators already configure), binary wheels, and one
-driver for sync and async use. Work is shared with `FOR UPDATE SKIP LOCKED` claims that set a
-lease (next_poll_at moves to the lease's end) and bump a fencing token; every write acting on a
-claim names the token, so a replica that lost its lease (paused, partitioned, killed) writes
-nothing. The DSN may hold a password: it never appears in logs or errors."""
+Driver: psycopg 3 (async, with psycopg_pool), chosen over asyncpg for libpq's standard DSN,
+`PG*` environment and `sslmode`/certificate handling (what operators already configure),
+`psycopg[binary]` wheels with no compiler, and one driver for sync and async use (the tests and
+tools use the sync API on the same DSN).
+
+Work is shared with `FOR UPDATE SKIP LOCKED` claims that set a lease (next_poll_at moves to the
+lease's end: a visibility timeout) and bump a fencing token; every write acting on a claim names
+the token, so a replica that lost its lease (paused, partitioned, killed) writes nothing. The
+semantics are the SQLite store's, statement for statement. The DSN may hold a password: it never
+appears in logs or errors. A lost connection costs one failed call (StoreError); the pool
+reconnects and the daemon retries on its next pass."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from orderwatch.errors import StoreError
-from orderwatch.limiter import RateLimiter, SpacedLimiter
+from orderwatch.limiter import RateLimiter
 from orderwatch.store.base import (
     Claim,
     DeliveryClaim,
@@ -30,6 +35,7 @@ from orderwatch.store.base import (
     OrderRow,
     OrderState,
 )
+from orderwatch.store.pg_limiter import LIMITER_DDL, PostgresLimiter, first_line, pooled
 from orderwatch.store.schema import (
     DELIVERY_STATES,
     ORDER_STATES,
@@ -39,20 +45,83 @@ from orderwatch.store.schema import (
 )
 
 _CHUNK = 20_000
-LIMITER_DDL = (
-    "CREATE TABLE IF NOT EXISTS rate_limiter (name TEXT PRIMARY KEY,"
-    " next_slot DOUBLE PRECISION NOT NULL)"
+MIGRATION_LOCK = 74001  # pg_advisory_xact_lock key: replicas starting together migrate in turn
+POOL_MIN, POOL_MAX = 1, 4
+
+# libpq settings the DSN (or the PG* variable named) may override: fail fast on a dead host,
+# notice a silent network loss in seconds instead of the kernel's two hours.
+_CLIENT_DEFAULTS = {
+    "connect_timeout": ("PGCONNECT_TIMEOUT", "5"),
+    "application_name": ("PGAPPNAME", "orderwatch"),
+    "keepalives_idle": (None, "10"),
+    "keepalives_interval": (None, "5"),
+    "keepalives_count": (None, "3"),
+    "tcp_user_timeout": (None, "20000"),
+}
+# Per session, on the server: a replica cut off in the middle of a transaction must not hold
+# row locks (order counts, the limiter row) that every other replica waits for.
+_SESSION = (
+    "SELECT set_config('idle_in_transaction_session_timeout', '30s', false),"
+    " set_config('statement_timeout', '30s', false),"
+    " set_config('tcp_keepalives_idle', '10', false),"
+    " set_config('tcp_keepalives_interval', '5', false),"
+    " set_config('tcp_keepalives_count', '3', false)"
 )
 
 
+def _connect_kwargs(dsn: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        raise StoreError("state_dsn is not a valid PostgreSQL connection string") from None
+    kwargs: dict[str, Any] = {"autocommit": True}  # one statement, one round trip
+    for key, (env, value) in _CLIENT_DEFAULTS.items():
+        if key not in given and (env is None or env not in environ):
+            kwargs[key] = value
+    return kwargs
+
+
+async def _probe(dsn: str, kwargs: dict[str, Any]) -> None:
+    """Connect once, directly; on failure raise StoreError with libpq's reason (host, port,
+    user, "password authentication failed"...) minus anything from the DSN that is secret."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, **kwargs)
+    except psycopg.Error as e:
+        reason = first_line(e)
+        password = conninfo_to_dict(dsn).get("password")
+        for secret in (dsn, password):
+            if secret:
+                reason = reason.replace(str(secret), "***")
+        raise StoreError(f"cannot connect to the PostgreSQL state store: {reason}") from None
+    await conn.close()
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_SESSION)
+
+
 class PostgresStore:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    """Store over one PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
-        pool = AsyncConnectionPool(
-            dsn, min_size=1, max_size=4, open=False, timeout=10, reconnect_timeout=3600
+        """Connect, then create or migrate the schema (safe with replicas starting together).
+        Raises StoreError, never naming the DSN."""
+        kwargs = _connect_kwargs(dsn, os.environ)
+        await _probe(dsn, kwargs)  # one clear error now, not a pool retrying for seconds
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=POOL_MIN,
+            max_size=POOL_MAX,
+            open=False,
+            timeout=10,
+            configure=_configure,
+            reconnect_timeout=3600,
+            name="orderwatch",
         )
         try:
             await pool.open(wait=True, timeout=10)
@@ -62,24 +131,37 @@ class PostgresStore:
                 f"cannot connect to the PostgreSQL state store ({type(e).__name__})"
             ) from None
         store = cls(pool)
-        await store._migrate()
+        try:
+            await store._migrate()
+        except BaseException:
+            await pool.close()
+            raise
         return store
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield conn
-        except (psycopg.Error, TimeoutError) as e:
-            raise StoreError(f"PostgreSQL state store: {type(e).__name__}: {_safe(e)}") from None
-        except Exception as e:  # the pool's own errors (PoolTimeout...)
-            if type(e).__module__.startswith("psycopg"):
-                raise StoreError(f"PostgreSQL state store: {type(e).__name__}") from None
-            raise
+    async def _conn(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit) for one statement."""
+        async with pooled(self.pool, what) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _tx(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection inside one transaction (committed when the block ends)."""
+        async with pooled(self.pool, what) as conn, conn.transaction():
+            yield conn
 
     async def _migrate(self) -> None:
-        async with self._tx() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(74001)")
+        """Under a transaction-scoped advisory lock, so replicas starting together take turns:
+        refuse a schema newer than ours, create what is missing, record the version. (A
+        version 2 adds its steps here, keyed on the version found.)"""
+        async with self._tx("create schema") as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            found = await self._schema_version(conn)
+            if found is not None and found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the PostgreSQL state store has schema version {found}, newer than this"
+                    f" orderwatch understands ({SCHEMA_VERSION}): upgrade orderwatch"
+                )
             for ddl in (*TABLES, *SEED_COUNTS, LIMITER_DDL):
                 await conn.execute(ddl)
             await conn.execute(
@@ -88,8 +170,18 @@ class PostgresStore:
                 (str(SCHEMA_VERSION),),
             )
 
+    @staticmethod
+    async def _schema_version(conn: psycopg.AsyncConnection[Any]) -> int | None:
+        cur = await conn.execute("SELECT to_regclass('meta') IS NOT NULL")
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            return None
+        cur = await conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        row = await cur.fetchone()
+        return int(row[0]) if row else None
+
     async def _all(self, sql: str, *args: Any) -> list[Any]:
-        async with self._tx() as conn:
+        async with self._conn("read") as conn:
             cur = await conn.execute(sql, args)
             return await cur.fetchall()
 
@@ -97,23 +189,29 @@ class PostgresStore:
         rows = await self._all(sql, *args)
         return rows[0][0] if rows else None
 
+    async def _write(self, what: str, sql: str, *args: Any) -> int:
+        """One statement in its own (implicit) transaction; returns the rows it changed."""
+        async with self._conn(what) as conn:
+            cur = await conn.execute(sql, args)
+            return cur.rowcount
+
     # -- orders --------------------------------------------------------------------------
     async def add_orders(self, order_ids: Iterable[str], now: float, first_poll_at: float) -> int:
         added = 0
         it = iter(order_ids)
         while chunk := list(islice(it, _CHUNK)):
-            async with self._tx() as conn:
-                cur = await conn.execute(
-                    "INSERT INTO orders(id, state, added_at, next_poll_at)"
-                    " SELECT x, 'pending', %s, %s FROM unnest(%s::text[]) AS x"
-                    " ON CONFLICT (id) DO NOTHING",
-                    (now, first_poll_at, chunk),
-                )
-                new = cur.rowcount
-                await conn.execute(
-                    "UPDATE order_counts SET n = n + %s WHERE state = 'pending'", (new,)
-                )
-            added += new
+            # Sorted: two replicas adding the same IDs lock them in the same order (no deadlock).
+            rows = await self._all(
+                "WITH ins AS (INSERT INTO orders(id, state, added_at, next_poll_at)"
+                "  SELECT x, 'pending', %s, %s FROM unnest(%s::text[]) AS x"
+                "  ON CONFLICT (id) DO NOTHING RETURNING 1)"
+                " UPDATE order_counts SET n = n + (SELECT COUNT(*) FROM ins)"
+                " WHERE state = 'pending' RETURNING (SELECT COUNT(*) FROM ins)",
+                now,
+                first_poll_at,
+                sorted(set(chunk)),
+            )
+            added += int(rows[0][0]) if rows else 0
         return added
 
     async def claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
@@ -149,33 +247,33 @@ class PostgresStore:
         last_error: str | None,
         last_body: bytes | None,
     ) -> bool:
-        async with self._tx() as conn:
-            cur = await conn.execute(
-                "UPDATE orders SET next_poll_at = %s, polls = %s, error_streak = %s,"
-                " first_404_at = %s, last_error = %s, last_body = COALESCE(%s::bytea, last_body),"
-                " lease_owner = NULL WHERE id = %s AND fence = %s AND state = 'pending'",
-                (
-                    next_poll_at,
-                    polls,
-                    error_streak,
-                    first_404_at,
-                    last_error,
-                    last_body,
-                    claim.order_id,
-                    claim.fence,
-                ),
-            )
-            return cur.rowcount == 1
+        changed = await self._write(
+            "reschedule",
+            "UPDATE orders SET next_poll_at = %s, polls = %s, error_streak = %s,"
+            " first_404_at = %s, last_error = %s, last_body = COALESCE(%s::bytea, last_body),"
+            " lease_owner = NULL WHERE id = %s AND fence = %s AND state = 'pending'",
+            next_poll_at,
+            polls,
+            error_streak,
+            first_404_at,
+            last_error,
+            last_body,
+            claim.order_id,
+            claim.fence,
+        )
+        return changed == 1
 
     async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
         due = claim.due_at if next_poll_at is None else next_poll_at
-        async with self._tx() as conn:
-            cur = await conn.execute(
-                "UPDATE orders SET next_poll_at = %s, lease_owner = NULL"
-                " WHERE id = %s AND fence = %s AND state = 'pending'",
-                (due, claim.order_id, claim.fence),
-            )
-            return cur.rowcount == 1
+        changed = await self._write(
+            "release",
+            "UPDATE orders SET next_poll_at = %s, lease_owner = NULL"
+            " WHERE id = %s AND fence = %s AND state = 'pending'",
+            due,
+            claim.order_id,
+            claim.fence,
+        )
+        return changed == 1
 
     async def holds(self, claim: Claim) -> bool:
         fence = await self._one(
@@ -192,7 +290,7 @@ class PostgresStore:
         sinks: Sequence[str],
     ) -> bool:
         now = event.created_at
-        async with self._tx() as conn:
+        async with self._tx("finish") as conn:
             cur = await conn.execute(
                 "UPDATE orders SET state = %s, final_status = %s, finished_at = %s,"
                 " next_poll_at = NULL, lease_owner = NULL, last_error = NULL"
@@ -201,11 +299,9 @@ class PostgresStore:
             )
             if cur.rowcount != 1:
                 return False
-            await conn.execute(
-                "UPDATE order_counts SET n = n + (CASE state WHEN %s THEN 1 ELSE -1 END)"
-                " WHERE state IN ('pending', %s)",
-                (state, state),
-            )
+            # Count rows are locked in one fixed order (pending first) by every writer.
+            await conn.execute("UPDATE order_counts SET n = n - 1 WHERE state = 'pending'")
+            await conn.execute("UPDATE order_counts SET n = n + 1 WHERE state = %s", (state,))
             await conn.execute(
                 "INSERT INTO events(event_id, order_id, event_type, body, created_at)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING",
@@ -263,7 +359,7 @@ class PostgresStore:
                 now + lease_s,
                 sink,
             )
-            rows.sort(key=lambda r: r[7])
+            rows.sort(key=lambda r: (r[7], r[0]))
             claims += [
                 DeliveryClaim(EventRecord(r[0], r[3], r[4], bytes(r[5]), r[6]), sink, r[1], r[2])
                 for r in rows
@@ -288,35 +384,35 @@ class PostgresStore:
         outcome: str,
         next_attempt_at: float | None,
     ) -> bool:
-        async with self._tx() as conn:
-            cur = await conn.execute(
-                "UPDATE deliveries SET state = %s, attempts = attempts + 1, last_outcome = %s,"
-                " next_attempt_at = %s, updated_at = %s, lease_owner = NULL"
-                " WHERE event_id = %s AND sink = %s AND fence = %s AND state = 'pending'",
-                (
-                    state,
-                    outcome,
-                    next_attempt_at,
-                    now,
-                    claim.event.event_id,
-                    claim.sink,
-                    claim.fence,
-                ),
-            )
-            return cur.rowcount == 1
+        changed = await self._write(
+            "record delivery",
+            "UPDATE deliveries SET state = %s, attempts = attempts + 1, last_outcome = %s,"
+            " next_attempt_at = %s, updated_at = %s, lease_owner = NULL"
+            " WHERE event_id = %s AND sink = %s AND fence = %s AND state = 'pending'",
+            state,
+            outcome,
+            next_attempt_at,
+            now,
+            claim.event.event_id,
+            claim.sink,
+            claim.fence,
+        )
+        return changed == 1
 
     async def replay(self, order_ids: Sequence[str], sinks: Sequence[str], now: float) -> int:
-        async with self._tx() as conn:
-            cur = await conn.execute(
-                "INSERT INTO deliveries(event_id, sink, state, attempts, next_attempt_at,"
-                " updated_at) SELECT e.event_id, s, 'pending', 0, %s, %s"
-                " FROM events e, unnest(%s::text[]) AS s WHERE e.order_id = ANY(%s)"
-                " ON CONFLICT (event_id, sink) DO UPDATE SET state = 'pending', attempts = 0,"
-                " next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at,"
-                " lease_owner = NULL, fence = deliveries.fence + 1",
-                (now, now, list(sinks), list(order_ids)),
-            )
-            return cur.rowcount
+        return await self._write(
+            "replay",
+            "INSERT INTO deliveries(event_id, sink, state, attempts, next_attempt_at,"
+            " updated_at) SELECT e.event_id, s, 'pending', 0, %s, %s"
+            " FROM events e, unnest(%s::text[]) AS s WHERE e.order_id = ANY(%s)"
+            " ON CONFLICT (event_id, sink) DO UPDATE SET state = 'pending', attempts = 0,"
+            " next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at,"
+            " lease_owner = NULL, fence = deliveries.fence + 1",
+            now,
+            now,
+            list(dict.fromkeys(sinks)),
+            list(order_ids),
+        )
 
     async def get_deliveries(self, order_ids: Sequence[str]) -> list[DeliveryRow]:
         rows = await self._all(
@@ -350,20 +446,22 @@ class PostgresStore:
         return None if value is None else str(value)
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
-                "INSERT INTO meta(key, value) VALUES (%s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+        await self._write(
+            "set meta",
+            "INSERT INTO meta(key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            key,
+            value,
+        )
 
     # -- cluster-wide rate limit -----------------------------------------------------------
     def limiter(self, rate: float) -> RateLimiter:
-        return PostgresLimiter(self, rate)
+        """The limiter every replica shares (the daemon uses it instead of a local one)."""
+        return PostgresLimiter(self.pool, rate)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def release_owner(self, owner: str, now: float) -> None:
-        async with self._tx() as conn:
+        async with self._tx("release leases") as conn:
             await conn.execute(
                 "UPDATE orders SET lease_owner = NULL, next_poll_at = LEAST(next_poll_at, %s)"
                 " WHERE lease_owner = %s AND state = 'pending'",
@@ -381,43 +479,3 @@ class PostgresStore:
 
     async def close(self) -> None:
         await self.pool.close()
-
-
-class PostgresLimiter:
-    """Send slots handed out by the database, so the sum of every replica's GETs keeps the
-    rate: one row holds the next free slot (database clock); each acquire takes the slot and
-    moves it on by (1 + margin) / rate. A restarted replica continues from the stored slot, so
-    a restart cannot burst. Replicas sleep until their slot on their own clock, translated with
-    half the query's round trip; the margin (5%, wider than a single daemon's 2%) absorbs what
-    differs between replicas' wake-ups. A local SpacedLimiter at the full rate is a second
-    guard."""
-
-    def __init__(self, store: PostgresStore, rate: float, margin: float = 0.05) -> None:
-        self.store = store
-        self.interval_s = (1.0 + margin) / rate
-        self._local = SpacedLimiter(rate, margin=margin, start_full=False)
-
-    async def acquire(self) -> None:
-        sent = time.monotonic()
-        async with self.store._tx() as conn:
-            cur = await conn.execute(
-                "INSERT INTO rate_limiter AS r (name, next_slot)"
-                " VALUES ('api', extract(epoch FROM clock_timestamp()) + %s)"
-                " ON CONFLICT (name) DO UPDATE SET next_slot ="
-                " GREATEST(r.next_slot, extract(epoch FROM clock_timestamp())) + %s"
-                " RETURNING next_slot - %s, extract(epoch FROM clock_timestamp())",
-                (self.interval_s, self.interval_s, self.interval_s),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        now = time.monotonic()
-        # the database read its clock about half a round trip before we got the answer
-        wait = float(row[0]) - float(row[1]) - (now - sent) / 2
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self._local.acquire()
-
-
-def _safe(e: Exception) -> str:
-    """psycopg messages name hosts and users, never passwords; keep the first line only."""
-    return str(e).splitlines()[0][:200] if str(e) else ""

@@ -1,0 +1,190 @@
+"""What only the PostgreSQL backend has to do: the cluster-wide limiter, schema creation by
+replicas starting together, surviving lost connections, and never showing the DSN."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from orderwatch.errors import StoreError
+from orderwatch.simulator import max_in_window
+
+from conftest import PG_ADMIN, REQUIRE_POSTGRES
+
+if not REQUIRE_POSTGRES:  # without the driver skip the module; CI makes it an import error
+    pytest.importorskip("psycopg")
+import psycopg
+
+from orderwatch.store.pg_limiter import PostgresLimiter
+from orderwatch.store.postgres import PostgresStore
+
+pytestmark = pytest.mark.postgres
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+async def pg_store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = await PostgresStore.open(pg_dsn)
+    yield s
+    await s.close()
+
+
+async def _hammer(limiter: PostgresLimiter, callers: int, until: float) -> list[float]:
+    stamps: list[float] = []
+
+    async def caller() -> None:
+        while time.monotonic() < until:
+            await limiter.acquire()
+            stamps.append(time.monotonic())
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return stamps
+
+
+@pytest.mark.slow
+async def test_three_limiters_share_one_rate(pg_dsn: str) -> None:
+    """Three replicas' limiters (separate pools) hammering at 20/s: the merged sends never
+    exceed 20 in any 1-second window, and together they use close to 20/s."""
+    rate, seconds = 20, 3.0
+    stores = [await PostgresStore.open(pg_dsn) for _ in range(3)]
+    try:
+        limiters = [PostgresLimiter(s.pool, rate) for s in stores]
+        for lim in limiters:  # each new limiter waits out one window first (restart safety)
+            await lim.acquire()
+        start = time.monotonic()
+        runs = [_hammer(lim, 4, start + seconds) for lim in limiters]
+        per_replica = await asyncio.gather(*runs)
+    finally:
+        for s in stores:
+            await s.close()
+    merged = sorted(t for stamps in per_replica for t in stamps)
+    worst = max_in_window(merged)
+    achieved = len(merged) / (merged[-1] - start)
+    late = sum(lim.late_slots for lim in limiters)
+    print(
+        f"\ncluster limiter at {rate}/s, 3 replicas x 4 callers, {seconds}s: {len(merged)} sends,"
+        f" {achieved:.2f}/s, busiest 1-s window {worst}, per replica"
+        f" {[len(s) for s in per_replica]}, slots given up as late {late}"
+    )
+    assert worst <= rate
+    assert all(per_replica)  # every replica got a share
+    assert achieved >= 0.85 * rate
+
+
+async def test_new_limiter_starts_one_window_after_the_last_slot(pg_store: PostgresStore) -> None:
+    """A restarted replica cannot know what its predecessor sent in its last second: its
+    first slot is at least one window after the last slot anyone reserved."""
+    before = PostgresLimiter(pg_store.pool, 50)
+    for _ in range(5):
+        await before.acquire()
+    last = time.monotonic()
+    after = PostgresLimiter(pg_store.pool, 50)
+    await after.acquire()
+    assert time.monotonic() - last >= after.window_s - 0.01
+    t = time.monotonic()
+    await after.acquire()  # then it is evenly spaced again, no second wait
+    assert time.monotonic() - t < 0.5
+
+
+async def test_fractional_rate_spacing(pg_store: PostgresStore) -> None:
+    """A fractional rate never means an extra request in a window: 2.5/s is spaced as 2/s."""
+    lim = PostgresLimiter(pg_store.pool, 2.5)
+    assert lim.capacity == 2 and abs(lim.step_s - 0.51) < 1e-9
+    slow = PostgresLimiter(pg_store.pool, 0.5)
+    assert slow.capacity == 1 and abs(slow.step_s - 2.04) < 1e-9
+
+
+async def test_limiter_fails_closed_without_the_database(pg_dsn: str) -> None:
+    """With the database gone the limiter raises StoreError: nothing is sent unmetered."""
+    store = await PostgresStore.open(pg_dsn)
+    lim = PostgresLimiter(store.pool, 100)
+    await lim.acquire()
+    await store.close()
+    with pytest.raises(StoreError) as err:
+        await lim.acquire()
+    assert "postgres" in str(err.value).lower()
+
+
+async def test_replicas_starting_together_create_the_schema_once(pg_dsn: str) -> None:
+    """Five replicas opening a fresh database at the same moment all succeed (the advisory
+    lock serialises the DDL) and the schema version is recorded."""
+    stores = await asyncio.gather(*(PostgresStore.open(pg_dsn) for _ in range(5)))
+    try:
+        assert await stores[0].get_meta("schema_version") == "1"
+        await stores[1].add_orders(["A"], T0, T0)
+        assert (await stores[4].counts())["pending"] == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_newer_schema_is_refused(pg_dsn: str) -> None:
+    """A database migrated by a newer orderwatch is not written by an older one."""
+    store = await PostgresStore.open(pg_dsn)
+    await store.set_meta("schema_version", "99")
+    await store.close()
+    with pytest.raises(StoreError, match="upgrade orderwatch"):
+        await PostgresStore.open(pg_dsn)
+
+
+async def _terminate_sessions(dsn: str) -> int:
+    dbname = dsn.rsplit("/", 1)[1]
+    async with await psycopg.AsyncConnection.connect(PG_ADMIN, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_sessions_killed_by_the_server_are_replaced(pg_dsn: str) -> None:
+    """After the server ends every session (pg_terminate_backend, as a failover or restart
+    does), the next calls succeed on fresh connections: no call fails for it."""
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        await store.add_orders(["A", "B"], T0, T0)
+        for i in range(3):
+            assert await _terminate_sessions(pg_dsn) >= 1
+            await asyncio.sleep(0.1)  # the server's goodbye reaches the idle socket
+            assert len(await store.claim_due(T0 + 10.0 * i, 2, "w", 5)) == 2
+            await store.ping()
+        lim = store.limiter(100)
+        await lim.acquire()
+    finally:
+        await store.close()
+
+
+async def test_a_failed_call_is_a_store_error_and_the_next_one_works(pg_dsn: str) -> None:
+    """A session killed in the middle of a statement fails that call with StoreError (the
+    daemon logs it and retries later); the store keeps working."""
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        slow = asyncio.create_task(store._all("SELECT pg_sleep(5)"))
+        await asyncio.sleep(0.3)
+        await _terminate_sessions(pg_dsn)
+        with pytest.raises(StoreError):
+            await slow
+        await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://orderwatch:s3cr3t-pw@127.0.0.1:1/orderwatch",  # nothing listens
+        "host=127.0.0.1 port=1 password=s3cr3t-pw user",  # malformed key/value DSN
+        "postgresql://orderwatch:s3cr3t-pw@127.0.0.1:1/orderwatch?sslmode=bogus",
+    ],
+)
+async def test_the_dsn_never_appears_in_errors(dsn: str) -> None:
+    """Connection failures and malformed DSNs become one StoreError without the password."""
+    with pytest.raises(StoreError) as err:
+        await PostgresStore.open(dsn)
+    assert "s3cr3t" not in str(err.value)
+    assert "s3cr3t" not in repr(err.value.__cause__) and err.value.__suppress_context__
