@@ -243,8 +243,8 @@ def test_urls_located_at_their_key(tmp_path: Path) -> None:
         tmp_path, "runa:\n  base_url: ftp://x\nwebhooks:\n  - secret: whsec_x\n    url: file:///x\n"
     )
     assert got == [
-        "./ow.yaml:2: runa.base_url: must start with https:// (or http:// for a local simulator)",
-        "./ow.yaml:5: webhooks[0].url: must start with https:// or http://",
+        "./ow.yaml:2: runa.base_url: must start with https:// (or http:// on a trusted network)",
+        "./ow.yaml:5: webhooks[0].url: must start with https:// (or http:// on a trusted network)",
     ]
 
 

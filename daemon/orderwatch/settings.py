@@ -34,6 +34,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _http_url(cls: type, v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with https:// (or http:// on a trusted network)")
+    return v
+
+
 class RunaSettings(_Section):
     base_url: str = "https://playground.runa.io/v2"
     api_key: SecretStr | None = None
@@ -42,12 +48,7 @@ class RunaSettings(_Section):
     api_version: str = "2024-02-05"
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with https:// (or http:// for a local simulator)")
-        return v
+    _http = field_validator("base_url")(_http_url)
 
 
 class RateLimitSettings(_Section):
@@ -78,12 +79,7 @@ class WebhookSettings(_Section):
     )
     max_concurrency: int = Field(8, ge=1, le=256)
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must start with https:// or http://")
-        return v
+    _http = field_validator("url")(_http_url)
 
     @model_validator(mode="after")
     def _check(self) -> WebhookSettings:
