@@ -8,7 +8,6 @@ from prometheus_client.registry import Collector
 
 from orderwatch.answers import Kind
 
-REQUEST_OUTCOMES = tuple(k.value for k in Kind)
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series: promtool and people agree
 
 
@@ -75,8 +74,9 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("orderwatch_ready", "1 when the daemon is ready.", registry=r)
-        for k in REQUEST_OUTCOMES:
-            self.requests.labels(k)
+        # One child per outcome, resolved once: `labels()` takes a lock and builds a key on
+        # every call, and this counter moves on every poll.
+        self.requests_by_kind = {k: self.requests.labels(k.value) for k in Kind}
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import time
@@ -29,6 +30,7 @@ from orderwatch.settings import PollingSettings
 from orderwatch.store.base import Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
+_stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cached level
 
 VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
@@ -182,7 +184,7 @@ class Poller:
             answer = await d.client.get_order(claim.order_id)
             d.metrics.limiter_wait.inc(t1 - t0)
             d.metrics.request_seconds.observe(time.monotonic() - t1)
-            d.metrics.requests.labels(answer.kind.value).inc()
+            d.metrics.requests_by_kind[answer.kind].inc()
             self._tell_gate(answer)
         finally:
             if probe:
@@ -221,12 +223,13 @@ class Poller:
                 last_error=decision.last_error,
                 last_body=decision.last_body,
             )
-            log.debug(
-                "order.polled",
-                order_id=claim.order_id,
-                outcome=answer.detail,
-                next_in_s=round(decision.next_poll_at - now, 3),
-            )
+            if _stdlog.isEnabledFor(logging.DEBUG):  # skip building the event at info
+                log.debug(
+                    "order.polled",
+                    order_id=claim.order_id,
+                    outcome=answer.detail,
+                    next_in_s=round(decision.next_poll_at - now, 3),
+                )
             return
         await self._finish(claim, answer, decision, now)
 
