@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import latency, limiters, overhead, rate, scale, webhooks
 from bench.common import Report, machine
+from orderwatch import aio
 
 BENCHES = {
     "limiters": limiters.run,
@@ -25,11 +26,19 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="short versions (for CI)")
     p.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
     p.add_argument("--out", default="bench/results/latest.json")
+    p.add_argument(
+        "--loop",
+        choices=("daemon", "asyncio"),
+        default="daemon",
+        help="the event loop for in-process runs: the daemon's (uvloop where installed,"
+        " as `orderwatch run` uses) or the standard one, to compare",
+    )
     args = p.parse_args()
     report = Report()
-    print(f"machine: {machine()}", flush=True)
+    run = aio.run if args.loop == "daemon" else asyncio.run
+    print(f"machine: {machine()}; in-process event loop: {args.loop}", flush=True)
     for name in args.only or BENCHES:
-        asyncio.run(BENCHES[name](report, args.smoke))
+        run(BENCHES[name](report, args.smoke))
     print("\n" + report.table())
     report.write(Path(args.out))
     print(f"\nwritten: {args.out}")

@@ -12,6 +12,7 @@ import sys
 import time
 from contextlib import AsyncExitStack
 
+from orderwatch import aio
 from orderwatch.cli import load, need_valid_ids, split_ids
 from orderwatch.daemon import Daemon
 from orderwatch.logs import configure_logging
@@ -41,7 +42,7 @@ def check_config(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     settings = load(args)
     _setup_logging(settings)
-    return asyncio.run(run_daemon(Daemon(settings, reload=lambda: load(args))))
+    return aio.run(run_daemon(Daemon(settings, reload=lambda: load(args))))
 
 
 async def run_daemon(daemon: Daemon, stop: asyncio.Event | None = None) -> int:
@@ -121,7 +122,7 @@ def wait(args: argparse.Namespace) -> int:
     ids = need_valid_ids(args.ids)
     timeout = parse_duration(args.timeout) if args.timeout else None
     _setup_logging(settings, one_shot=True)
-    return asyncio.run(wait_for_orders(settings, ids, timeout))
+    return aio.run(wait_for_orders(settings, ids, timeout))
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -136,4 +137,4 @@ def simulate(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     from orderwatch.demo import run_demo
 
-    return asyncio.run(run_demo(args.orders))
+    return aio.run(run_demo(args.orders))
