@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -95,6 +98,42 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
     final = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
     assert final[0].value == 1
     assert "O-ADM1" not in metrics  # no order-id labels
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(
+    PROMTOOL is None and not os.environ.get("PROMTOOL_REQUIRED"),
+    reason="promtool not installed (Debian: the prometheus package; .ci/run fetches it)",
+)
+async def test_metrics_pass_promtool(tmp_path: Path) -> None:
+    """`promtool check metrics` finds nothing to say about /metrics of a daemon that has
+    polled, finished an order and delivered to a webhook (every family has samples)."""
+    assert PROMTOOL is not None, "PROMTOOL_REQUIRED is set but promtool is not on PATH"
+    port = free_port()
+    receiver = Receiver(SECRET)
+    opts = SimOptions(api_key=API_KEY, complete_after=0.2)
+    async with running_simulator(opts) as rs, running_receiver(receiver) as url:
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}"},
+            webhooks=[{"url": url, "secret": SECRET}],
+        )
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-PROM1"])
+
+            async def delivered() -> bool:
+                return len(receiver.events) == 1
+
+            await until(delivered)
+            _, metrics = await http("GET", f"http://127.0.0.1:{port}/metrics")
+    assert "orderwatch_delivery_latency_seconds_count 1" in metrics
+    r = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=metrics, capture_output=True, text=True, timeout=60
+    )
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 
 @pytest.mark.slow
