@@ -12,6 +12,7 @@ import aiohttp
 
 from bench.common import API_KEY, Report, sim_stats, simulator_process
 from bench.inproc import daemon, settings
+from orderwatch.client import RunaClient
 
 CONCURRENCY = 32
 ORDERS = 5000
@@ -32,6 +33,30 @@ async def bare_loop(base: str, seconds: float) -> tuple[float, float]:
                     f"{base}/order/O-RATE{i % ORDERS:05d}", headers={"X-Api-Key": API_KEY}
                 ) as r:
                     await r.read()
+                done += 1
+                i += CONCURRENCY
+
+        c0, t0 = time.process_time(), time.monotonic()
+        await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
+        c1, t1 = time.process_time(), time.monotonic()
+    return done / (t1 - t0), (c1 - c0) / max(done, 1)
+
+
+async def client_loop(base: str, seconds: float) -> tuple[float, float]:
+    """The bare loop's shape through orderwatch's RunaClient (headers, timeout, body cap,
+    classification) and nothing else: splits the gap into client and everything after it."""
+    stop = time.monotonic() + seconds
+    done = 0
+    client = RunaClient(
+        base, API_KEY, api_version="2024-02-05", timeout_s=10, max_connections=CONCURRENCY
+    )
+    async with client:
+
+        async def worker(k: int) -> None:
+            nonlocal done
+            i = k
+            while time.monotonic() < stop:
+                await client.get_order(f"O-RATE{i % ORDERS:05d}")
                 done += 1
                 i += CONCURRENCY
 
@@ -63,9 +88,13 @@ async def run(report: Report, smoke: bool) -> None:
     seconds = 3.0 if smoke else 10.0
     async with simulator_process("--complete-after", "100d") as base:
         bare, bare_cpu = await bare_loop(base, seconds)
+        client, client_cpu = await client_loop(base, seconds)
         ours, our_cpu = await orderwatch_loop(base, seconds)
     report.add("overhead", "bare aiohttp loop, req/s (c=32)", bare)
+    report.add("overhead", "RunaClient alone, req/s (c=32)", client)
+    report.add("overhead", "RunaClient alone / bare", client / bare)
     report.add("overhead", "orderwatch polls/s (c=32, limiter open)", ours)
     report.add("overhead", "orderwatch / bare", ours / bare, ">= 0.8", ours / bare >= 0.8)
     report.add("overhead", "CPU ms per poll: orderwatch", our_cpu * 1000)
+    report.add("overhead", "CPU ms per request: RunaClient alone", client_cpu * 1000)
     report.add("overhead", "CPU ms per request: bare loop", bare_cpu * 1000)
