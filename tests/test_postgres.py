@@ -89,6 +89,23 @@ async def test_new_limiter_starts_one_window_after_the_last_slot(pg_store: Postg
     assert time.monotonic() - t < 0.5
 
 
+async def test_callers_starting_together_share_one_restart_wait(pg_store: PostgresStore) -> None:
+    """A daemon's workers all call a new limiter at once: the restart wait is taken once, and
+    the callers then follow one step apart (it used to be one window per caller: 4 workers,
+    4 s of silence for the whole cluster at every start)."""
+    await PostgresLimiter(pg_store.pool, 50).acquire()
+    after = PostgresLimiter(pg_store.pool, 50)
+    released: list[float] = []
+
+    async def caller() -> None:
+        await after.acquire()
+        released.append(time.monotonic())
+
+    await asyncio.gather(*(caller() for _ in range(4)))
+    span = max(released) - min(released)
+    assert span < after.window_s, f"4 first calls spread over {span:.2f}s"
+
+
 async def test_fractional_rate_spacing(pg_store: PostgresStore) -> None:
     """A fractional rate never means an extra request in a window: 2.5/s is spaced as 2/s."""
     lim = PostgresLimiter(pg_store.pool, 2.5)

@@ -124,6 +124,10 @@ class PostgresLimiter:
         self.late_limit_s = (self.capacity * self.step_s - 1.0) / 2  # half the slack
         self._lead_s = max(0.0, self.window_s - self.step_s)  # first slot: one window later
         self._first = True
+        # Callers arriving while the first reservation is in flight wait for it: each of them
+        # sending its own "first" would stack one window of lead per caller (4 s at start-up
+        # with 4 workers, measured), and one sent ahead of it would skip the lead altogether.
+        self._first_lock = asyncio.Lock()
         self._clock = clock
         self._rtts: deque[float] = deque(maxlen=32)
         self._log: deque[float] = deque(maxlen=self.capacity)
@@ -141,19 +145,24 @@ class PostgresLimiter:
             self.late_slots += 1
 
     async def _reserve(self) -> float:
-        """Take the next slot; return it on this process's monotonic clock."""
-        params = {
-            "name": self.name,
-            "step": self.step_s,
-            "lead": self._lead_s if self._first else 0.0,
-        }
+        """Take the next slot; return it on this process's monotonic clock. The first one
+        (after start-up) is taken alone and carries the restart lead."""
+        if self._first:
+            async with self._first_lock:
+                if self._first:
+                    slot = await self._reserve_once(self._lead_s)
+                    self._first = False  # only once it succeeded: a failed try took no slot
+                    return slot
+        return await self._reserve_once(0.0)
+
+    async def _reserve_once(self, lead_s: float) -> float:
+        params = {"name": self.name, "step": self.step_s, "lead": lead_s}
         async with pooled(self.pool, "rate limiter") as conn:
             sent = self._clock()
             cur = await conn.execute(_RESERVE, params)
             row = await cur.fetchone()
             received = self._clock()
         assert row is not None
-        self._first = False
         self._rtts.append(received - sent)
         # The database read its clock just before answering: about half the network's round
         # trip before we got the answer. The smallest recent round trip is the network's;
