@@ -106,6 +106,24 @@ async def test_callers_starting_together_share_one_restart_wait(pg_store: Postgr
     assert span < after.window_s, f"4 first calls spread over {span:.2f}s"
 
 
+async def test_a_429_on_one_replica_holds_every_replica(pg_dsn: str) -> None:
+    """One replica's 429 pause (`hold`) reaches the others through the shared limiter: their
+    next send waits until the pause has passed."""
+    stores = [await PostgresStore.open(pg_dsn) for _ in range(2)]
+    try:
+        hit, other = (PostgresLimiter(s.pool, 50) for s in stores)
+        await hit.acquire()
+        await other.acquire()  # both past their restart wait
+        t = time.monotonic()
+        await hit.hold(1.5)
+        await other.acquire()
+        waited = time.monotonic() - t
+    finally:
+        for s in stores:
+            await s.close()
+    assert waited >= 1.5 - 0.05, f"the other replica sent {1.5 - waited:.2f}s into the pause"
+
+
 async def test_fractional_rate_spacing(pg_store: PostgresStore) -> None:
     """A fractional rate never means an extra request in a window: 2.5/s is spaced as 2/s."""
     lim = PostgresLimiter(pg_store.pool, 2.5)

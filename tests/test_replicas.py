@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.simulator import RunningSim, SimOptions, running_simulator
+from orderwatch.simulator import Faults, RunningSim, SimOptions, running_simulator
 
 from conftest import PG_ADMIN
 from harness import API_KEY, SECRET, spawn, until, write_config
@@ -237,6 +237,40 @@ async def test_partitioned_replica_stops_within_lease_and_resumes(
             await proxy.cut()
         assert code == 0
         assert rs.sim.max_in_window(1.0) <= RATE
+
+
+async def test_a_429_on_one_replica_pauses_all_of_them(tmp_path: Path, pg_dsn: str) -> None:
+    """Two replicas polling; the API answers one request 429 with Retry-After: 3. The replica
+    that got it shares the pause through the cluster limiter, so the API hears nothing from
+    either of them for those 3 s (the first 0.5 s allowed for sends already on their way)."""
+    ids = [f"O-HOLD{i:03d}" for i in range(60)]
+    opts = SimOptions(api_key=API_KEY, complete_after=3600, faults=Faults(retry_after="3"))
+    async with running_simulator(opts) as rs:
+        cfg = replica_config(tmp_path, rs.base_url, pg_dsn, None)
+        assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
+        quiet = {"stderr": asyncio.subprocess.DEVNULL}
+        replicas = [await spawn("run", "-c", str(cfg), **quiet) for _ in range(2)]
+        try:
+
+            async def steady() -> bool:
+                return len(rs.sim.arrivals) >= 80  # both replicas past their start-up
+
+            await until(steady, timeout=30)
+            t_script = time.monotonic()
+            rs.sim.script("429")
+
+            async def resumed() -> bool:
+                return any(t > t_script + 3.5 for t in rs.sim.arrivals)
+
+            await until(resumed, timeout=30)
+        finally:
+            for r in replicas:
+                r.send_signal(signal.SIGTERM)
+            codes = [await asyncio.wait_for(r.wait(), 20) for r in replicas]
+    assert codes == [0, 0]
+    t_429 = min(t for t in rs.sim.arrivals if t > t_script)
+    during = [round(t - t_429, 2) for t in rs.sim.arrivals if t_429 + 0.5 < t < t_429 + 2.9]
+    assert during == [], f"requests during the 3 s pause, s after the 429: {during}"
 
 
 async def terminate_sessions(dsn: str, application_name: str = "orderwatch") -> int:

@@ -29,6 +29,9 @@ class RateLimiter(Protocol):
 
     async def acquire(self) -> None: ...
 
+    async def hold(self, seconds: float) -> None:
+        """The API answered 429: nobody this limiter serves sends for `seconds`."""
+
 
 class SpacedLimiter:
     """Even spacing plus a sliding-window log; see the module docstring."""
@@ -61,6 +64,9 @@ class SpacedLimiter:
         if len(self._log) >= self.capacity:
             t = max(t, self._log[0] + self.window_s)
         return t
+
+    async def hold(self, seconds: float) -> None:
+        """Nothing to do: this limiter serves one process, whose gate already pauses it."""
 
     async def acquire(self) -> None:
         start = self._clock()

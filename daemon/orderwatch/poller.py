@@ -185,26 +185,38 @@ class Poller:
             d.metrics.limiter_wait.inc(t1 - t0)
             d.metrics.request_seconds.observe(time.monotonic() - t1)
             d.metrics.requests_by_kind[answer.kind].inc()
-            self._tell_gate(answer)
+            pause = self._tell_gate(answer)
         finally:
             if probe:
                 d.gate.leave_probe()
+        if pause:
+            await self._hold_limiter(pause)
         await self._apply(claim, answer)
+
+    async def _hold_limiter(self, pause_s: float) -> None:
+        """Share a 429's pause with whoever else the limiter serves (other replicas); the
+        gate has paused this process already, so a store error here costs nothing else."""
+        try:
+            await self.d.limiter.hold(pause_s)
+        except StoreError as e:
+            log.warning("limiter.hold_failed", error=str(e))
 
     def _lease_too_short(self, claim: Claim) -> bool:
         """Too close to the lease's end to finish a request in time: leave the order alone,
         whoever holds it next (this worker waited through a pause or lost the store)."""
         return self.d.wall() >= claim.lease_until - self.d.request_timeout_s - 0.5
 
-    def _tell_gate(self, answer: Answer) -> None:
+    def _tell_gate(self, answer: Answer) -> float:
+        """Tell the gate what the API said; the pause a 429 started, else 0."""
         if answer.kind in VALID:
             self.d.gate.on_success()
             self.d.metrics.last_success.set(self.d.wall())
         elif answer.kind is Kind.RATE_LIMITED:
             self.d.metrics.rate_limited.inc()
-            self.d.gate.on_rate_limited(answer.retry_after_s)
+            return self.d.gate.on_rate_limited(answer.retry_after_s)
         elif answer.kind is Kind.AUTH:
             self.d.gate.on_auth_failure(answer.http_status or 401)
+        return 0.0
 
     async def _apply(self, claim: Claim, answer: Answer) -> None:
         d = self.d

@@ -52,6 +52,14 @@ RETURNING next_slot - %(step)s, extract(epoch FROM clock_timestamp())
 """
 
 
+# A 429 seen by one replica holds every replica: no slot before the pause ends.
+_HOLD = """
+UPDATE rate_limiter SET next_slot =
+    GREATEST(next_slot, extract(epoch FROM clock_timestamp()) + %(pause)s)
+WHERE name = %(name)s
+"""
+
+
 @asynccontextmanager
 async def store_errors(what: str, timeout_s: float = OP_TIMEOUT_S) -> AsyncIterator[None]:
     """Turn driver and pool errors into StoreError with a message that is safe to log: the
@@ -143,6 +151,12 @@ class PostgresLimiter:
                 self._log.append(now)
                 return
             self.late_slots += 1
+
+    async def hold(self, seconds: float) -> None:
+        """A 429 reached this replica: move the cluster's next slot past the pause, so every
+        replica waits it out (slots reserved before this call are still used)."""
+        async with pooled(self.pool, "rate limiter hold") as conn:
+            await conn.execute(_HOLD, {"name": self.name, "pause": seconds})
 
     async def _reserve(self) -> float:
         """Take the next slot; return it on this process's monotonic clock. The first one
