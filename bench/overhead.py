@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -18,52 +19,47 @@ CONCURRENCY = 32
 ORDERS = 5000
 
 
-async def bare_loop(base: str, seconds: float) -> tuple[float, float]:
-    """The floor: 32 tasks GETting order URLs back to back. Returns (req/s, cpu s per req)."""
+async def back_to_back(
+    seconds: float, get: Callable[[str], Awaitable[object]]
+) -> tuple[float, float]:
+    """32 tasks calling `get(order_id)` back to back. Returns (calls/s, cpu s per call)."""
     stop = time.monotonic() + seconds
     done = 0
-    conn = aiohttp.TCPConnector(limit=CONCURRENCY)
-    async with aiohttp.ClientSession(connector=conn) as s:
 
-        async def worker(k: int) -> None:
-            nonlocal done
-            i = k
-            while time.monotonic() < stop:
-                async with s.get(
-                    f"{base}/order/O-RATE{i % ORDERS:05d}", headers={"X-Api-Key": API_KEY}
-                ) as r:
-                    await r.read()
-                done += 1
-                i += CONCURRENCY
+    async def worker(k: int) -> None:
+        nonlocal done
+        i = k
+        while time.monotonic() < stop:
+            await get(f"O-RATE{i % ORDERS:05d}")
+            done += 1
+            i += CONCURRENCY
 
-        c0, t0 = time.process_time(), time.monotonic()
-        await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
-        c1, t1 = time.process_time(), time.monotonic()
+    c0, t0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
+    c1, t1 = time.process_time(), time.monotonic()
     return done / (t1 - t0), (c1 - c0) / max(done, 1)
 
 
+async def bare_loop(base: str, seconds: float) -> tuple[float, float]:
+    """The floor: plain aiohttp GETs of the order URLs."""
+    conn = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=conn) as s:
+
+        async def get(order_id: str) -> None:
+            async with s.get(f"{base}/order/{order_id}", headers={"X-Api-Key": API_KEY}) as r:
+                await r.read()
+
+        return await back_to_back(seconds, get)
+
+
 async def client_loop(base: str, seconds: float) -> tuple[float, float]:
-    """The bare loop's shape through orderwatch's RunaClient (headers, timeout, body cap,
-    classification) and nothing else: splits the gap into client and everything after it."""
-    stop = time.monotonic() + seconds
-    done = 0
+    """The same through orderwatch's RunaClient (headers, timeout, body cap, classification)
+    and nothing else: splits the gap into the client and everything after it."""
     client = RunaClient(
         base, API_KEY, api_version="2024-02-05", timeout_s=10, max_connections=CONCURRENCY
     )
     async with client:
-
-        async def worker(k: int) -> None:
-            nonlocal done
-            i = k
-            while time.monotonic() < stop:
-                await client.get_order(f"O-RATE{i % ORDERS:05d}")
-                done += 1
-                i += CONCURRENCY
-
-        c0, t0 = time.process_time(), time.monotonic()
-        await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
-        c1, t1 = time.process_time(), time.monotonic()
-    return done / (t1 - t0), (c1 - c0) / max(done, 1)
+        return await back_to_back(seconds, client.get_order)
 
 
 async def orderwatch_loop(base: str, seconds: float) -> tuple[float, float]:
