@@ -11,7 +11,7 @@ T = TypeVar("T")
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run` on uvloop where it is installed: the same asyncio API with the loop and
-    its transports in C, which takes about a sixth off the daemon's CPU per poll
+    its transports in C, which takes about a quarter off the daemon's CPU per poll
     (docs/performance.md). Without it (an unsupported platform), the standard loop."""
     try:
         import uvloop
