@@ -33,6 +33,12 @@ class RateLimiter(Protocol):
         """The API answered 429: nobody this limiter serves sends for `seconds`."""
 
 
+def after_window(log: deque[float], window_s: float, t: float) -> float:
+    """The hard log's rule: `t`, or later if `log` (the last sends, `maxlen` = the cap) is
+    full, when its oldest send is one window old."""
+    return max(t, log[0] + window_s) if len(log) == log.maxlen else t
+
+
 class SpacedLimiter:
     """Even spacing plus a sliding-window log; see the module docstring."""
 
@@ -60,10 +66,7 @@ class SpacedLimiter:
 
     def earliest(self, now: float) -> float:
         """When the next send may happen (pure: no state changes)."""
-        t = max(now, self._next)
-        if len(self._log) >= self.capacity:
-            t = max(t, self._log[0] + self.window_s)
-        return t
+        return after_window(self._log, self.window_s, max(now, self._next))
 
     async def hold(self, seconds: float) -> None:
         """Nothing to do: this limiter serves one process, whose gate already pauses it."""

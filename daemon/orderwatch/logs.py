@@ -219,8 +219,3 @@ def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Non
         # Off so that a reconfiguration (tests, `demo`) reaches loggers already created.
         cache_logger_on_first_use=False,
     )
-
-
-def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
-    """A structlog logger named like a stdlib one (`orderwatch.poller`)."""
-    return structlog.stdlib.get_logger(name)

@@ -31,6 +31,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from orderwatch.errors import StoreError
+from orderwatch.limiter import after_window
 
 LIMITER_DDL = (
     "CREATE TABLE IF NOT EXISTS rate_limiter (name TEXT PRIMARY KEY,"
@@ -190,8 +191,5 @@ class PostgresLimiter:
             await asyncio.sleep(wait)
 
     async def _wait_local_log(self) -> None:
-        while len(self._log) >= self.capacity:
-            wait = self._log[0] + self.window_s - self._clock()
-            if wait <= 0:
-                return
+        while (wait := after_window(self._log, self.window_s, now := self._clock()) - now) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
