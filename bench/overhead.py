@@ -1,46 +1,75 @@
 """2. Overhead: orderwatch's polls/s beside a bare aiohttp loop (same concurrency, same
-simulator, same run), and CPU time per poll."""
+simulator, same run), CPU time per poll, and where the difference goes: the client alone,
+the daemon with its hot store calls answered in memory (bench/nostore.py), and the SQLite
+store's part of a poll without HTTP.
+
+The machine is shared and noisy (back-to-back runs of the same loop differ by 10-20%), so the
+loops run as alternating rounds and the ratio is the median of the rounds, with its range.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from bench.common import API_KEY, Report, sim_stats, simulator_process
 from bench.inproc import daemon, settings
+from bench.nostore import heap_store
 from orderwatch.client import RunaClient
+from orderwatch.store.sqlite import SqliteStore
 
 CONCURRENCY = 32
 ORDERS = 5000
 
 
-async def back_to_back(
-    seconds: float, get: Callable[[str], Awaitable[object]]
-) -> tuple[float, float]:
-    """32 tasks calling `get(order_id)` back to back. Returns (calls/s, cpu s per call)."""
-    stop = time.monotonic() + seconds
+@dataclass
+class Run:
+    per_s: float
+    cpu_s: float  # process CPU per call, all threads
+    loop_cpu_s: float  # CPU per call of this (the event loop's) thread alone
+
+
+async def measured(seconds: float, count: Callable[[], Awaitable[int]]) -> Run:
+    """Let whatever is running run for `seconds`; `count()` says how many calls so far."""
+    n0, c0, l0, t0 = await count(), time.process_time(), time.thread_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    n1, c1, l1, t1 = await count(), time.process_time(), time.thread_time(), time.monotonic()
+    n = max(n1 - n0, 1)
+    return Run(n / (t1 - t0), (c1 - c0) / n, (l1 - l0) / n)
+
+
+async def back_to_back(seconds: float, get: Callable[[str], Awaitable[object]]) -> Run:
+    """32 tasks calling `get(order_id)` back to back, measured over `seconds`."""
+    stop = asyncio.Event()
     done = 0
 
     async def worker(k: int) -> None:
         nonlocal done
         i = k
-        while time.monotonic() < stop:
+        while not stop.is_set():
             await get(f"O-RATE{i % ORDERS:05d}")
             done += 1
             i += CONCURRENCY
 
-    c0, t0 = time.process_time(), time.monotonic()
-    await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
-    c1, t1 = time.process_time(), time.monotonic()
-    return done / (t1 - t0), (c1 - c0) / max(done, 1)
+    async def count() -> int:
+        return done
+
+    tasks = [asyncio.create_task(worker(k)) for k in range(CONCURRENCY)]
+    try:
+        return await measured(seconds, count)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
 
 
-async def bare_loop(base: str, seconds: float) -> tuple[float, float]:
+async def bare_loop(base: str, seconds: float) -> Run:
     """The floor: plain aiohttp GETs of the order URLs."""
     conn = aiohttp.TCPConnector(limit=CONCURRENCY)
     async with aiohttp.ClientSession(connector=conn) as s:
@@ -52,7 +81,7 @@ async def bare_loop(base: str, seconds: float) -> tuple[float, float]:
         return await back_to_back(seconds, get)
 
 
-async def client_loop(base: str, seconds: float) -> tuple[float, float]:
+async def client_loop(base: str, seconds: float) -> Run:
     """The same through orderwatch's RunaClient (headers, timeout, body cap, classification)
     and nothing else: splits the gap into the client and everything after it."""
     client = RunaClient(
@@ -62,7 +91,7 @@ async def client_loop(base: str, seconds: float) -> tuple[float, float]:
         return await back_to_back(seconds, client.get_order)
 
 
-async def orderwatch_loop(base: str, seconds: float) -> tuple[float, float]:
+async def orderwatch_loop(base: str, seconds: float) -> Run:
     with tempfile.TemporaryDirectory() as tmp:
         s = settings(
             Path(tmp),
@@ -73,24 +102,106 @@ async def orderwatch_loop(base: str, seconds: float) -> tuple[float, float]:
         async with daemon(s) as d:
             await d.add_orders([f"O-RATE{i:05d}" for i in range(ORDERS)])
             await asyncio.sleep(2.0)
-            n0, c0, t0 = (await sim_stats(base))["count"], time.process_time(), time.monotonic()
-            await asyncio.sleep(seconds)
-            n1, c1, t1 = (await sim_stats(base))["count"], time.process_time(), time.monotonic()
-    polls = n1 - n0
-    return polls / (t1 - t0), (c1 - c0) / max(polls, 1)
+
+            async def count() -> int:
+                return int((await sim_stats(base))["count"])
+
+            return await measured(seconds, count)
+
+
+async def store_alone(seconds: float) -> Run:
+    """What a poll asks of the SQLite store, without HTTP: claims in the poller's batches
+    (half its prefetch queue), then one reschedule per claim, 32 at a time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = await SqliteStore.open(Path(tmp), daemon=True, now=time.time())
+        try:
+            await store.add_orders((f"O-RATE{i:05d}" for i in range(ORDERS)), time.time(), 0.0)
+            stop = asyncio.Event()
+            done = 0
+
+            async def poll_all() -> None:
+                nonlocal done
+                while not stop.is_set():
+                    now = time.time()
+                    claims = await store.claim_due(now, CONCURRENCY, "bench", 60.0)
+                    await asyncio.gather(
+                        *(
+                            store.reschedule(
+                                c,
+                                now + 0.001,
+                                polls=c.polls + 1,
+                                error_streak=0,
+                                first_404_at=None,
+                                last_error=None,
+                                last_body=b'{"status": "PROCESSING"}',
+                            )
+                            for c in claims
+                        )
+                    )
+                    done += len(claims)
+
+            async def count() -> int:
+                return done
+
+            task = asyncio.create_task(poll_all())
+            try:
+                return await measured(seconds, count)
+            finally:
+                stop.set()
+                await task
+        finally:
+            await store.close()
 
 
 async def run(report: Report, smoke: bool) -> None:
-    seconds = 3.0 if smoke else 10.0
+    seconds, rounds = (3.0, 1) if smoke else (5.0, 3)
+    bare: list[Run] = []
+    client: list[Run] = []
+    ours: list[Run] = []
+    no_store: list[Run] = []
     async with simulator_process("--complete-after", "100d") as base:
-        bare, bare_cpu = await bare_loop(base, seconds)
-        client, client_cpu = await client_loop(base, seconds)
-        ours, our_cpu = await orderwatch_loop(base, seconds)
-    report.add("overhead", "bare aiohttp loop, req/s (c=32)", bare)
-    report.add("overhead", "RunaClient alone, req/s (c=32)", client)
-    report.add("overhead", "RunaClient alone / bare", client / bare)
-    report.add("overhead", "orderwatch polls/s (c=32, limiter open)", ours)
-    report.add("overhead", "orderwatch / bare", ours / bare, ">= 0.8", ours / bare >= 0.8)
-    report.add("overhead", "CPU ms per poll: orderwatch", our_cpu * 1000)
-    report.add("overhead", "CPU ms per request: RunaClient alone", client_cpu * 1000)
-    report.add("overhead", "CPU ms per request: bare loop", bare_cpu * 1000)
+        for _ in range(rounds):
+            bare.append(await bare_loop(base, seconds))
+            client.append(await client_loop(base, seconds))
+            ours.append(await orderwatch_loop(base, seconds))
+            with heap_store():
+                no_store.append(await orderwatch_loop(base, seconds))
+    store = await store_alone(seconds)
+
+    def ratio(xs: list[Run]) -> tuple[float, str]:
+        rs = [x.per_s / b.per_s for x, b in zip(xs, bare, strict=True)]
+        return statistics.median(rs), f"range {min(rs):.2f}-{max(rs):.2f} over {len(rs)} round(s)"
+
+    def med(xs: list[Run], f: Callable[[Run], float]) -> float:
+        return statistics.median(f(x) for x in xs)
+
+    client_ratio, client_note = ratio(client)
+    ours_ratio, ours_note = ratio(ours)
+    no_store_ratio, no_store_note = ratio(no_store)
+    report.add("overhead", "bare aiohttp loop, req/s (c=32)", med(bare, lambda r: r.per_s))
+    report.add("overhead", "RunaClient alone, req/s (c=32)", med(client, lambda r: r.per_s))
+    report.add("overhead", "RunaClient alone / bare", client_ratio, note=client_note)
+    report.add("overhead", "orderwatch polls/s (c=32, limiter open)", med(ours, lambda r: r.per_s))
+    report.add("overhead", "orderwatch / bare", ours_ratio, ">= 0.8", ours_ratio >= 0.8, ours_note)
+    report.add(
+        "overhead",
+        "diagnostic: orderwatch, store in memory / bare",
+        no_store_ratio,
+        note=no_store_note,
+    )
+    report.add("overhead", "CPU ms per poll: orderwatch, all threads", med(ours, _cpu_ms))
+    report.add("overhead", "CPU ms per poll: orderwatch, loop thread", med(ours, _loop_ms))
+    report.add("overhead", "CPU ms per request: RunaClient alone", med(client, _cpu_ms))
+    report.add("overhead", "CPU ms per request: bare loop", med(bare, _cpu_ms))
+    report.add("overhead", "CPU ms per poll: diagnostic, store in memory", med(no_store, _cpu_ms))
+    report.add("overhead", "store alone: polls/s (claim + reschedule)", store.per_s)
+    report.add("overhead", "store alone: CPU ms per poll, all threads", _cpu_ms(store))
+    report.add("overhead", "store alone: CPU ms per poll, loop thread", _loop_ms(store))
+
+
+def _cpu_ms(r: Run) -> float:
+    return r.cpu_s * 1000
+
+
+def _loop_ms(r: Run) -> float:
+    return r.loop_cpu_s * 1000
