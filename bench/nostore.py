@@ -44,6 +44,10 @@ def heap_store() -> Iterator[None]:
         heapq.heappush(due, (at, c.order_id))
         return True
 
+    def reschedule_nowait(self: SqliteStore, c: Claim, at: float, *, polls: int, **_: Any) -> None:
+        rows[c.order_id][1] = polls
+        heapq.heappush(due, (at, c.order_id))
+
     async def release(self: SqliteStore, c: Claim, at: float | None = None) -> bool:
         heapq.heappush(due, (c.due_at if at is None else at, c.order_id))
         return True
@@ -56,6 +60,7 @@ def heap_store() -> Iterator[None]:
         add_orders=add_orders,
         claim_due=claim_due,
         reschedule=reschedule,
+        reschedule_nowait=reschedule_nowait,
         release=release,
         next_due_at=next_due_at,
     ):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from orderwatch.events import make_event
 from orderwatch.store.base import Store
@@ -56,6 +59,77 @@ async def test_reschedule_and_release(store: Store) -> None:
     assert (c2.polls, c2.error_streak, c2.first_404_at) == (1, 2, T0)
     assert await store.release(c2)
     assert await store.next_due_at() == T0 + 7
+
+
+async def test_reschedule_nowait_lands_by_flush_and_is_fenced(store: Store) -> None:
+    """A queued reschedule is written by `flush`; one from a holder that lost its lease since
+    changes nothing."""
+    await store.add_orders(["A"], T0, T0)
+    await store.add_orders(["B"], T0, T0 + 1)
+    (a,) = await store.claim_due(T0, 1, "w1", 100)
+    (stale,) = await store.claim_due(T0 + 1, 1, "w1", 10)
+    (b,) = await store.claim_due(T0 + 12, 5, "w2", 10)  # B's lease ran out: w2 holds it now
+    assert b.order_id == stale.order_id == "B"
+    kw: dict[str, Any] = {"error_streak": 0, "first_404_at": None, "last_error": None}
+    store.reschedule_nowait(a, T0 + 7, polls=1, last_body=b"{}", **kw)
+    store.reschedule_nowait(stale, T0 + 99, polls=5, last_body=b"stale", **kw)
+    await store.flush()
+    rows = {r.order_id: r for r in await store.get_orders(["A", "B"])}
+    assert (rows["A"].polls, rows["A"].next_poll_at) == (1, T0 + 7)
+    assert (rows["B"].polls, rows["B"].next_poll_at) == (0, T0 + 22)  # still w2's lease
+    assert await store.last_body("A") == b"{}" and await store.last_body("B") is None
+    assert [c.order_id for c in await store.claim_due(T0 + 7, 5, "w1", 10)] == ["A"]
+    await store.flush()  # nothing queued: returns at once
+
+
+async def test_close_writes_what_was_queued(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
+    await store.add_orders(["A"], T0, T0)
+    (c,) = await store.claim_due(T0, 1, "w", 30)
+    store.reschedule_nowait(
+        c, T0 + 3, polls=1, error_streak=0, first_404_at=None, last_error=None, last_body=None
+    )
+    await store.close()
+    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
+    try:
+        (row,) = await store.get_orders(["A"])
+        assert (row.polls, row.next_poll_at) == (1, T0 + 3)
+    finally:
+        await store.close()
+
+
+async def test_a_failed_queued_write_is_logged_and_the_order_polled_again(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock past the busy timeout: the queued reschedule fails,
+    is logged (not raised), and the order stays leased, so it is polled again at lease end."""
+    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        await store.add_orders(["A"], T0, T0)
+        (c,) = await store.claim_due(T0, 1, "w", 30)
+        store.db.execute("PRAGMA busy_timeout=50")  # the store thread is idle here
+        other.execute("BEGIN IMMEDIATE")
+        with capture_logs() as logs:
+            store.reschedule_nowait(
+                c,
+                T0 + 1,
+                polls=1,
+                error_streak=0,
+                first_404_at=None,
+                last_error=None,
+                last_body=None,
+            )
+            await store.flush()
+        other.execute("ROLLBACK")
+        (failed,) = [e for e in logs if e["event"] == "store.write_failed"]
+        assert failed["writes"] == 1 and "locked" in failed["error"]
+        assert await store.claim_due(T0 + 29, 1, "w", 30) == []
+        (again,) = await store.claim_due(T0 + 30, 1, "w", 30)
+        assert (again.order_id, again.polls) == ("A", 0)
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_finish_writes_event_and_outbox_once(store: Store) -> None:

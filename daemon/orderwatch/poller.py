@@ -92,6 +92,7 @@ class Poller:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             await self._return_queued()
+            await self.d.store.flush()
 
     async def _drained(self) -> None:
         while self._busy:
@@ -226,7 +227,9 @@ class Poller:
             await d.store.release(claim)
             return
         if isinstance(decision, Reschedule):
-            await d.store.reschedule(
+            # Not waited for: still PROCESSING, so a lost write costs one repeated GET, and
+            # the worker takes its next order a commit sooner (bench/overhead: ~10% polls/s).
+            d.store.reschedule_nowait(
                 claim,
                 decision.next_poll_at,
                 polls=decision.polls,
@@ -293,3 +296,4 @@ class Poller:
             self.d.wall(), self.d.max_concurrency, self.d.owner, self._lease_s
         ):
             await asyncio.gather(*(self.poll_one(c) for c in claims))
+            await self.d.store.flush()

@@ -112,6 +112,27 @@ class Store(Protocol):
         `last_body` None keeps the previous stored body."""
         ...
 
+    def reschedule_nowait(
+        self,
+        claim: Claim,
+        next_poll_at: float,
+        *,
+        polls: int,
+        error_streak: int,
+        first_404_at: float | None,
+        last_error: str | None,
+        last_body: bytes | None,
+    ) -> None:
+        """`reschedule`, queued: returns at once and the write follows (`flush` waits for it).
+        For a poll that left the order PROCESSING, where waiting buys nothing: a write that is
+        lost (crash, store error: logged) leaves the order leased, so it is polled again when
+        the lease ends or the daemon restarts. Never for a final."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until every write queued by `reschedule_nowait` so far is done (or failed)."""
+        ...
+
     async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
         """Drop the lease without counting a poll (429, auth pause, shutdown)."""
         ...

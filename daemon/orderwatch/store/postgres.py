@@ -14,13 +14,15 @@ reconnects and the daemon retries on its next pass."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from itertools import islice
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
@@ -44,6 +46,7 @@ from orderwatch.store.schema import (
     TABLES,
 )
 
+log = structlog.get_logger("orderwatch.store")
 _CHUNK = 20_000
 MIGRATION_LOCK = 74001  # pg_advisory_xact_lock key: replicas starting together migrate in turn
 POOL_MIN, POOL_MAX = 1, 4
@@ -105,6 +108,7 @@ class PostgresStore:
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        self._queued: set[asyncio.Task[None]] = set()  # reschedule_nowait writes in flight
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
@@ -262,6 +266,40 @@ class PostgresStore:
             claim.fence,
         )
         return changed == 1
+
+    def reschedule_nowait(
+        self,
+        claim: Claim,
+        next_poll_at: float,
+        *,
+        polls: int,
+        error_streak: int,
+        first_404_at: float | None,
+        last_error: str | None,
+        last_body: bytes | None,
+    ) -> None:
+        write = self.reschedule(
+            claim,
+            next_poll_at,
+            polls=polls,
+            error_streak=error_streak,
+            first_404_at=first_404_at,
+            last_error=last_error,
+            last_body=last_body,
+        )
+        task = asyncio.create_task(self._logged(write, claim.order_id))
+        self._queued.add(task)
+        task.add_done_callback(self._queued.discard)
+
+    async def _logged(self, write: Awaitable[bool], order_id: str) -> None:
+        try:
+            await write
+        except StoreError as e:
+            log.error("store.write_failed", order_id=order_id, error=str(e))
+
+    async def flush(self) -> None:
+        if self._queued:
+            await asyncio.gather(*self._queued, return_exceptions=True)
 
     async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
         due = claim.due_at if next_poll_at is None else next_poll_at
@@ -478,4 +516,5 @@ class PostgresStore:
         await self._one("SELECT 1")
 
     async def close(self) -> None:
+        await self.flush()
         await self.pool.close()

@@ -17,6 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
+
 from orderwatch.errors import StoreError
 from orderwatch.store.base import (
     Claim,
@@ -39,6 +41,12 @@ from orderwatch.store.schema import (
 T = TypeVar("T")
 DB_NAME = "orderwatch.sqlite3"
 _CHUNK = 20_000
+_RESCHEDULE = (
+    "UPDATE orders SET next_poll_at = ?, polls = ?, error_streak = ?,"
+    " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
+    " lease_owner = NULL WHERE id = ? AND fence = ? AND state = 'pending'"
+)
+log = structlog.get_logger("orderwatch.store")
 
 
 def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -54,7 +62,7 @@ class SqliteStore:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orderwatch-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._group: list[tuple[str, tuple[Any, ...], asyncio.Future[bool]]] = []
+        self._group: list[tuple[str, tuple[Any, ...], asyncio.Future[bool] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -189,12 +197,21 @@ class SqliteStore:
         last_body: bytes | None,
     ) -> bool:
         args = (next_poll_at, polls, error_streak, first_404_at, last_error, last_body)
-        return await self._grouped(
-            "UPDATE orders SET next_poll_at = ?, polls = ?, error_streak = ?,"
-            " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
-            " lease_owner = NULL WHERE id = ? AND fence = ? AND state = 'pending'",
-            (*args, claim.order_id, claim.fence),
-        )
+        return await self._grouped(_RESCHEDULE, (*args, claim.order_id, claim.fence))
+
+    def reschedule_nowait(
+        self,
+        claim: Claim,
+        next_poll_at: float,
+        *,
+        polls: int,
+        error_streak: int,
+        first_404_at: float | None,
+        last_error: str | None,
+        last_body: bytes | None,
+    ) -> None:
+        args = (next_poll_at, polls, error_streak, first_404_at, last_error, last_body)
+        self._queue(_RESCHEDULE, (*args, claim.order_id, claim.fence), None)
 
     async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
         due = claim.due_at if next_poll_at is None else next_poll_at
@@ -206,13 +223,21 @@ class SqliteStore:
 
     # Group commit: the hot, non-critical writes (a poll's outcome, a released claim) that
     # arrive while a transaction is running are committed together in the next one. At a
-    # thousand polls a second this turns a thousand commits into a few dozen.
+    # thousand polls a second this turns a thousand commits into a few dozen. A write queued by
+    # `reschedule_nowait` has no future: nobody waits for it, a failure is logged here.
     async def _grouped(self, sql: str, args: tuple[Any, ...]) -> bool:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue(sql, args, fut)
+        return await fut
+
+    def _queue(self, sql: str, args: tuple[Any, ...], fut: asyncio.Future[bool] | None) -> None:
         self._group.append((sql, args, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_groups())
-        return await fut
+
+    async def flush(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
 
     async def _flush_groups(self) -> None:
         while self._group:
@@ -220,12 +245,15 @@ class SqliteStore:
             try:
                 results = await self._run(self._write_group, [(q, a) for q, a, _ in batch])
             except StoreError as e:
+                unwaited = sum(fut is None for *_, fut in batch)
+                if unwaited:
+                    log.error("store.write_failed", writes=unwaited, error=str(e))
                 for *_, fut in batch:
-                    if not fut.done():
+                    if fut is not None and not fut.done():
                         fut.set_exception(e)
                 continue
             for (*_, fut), ok in zip(batch, results, strict=True):
-                if not fut.done():
+                if fut is not None and not fut.done():
                     fut.set_result(ok)
 
     def _write_group(self, ops: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
@@ -474,6 +502,7 @@ class SqliteStore:
         await self._run(self._scalar, "SELECT 1")
 
     async def close(self) -> None:
+        await self.flush()
         if self._db is not None:
             await self._run(self.db.close)
             self._db = None
