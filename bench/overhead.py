@@ -189,6 +189,15 @@ async def run(report: Report, smoke: bool) -> None:
         no_store_ratio,
         note=no_store_note,
     )
+    # Polls/s track 1 / (CPU per poll, all threads): the process is busy all the time, one
+    # thread at a time in Python (the GIL). If this matches the measured ratio, the gap is CPU
+    # spent per poll, not time lost waiting (limiter, queue, store).
+    report.add(
+        "overhead",
+        "CPU per request, bare / per poll, orderwatch",
+        med(bare, _cpu_ms) / med(ours, _cpu_ms),
+        note="the ratio the CPU times alone predict",
+    )
     report.add("overhead", "CPU ms per poll: orderwatch, all threads", med(ours, _cpu_ms))
     report.add("overhead", "CPU ms per poll: orderwatch, loop thread", med(ours, _loop_ms))
     report.add("overhead", "CPU ms per request: RunaClient alone", med(client, _cpu_ms))
