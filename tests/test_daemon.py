@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 from pathlib import Path
@@ -149,3 +150,30 @@ async def test_payload_write_failure_keeps_order_pending_then_recovers(tmp_path:
             out.mkdir(mode=0o700)
             await until(lambda: all_ended(d, ["O-DISK"]), timeout=30)
         assert json.loads((out / "O-DISK.json").read_bytes()) == rs.sim.payload("O-DISK")
+
+
+async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:
+    """Idle (its only order due in an hour), the daemon asks the store only when the next
+    order is due; an order another process adds, due now, is still polled within a second or
+    so, with the waiting one left alone."""
+    import time
+
+    from orderwatch.store.sqlite import SqliteStore
+
+    async with running_simulator(sim_opts(complete_after=0.0)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-LATER"])
+            await asyncio.sleep(1.5)  # a pass or two of the idle loop
+            other = await SqliteStore.open(tmp_path / "state")  # as `orderwatch add` does
+            try:
+                await other.add_orders(["O-NOW"], time.time(), time.time())
+            finally:
+                await other.close()
+            await until(lambda: all_ended(d, ["O-NOW"]), timeout=4)  # 1 s bound, with slack
+            assert await states(d, ["O-NOW", "O-LATER"]) == {
+                "O-NOW": "final",
+                "O-LATER": "pending",
+            }
+            (later,) = await store_of(d).get_orders(["O-LATER"])
+            assert later.polls == 0

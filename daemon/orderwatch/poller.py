@@ -106,16 +106,18 @@ class Poller:
                 await self.d.store.release(claim)
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
+        claim = True
         while not stop.is_set():
             self.heartbeat = time.monotonic()
-            try:
-                got = await self._claim_some()
-            except StoreError as e:
-                log.error("store.unavailable", error=str(e))
-                got = 0
-            if got:
-                continue
-            await self._wait_for_work(stop)
+            if claim:
+                try:
+                    got = await self._claim_some()
+                except StoreError as e:
+                    log.error("store.unavailable", error=str(e))
+                    got = 0
+                if got:
+                    continue
+            claim = await self._wait_for_work(stop)
 
     async def _claim_some(self) -> int:
         room = self._queue.maxsize - self._queue.qsize()
@@ -132,24 +134,30 @@ class Poller:
             self._queue.put_nowait(c)
         return len(claims)
 
-    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+    async def _wait_for_work(self, stop: asyncio.Event) -> bool:
+        """Wait until there may be work. False when the wait ran out and the store had nothing
+        due by now: the next pass then asks only when the next order is due (which also shows
+        orders other processes added) instead of claiming too, one store call a second idle."""
         if self._queue.maxsize - self._queue.qsize() < self._batch and not self._queue.empty():
             self._room.clear()
             self._wake.clear()  # nothing can be claimed until there is room anyway
             await wait_any(stop, self._room, self._wake, timeout=MAX_IDLE_WAIT_S)
-            return
+            return True
         timeout = MAX_IDLE_WAIT_S
-        with contextlib.suppress(StoreError):
+        try:
             nxt = await self.d.store.next_due_at()
-            if nxt is not None:
-                timeout = min(timeout, max(0.0, nxt - self.d.wall()))
+        except StoreError:
+            nxt = 0.0  # the claim will report it
+        if nxt is not None:
+            timeout = min(timeout, max(0.0, nxt - self.d.wall()))
         pause = self.d.gate.rate_paused_for()
         if pause > 0:
             timeout = min(pause, MAX_IDLE_WAIT_S)
         if self._queue.full():
             timeout = min(timeout, 0.05)
         self._wake.clear()
-        await wait_any(stop, self._wake, timeout=max(timeout, 0.001))
+        woken = await wait_any(stop, self._wake, timeout=max(timeout, 0.001))
+        return woken or pause > 0 or (nxt is not None and nxt <= self.d.wall())
 
     async def _worker(self) -> None:
         while True:
