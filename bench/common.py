@@ -128,6 +128,18 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
+    """CPU time of a process, all threads. From the scheduler's run time in ns where the kernel
+    keeps it (/proc/PID/task/*/schedstat); else utime + stime, which count whole 10 ms ticks
+    and charge each to whoever runs when it fires: an idle daemon read 0.4-0.9% of a core in
+    ticks in runs where the scheduler's own count said 0.3-0.4%."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")

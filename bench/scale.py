@@ -61,6 +61,15 @@ async def spawn(cfg: Path) -> asyncio.subprocess.Process:
     )
 
 
+def wakeups(pid: int) -> int:
+    """How often the main thread (the event loop) has gone to sleep and been woken."""
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
 async def run(report: Report, smoke: bool) -> None:
     n = 100_000 if smoke else 1_000_000
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -90,9 +99,10 @@ async def run(report: Report, smoke: bool) -> None:
             await asyncio.sleep(0.1)
         ingest = time.monotonic() - t0
         await asyncio.sleep(3)  # let the post-ingest work settle
-        c0 = cpu_seconds(proc.pid)
+        c0, w0 = cpu_seconds(proc.pid), wakeups(proc.pid)
         await asyncio.sleep(10)
         idle = (cpu_seconds(proc.pid) - c0) / 10 * 100
+        idle_wakeups = (wakeups(proc.pid) - w0) / 10
         rss = peak_rss_mb(proc.pid)
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
@@ -107,6 +117,7 @@ async def run(report: Report, smoke: bool) -> None:
     report.add("scale", f"ingest {label} from a watchlist, s", ingest, "<= 10 s", ingest <= 10)
     report.add("scale", f"peak RSS with {label}, MB", rss, "<= 300 MB", rss <= 300)
     report.add("scale", "CPU while none is due, % of a core", idle, "< 1 %", idle < 1)
+    report.add("scale", "event loop wakeups/s while none is due", idle_wakeups)
     report.add(
         "scale", f"start to ready with {label} on disk, s", to_ready, "<= 5 s", to_ready <= 5
     )
