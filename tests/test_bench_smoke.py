@@ -1,5 +1,5 @@
-"""The overhead benchmark still runs: it reaches into the store (bench/nostore.py patches the
-SQLite store's hot methods), so a change there could break it unseen. No speed is asserted."""
+"""The overhead benchmarks still run: they reach into the store (bench/nostore.py patches the
+SQLite store's hot methods), so a change there could break them unseen. No speed is asserted."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ def test_overhead_bench_smoke_prints_every_row(tmp_path: Path) -> None:
         "store alone: CPU ms per poll, all threads",
     ):
         assert rows[metric] > 0, metric
+
+
+@pytest.mark.slow
+def test_ab_bench_compares_a_revision_with_the_tree() -> None:
+    """`python -m bench.ab REV` exports REV and runs both sides; here HEAD against itself."""
+    cmd = [sys.executable, "-m", "bench.ab", "HEAD", "--rounds", "1", "--seconds", "1"]
+    done = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True, timeout=110)
+    assert "round 1: A" in done.stdout and "B higher in" in done.stdout
