@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import API_KEY, Report, cpu_seconds, rss_mb, sim_stats, simulator_process
-from bench.scale import spawn
+from bench.scale import spawn, wakeups
 
 ORDERS = 5000
 
@@ -39,10 +39,10 @@ async def steady(base: str, tmp: Path, rate: int, seconds: float) -> dict[str, f
     try:
         await asyncio.sleep(5)  # start-up, ingest, first window
         n0, c0, t0 = (await sim_stats(base))["count"], cpu_seconds(proc.pid), time.monotonic()
-        rss0 = rss_mb(proc.pid)
+        rss0, w0 = rss_mb(proc.pid), wakeups(proc.pid)
         await asyncio.sleep(seconds)
         n1, c1, t1 = (await sim_stats(base))["count"], cpu_seconds(proc.pid), time.monotonic()
-        rss1 = rss_mb(proc.pid)
+        rss1, w1 = rss_mb(proc.pid), wakeups(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
         await proc.wait()
@@ -51,6 +51,7 @@ async def steady(base: str, tmp: Path, rate: int, seconds: float) -> dict[str, f
         "rate": polls / (t1 - t0),
         "cpu_pct": cpu / (t1 - t0) * 100,
         "ms_per_poll": cpu / max(polls, 1) * 1000,
+        "wakeups_per_poll": (w1 - w0) / max(polls, 1),
         "rss0": rss0,
         "rss1": rss1,
     }
@@ -67,6 +68,7 @@ async def run(report: Report, smoke: bool) -> None:
                 at = f"at {rate}/s ({r['rate']:.1f} polls/s, {seconds:.0f} s)"
                 report.add("steady", f"CPU % of a core {at}", r["cpu_pct"])
                 report.add("steady", f"CPU ms per poll {at}", r["ms_per_poll"])
+                report.add("steady", f"event loop wakeups per poll {at}", r["wakeups_per_poll"])
                 report.add(
                     "steady", f"RSS MB start / end {at}", f"{r['rss0']:.1f} / {r['rss1']:.1f}"
                 )
