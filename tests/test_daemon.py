@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import stat
 from pathlib import Path
 
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Store
+from orderwatch.store.sqlite import SqliteStore
 
 from harness import running_daemon, settings_for, states, until
 
@@ -158,8 +160,6 @@ async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> N
     so, with the waiting one left alone."""
     import time
 
-    from orderwatch.store.sqlite import SqliteStore
-
     async with running_simulator(sim_opts(complete_after=0.0)) as rs:
         settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
         async with running_daemon(settings) as d:
@@ -177,3 +177,25 @@ async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> N
             }
             (later,) = await store_of(d).get_orders(["O-LATER"])
             assert later.polls == 0
+
+
+async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_path: Path) -> None:
+    """With the state database unusable, the idle scheduler reports it and tries again after
+    its one-second wait, instead of spinning on the error."""
+    from structlog.testing import capture_logs
+
+    async with running_simulator(sim_opts()) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
+        async with running_daemon(settings) as d:
+            store = d.store
+            assert isinstance(store, SqliteStore)
+            db = store.db
+            await asyncio.sleep(0.2)
+            gone = sqlite3.connect(":memory:")
+            gone.close()
+            with capture_logs() as logs:
+                store._db = gone  # every call now fails with sqlite3.Error, as on a lost disk
+                await asyncio.sleep(2.5)
+                store._db = db
+            errors = [e for e in logs if e["event"] == "store.unavailable"]
+            assert 1 <= len(errors) <= 8, len(errors)
