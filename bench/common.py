@@ -129,9 +129,9 @@ def rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time of a process, all threads. From the scheduler's run time in ns where the kernel
-    keeps it (/proc/PID/task/*/schedstat); else utime + stime, which count whole 10 ms ticks
-    and charge each to whoever runs when it fires: an idle daemon read 0.4-0.9% of a core in
-    ticks in runs where the scheduler's own count said 0.3-0.4%."""
+    keeps it (/proc/PID/task/*/schedstat); else utime + stime, which count whole 10 ms ticks,
+    each charged to whoever runs when it fires: a daemon that wakes a few times a second then
+    reads in steps of 0.1% of a core per 10 s window."""
     try:
         total = 0
         for tid in os.listdir(f"/proc/{pid}/task"):
