@@ -1,5 +1,6 @@
 """3. Scale: a million pending orders. Ingest time from a watchlist, peak RSS, CPU while none
-is due, and time from start to ready with that state on disk. The daemon is a child process."""
+is due (beside an empty event loop that wakes as often: the machine's price for the wakeups
+alone), and time from start to ready with that state on disk. The daemon is a child process."""
 
 from __future__ import annotations
 
@@ -70,6 +71,34 @@ def wakeups(pid: int) -> int:
     return 0
 
 
+_EMPTY_LOOP = """
+import asyncio, sys, time
+from orderwatch import aio
+
+async def main(per_s, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        await asyncio.sleep(1 / per_s)
+
+aio.run(main(float(sys.argv[1]), float(sys.argv[2])))
+"""
+
+
+async def empty_loop_cpu(per_s: float, seconds: float) -> float:
+    """CPU % of a core of a child whose event loop (the daemon's kind) only wakes `per_s`
+    times a second: on a VM each wakeup has a price of its own, and this is it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "daemon")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _EMPTY_LOOP, str(per_s), str(seconds + 2), env=env
+    )
+    await asyncio.sleep(1)  # past interpreter start-up
+    c0 = cpu_seconds(proc.pid)
+    await asyncio.sleep(seconds)
+    cpu = cpu_seconds(proc.pid) - c0
+    await proc.wait()
+    return cpu / seconds * 100
+
+
 async def run(report: Report, smoke: bool) -> None:
     n = 100_000 if smoke else 1_000_000
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -118,6 +147,13 @@ async def run(report: Report, smoke: bool) -> None:
     report.add("scale", f"peak RSS with {label}, MB", rss, "<= 300 MB", rss <= 300)
     report.add("scale", "CPU while none is due, % of a core", idle, "< 1 %", idle < 1)
     report.add("scale", "event loop wakeups/s while none is due", idle_wakeups)
+    floor = await empty_loop_cpu(max(idle_wakeups, 0.1), 10.0)
+    report.add(
+        "scale",
+        "the floor: an empty loop waking as often, %",
+        floor,
+        note="what the machine charges for the wakeups alone",
+    )
     report.add(
         "scale", f"start to ready with {label} on disk, s", to_ready, "<= 5 s", to_ready <= 5
     )
