@@ -83,6 +83,7 @@ async def test_reschedule_nowait_lands_by_flush_and_is_fenced(store: Store) -> N
 
 
 async def test_close_writes_what_was_queued(tmp_path: Path) -> None:
+    """Closing the store (as a clean shutdown does) commits queued writes first."""
     store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
     await store.add_orders(["A"], T0, T0)
     (c,) = await store.claim_due(T0, 1, "w", 30)
