@@ -119,12 +119,29 @@ def machine() -> dict[str, Any]:
     }
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
+def _status(pid: int, key: str, tid: int | None = None) -> int | None:
+    """A number from /proc/PID/status (of thread TID with `tid`): kB for Vm*, else a count."""
+    path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    return None
+
+
+def rss_mb(pid: int) -> float:
+    kb = _status(pid, "VmRSS")
+    return float("nan") if kb is None else kb / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    kb = _status(pid, "VmHWM")
+    return float("nan") if kb is None else kb / 1024
+
+
+def wakeups(pid: int) -> int:
+    """How often the main thread (the event loop) has gone to sleep and been woken."""
+    return _status(pid, "voluntary_ctxt_switches", tid=pid) or 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -39,14 +39,13 @@ def heap_store() -> Iterator[None]:
             out.append(Claim(i, row[0], at, row[2], row[1], 0, None, lease_until=now + lease_s))
         return out
 
-    async def reschedule(self: SqliteStore, c: Claim, at: float, *, polls: int, **_: Any) -> bool:
-        rows[c.order_id][1] = polls
-        heapq.heappush(due, (at, c.order_id))
-        return True
-
     def reschedule_nowait(self: SqliteStore, c: Claim, at: float, *, polls: int, **_: Any) -> None:
         rows[c.order_id][1] = polls
         heapq.heappush(due, (at, c.order_id))
+
+    async def reschedule(self: SqliteStore, c: Claim, at: float, **kw: Any) -> bool:
+        reschedule_nowait(self, c, at, **kw)
+        return True
 
     async def release(self: SqliteStore, c: Claim, at: float | None = None) -> bool:
         heapq.heappush(due, (c.due_at if at is None else at, c.order_id))

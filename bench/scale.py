@@ -16,15 +16,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from bench.common import API_KEY, REPO, Report, cpu_seconds, free_port
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from bench.common import API_KEY, REPO, Report, cpu_seconds, free_port, peak_rss_mb, wakeups
 
 
 def pending(db: Path) -> int:
@@ -60,15 +52,6 @@ async def spawn(cfg: Path) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-
-
-def wakeups(pid: int) -> int:
-    """How often the main thread (the event loop) has gone to sleep and been woken."""
-    with open(f"/proc/{pid}/task/{pid}/status") as f:
-        for line in f:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
 
 
 _EMPTY_LOOP = """

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import API_KEY, Report, cpu_seconds, rss_mb, sim_stats, simulator_process
-from bench.scale import spawn, wakeups
+from bench.common import (
+    API_KEY,
+    Report,
+    cpu_seconds,
+    rss_mb,
+    sim_stats,
+    simulator_process,
+    wakeups,
+)
+from bench.scale import spawn
 
 ORDERS = 5000
 
