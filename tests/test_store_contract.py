@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from orderwatch.errors import StoreError
 from orderwatch.events import make_event
 from orderwatch.store.base import Store
 from orderwatch.store.sqlite import SqliteStore
@@ -360,3 +362,58 @@ async def test_racing_finishers_end_an_order_once(two_stores: tuple[Store, Store
     assert results == [False, True]
     assert await a.get_event("A") == ev_b
     assert (await a.counts())["final"] == 1
+
+
+async def test_queued_writes_ride_with_the_next_claim_or_land_alone(tmp_path: Path) -> None:
+    """SQLite: a claim commits the writes queued before it in its own transaction (so it sees
+    them, with no flush); with no claim coming, they still land on their own, shortly."""
+    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    kw: dict[str, Any] = {"error_streak": 0, "first_404_at": None, "last_error": None}
+    try:
+        await store.add_orders(["A", "B"], T0, T0)
+        a, b = await store.claim_due(T0, 2, "w", 30)
+        store.reschedule_nowait(a, T0 + 1, polls=1, last_body=None, **kw)
+        (again,) = await store.claim_due(T0 + 1, 5, "w", 30)
+        assert (again.order_id, again.polls) == ("A", 1)
+        store.reschedule_nowait(b, T0 + 2, polls=7, last_body=None, **kw)
+        deadline = time.monotonic() + 5
+        while other.execute("SELECT polls FROM orders WHERE id = 'B'").fetchone()[0] != 7:
+            assert time.monotonic() < deadline, "a queued write never landed on its own"
+            await asyncio.sleep(0.01)
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_failed_claim_logs_the_writes_it_carried(tmp_path: Path) -> None:
+    """SQLite: when the claim's transaction fails, the queued writes it carried are logged as
+    lost (the orders stay leased and are polled again), and the claim's error is raised."""
+    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        await store.add_orders(["A"], T0, T0)
+        (c,) = await store.claim_due(T0, 1, "w", 30)
+        store.db.execute("PRAGMA busy_timeout=50")  # the store thread is idle here
+        other.execute("BEGIN IMMEDIATE")
+        with capture_logs() as logs:
+            store.reschedule_nowait(
+                c,
+                T0 + 1,
+                polls=1,
+                error_streak=0,
+                first_404_at=None,
+                last_error=None,
+                last_body=None,
+            )
+            with pytest.raises(StoreError):
+                await store.claim_due(T0 + 1, 1, "w", 30)
+        other.execute("ROLLBACK")
+        (failed,) = [e for e in logs if e["event"] == "store.write_failed"]
+        assert failed["writes"] == 1
+        await store.flush()
+        (row,) = await store.get_orders(["A"])
+        assert row.polls == 0  # lost, not written later behind the claim's back
+    finally:
+        other.close()
+        await store.close()

@@ -41,6 +41,7 @@ from orderwatch.store.schema import (
 T = TypeVar("T")
 DB_NAME = "orderwatch.sqlite3"
 _CHUNK = 20_000
+QUEUED_WRITE_DELAY_S = 0.05  # how long queued writes wait for company (or a claim) at most
 _RESCHEDULE = (
     "UPDATE orders SET next_poll_at = ?, polls = ?, error_streak = ?,"
     " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
@@ -62,8 +63,11 @@ class SqliteStore:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="orderwatch-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._group: list[tuple[str, tuple[Any, ...], asyncio.Future[bool] | None]] = []
+        self._group: list[tuple[str, tuple[Any, ...], asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._queued: list[tuple[Any, ...]] = []  # reschedule_nowait's writes, not yet sent
+        self._queued_writer: asyncio.Task[None] | None = None
+        self._write_now = asyncio.Event()
 
     @classmethod
     async def open(cls, state_dir: Path, *, daemon: bool = False, now: float = 0.0) -> SqliteStore:
@@ -159,10 +163,22 @@ class SqliteStore:
         return added
 
     async def claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
-        return await self._run(self._claim_due, now, limit, owner, lease_s)
+        # The claim's transaction carries the queued writes: one commit instead of two, and
+        # the claim sees every outcome queued before it.
+        queued, self._queued = self._queued, []
+        try:
+            return await self._run(self._claim_due, now, limit, owner, lease_s, queued)
+        except StoreError as e:
+            if queued:
+                log.error("store.write_failed", writes=len(queued), error=str(e))
+            raise
 
-    def _claim_due(self, now: float, limit: int, owner: str, lease_s: float) -> list[Claim]:
+    def _claim_due(
+        self, now: float, limit: int, owner: str, lease_s: float, queued: list[tuple[Any, ...]]
+    ) -> list[Claim]:
         with self._tx():
+            if queued:
+                self.db.executemany(_RESCHEDULE, queued)
             rows = self.db.execute(
                 "SELECT id, fence + 1, next_poll_at, added_at, polls, error_streak, first_404_at"
                 " FROM orders WHERE state = 'pending' AND next_poll_at <= ?"
@@ -210,8 +226,20 @@ class SqliteStore:
         last_error: str | None,
         last_body: bytes | None,
     ) -> None:
-        args = (next_poll_at, polls, error_streak, first_404_at, last_error, last_body)
-        self._queue(_RESCHEDULE, (*args, claim.order_id, claim.fence), None)
+        self._queued.append(
+            (
+                next_poll_at,
+                polls,
+                error_streak,
+                first_404_at,
+                last_error,
+                last_body,
+                claim.order_id,
+                claim.fence,
+            )
+        )
+        if self._queued_writer is None or self._queued_writer.done():
+            self._queued_writer = asyncio.create_task(self._write_queued())
 
     async def release(self, claim: Claim, next_poll_at: float | None = None) -> bool:
         due = claim.due_at if next_poll_at is None else next_poll_at
@@ -221,23 +249,14 @@ class SqliteStore:
             (due, claim.order_id, claim.fence),
         )
 
-    # Group commit: the hot, non-critical writes (a poll's outcome, a released claim) that
-    # arrive while a transaction is running are committed together in the next one. At a
-    # thousand polls a second this turns a thousand commits into a few dozen. A write queued by
-    # `reschedule_nowait` has no future: nobody waits for it, a failure is logged here.
+    # Group commit: the awaited hot writes (a released claim, a reschedule someone waits for)
+    # that arrive while a transaction is running are committed together in the next one.
     async def _grouped(self, sql: str, args: tuple[Any, ...]) -> bool:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue(sql, args, fut)
-        return await fut
-
-    def _queue(self, sql: str, args: tuple[Any, ...], fut: asyncio.Future[bool] | None) -> None:
         self._group.append((sql, args, fut))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_groups())
-
-    async def flush(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        return await fut
 
     async def _flush_groups(self) -> None:
         while self._group:
@@ -245,16 +264,38 @@ class SqliteStore:
             try:
                 results = await self._run(self._write_group, [(q, a) for q, a, _ in batch])
             except StoreError as e:
-                unwaited = sum(fut is None for *_, fut in batch)
-                if unwaited:
-                    log.error("store.write_failed", writes=unwaited, error=str(e))
                 for *_, fut in batch:
-                    if fut is not None and not fut.done():
+                    if not fut.done():
                         fut.set_exception(e)
                 continue
             for (*_, fut), ok in zip(batch, results, strict=True):
-                if fut is not None and not fut.done():
+                if not fut.done():
                     fut.set_result(ok)
+
+    # Queued writes (`reschedule_nowait`): nobody waits for them, so they gather for up to
+    # QUEUED_WRITE_DELAY_S and go as one `executemany` (no Python per row on the store thread),
+    # or sooner in the next claim's transaction. `flush` sends them at once. A failure is
+    # logged as `store.write_failed`: the orders stay leased and are polled again later.
+    async def _write_queued(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._write_now.wait(), QUEUED_WRITE_DELAY_S)
+        self._write_now.clear()
+        while self._queued:
+            queued, self._queued = self._queued, []
+            try:
+                await self._run(self._write_many, _RESCHEDULE, queued)
+            except StoreError as e:
+                log.error("store.write_failed", writes=len(queued), error=str(e))
+
+    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._tx():
+            self.db.executemany(sql, rows)
+
+    async def flush(self) -> None:
+        for task in (self._queued_writer, self._flusher):
+            if task is not None and not task.done():
+                self._write_now.set()
+                await asyncio.shield(task)
 
     def _write_group(self, ops: list[tuple[str, tuple[Any, ...]]]) -> list[bool]:
         with self._tx():
