@@ -59,9 +59,11 @@ class PollerDeps:
 class Poller:
     def __init__(self, deps: PollerDeps) -> None:
         self.d = deps
-        # Prefetch about two seconds of sends: enough to keep workers busy, short enough that
-        # a claim never waits in memory anywhere near its lease.
-        self._prefetch = max(1, min(2 * deps.max_concurrency, math.ceil(2 * deps.rate)))
+        # Prefetch up to 8 claims a worker, at most two seconds of sends: enough that workers
+        # rarely find the queue empty while a claim is under way (at 2x, 67% of gets found it
+        # empty in the overhead bench, 15% at 8x), short enough that a claim never waits in
+        # memory anywhere near its lease.
+        self._prefetch = max(1, min(8 * deps.max_concurrency, math.ceil(2 * deps.rate)))
         self._lease_s = deps.lease_s
         self._queue: asyncio.Queue[Claim] = asyncio.Queue(maxsize=self._prefetch)
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
