@@ -83,3 +83,18 @@ def test_probe_backoff_capped_at_max_interval() -> None:
     for _ in range(10):
         g.on_auth_failure(403)
     assert g._probe_backoff_s == 8
+
+
+async def test_open_agrees_with_enter() -> None:
+    """`open()` (the hot path's check) is True exactly when `enter()` would pass at once."""
+    c = Clock()
+    g = Gate(max_interval_s=60, clock=c)
+    assert g.open() and await g.enter() is False
+    g.on_rate_limited(None)
+    assert not g.open()
+    c.t += 5.0
+    assert g.open() and await g.enter() is False
+    g.on_auth_failure(401)
+    assert not g.open()
+    g.on_success()
+    assert g.open()

@@ -49,3 +49,31 @@ def test_fractional_rate_spacing() -> None:
     """Below one per second the spacing alone holds the rate (one per 1/R seconds)."""
     lim = SpacedLimiter(0.5, start_full=False, clock=lambda: 0.0)
     assert lim.capacity == 1 and abs(lim.interval_s - 2.04) < 1e-9
+
+
+def test_try_acquire_keeps_the_window_and_spacing() -> None:
+    """The no-wait path obeys the same rules: at 5/s on a fake clock asked every millisecond
+    for 3 s, no 1 s window holds more than 5 and sends are a full interval apart."""
+    now = [0.0]
+    lim = SpacedLimiter(5, start_full=False, clock=lambda: now[0])
+    sent = []
+    for ms in range(3000):
+        now[0] = ms / 1000
+        if lim.try_acquire():
+            sent.append(now[0])
+    assert 14 <= len(sent) <= 15
+    assert max_in_window(sent) <= 5
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= lim.interval_s - lim._catch_up_s
+
+
+async def test_try_acquire_never_passes_a_queued_caller() -> None:
+    """While a caller waits inside `acquire`, `try_acquire` says no even when a slot is free,
+    so the waiters keep their arrival order."""
+    lim = SpacedLimiter(1000, start_full=False)
+    lim._next = time.monotonic() + 0.05  # nobody may send for 50 ms
+    queued = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)  # it is inside `acquire`, asleep until its slot
+    lim._next = 0.0  # a slot is free now, but `queued` came first
+    assert not lim.try_acquire()
+    await queued
+    assert lim.try_acquire()

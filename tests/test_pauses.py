@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
 from pathlib import Path
 
 import pytest
 
+from orderwatch.client import RunaClient
+from orderwatch.gate import Gate
+from orderwatch.limiter import SpacedLimiter
+from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, running_daemon, settings_for, until
+from harness import API_KEY, FakeClock, running_daemon, settings_for, until
 
 
 @pytest.mark.slow
@@ -65,3 +72,43 @@ async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
 
             await until(done, timeout=20)
             assert d.readiness() == (True, "ok")
+
+
+async def test_a_claim_whose_lease_ran_short_in_a_pause_is_not_polled(tmp_path: Path) -> None:
+    """A worker that waited out a pause at the gate re-checks its lease before sending, even
+    when the limiter then has a send free at once: too close to the lease's end, no GET."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url)
+        wall = FakeClock()
+        store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
+        gate = Gate(max_interval_s=1.0)
+        async with RunaClient(
+            rs.base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client:
+            poller = Poller(
+                PollerDeps(
+                    store=store,
+                    client=client,
+                    limiter=SpacedLimiter(1000, start_full=False),
+                    gate=gate,
+                    polling=settings.polling,
+                    output_dir=tmp_path / "orders",
+                    sinks=[],
+                    owner="t",
+                    max_concurrency=1,
+                    rate=1000,
+                    request_timeout_s=2.0,
+                    wall=wall,
+                )
+            )
+            await store.add_orders(["O-L1"], wall(), wall())
+            (claim,) = await store.claim_due(wall(), 1, "t", 5.0)  # 2.5 s of it usable
+            gate.paused_until = time.monotonic() + 0.3
+
+            async def time_passes() -> None:
+                await asyncio.sleep(0.1)
+                wall.now += 3.0  # the pause outlasted what was left of the lease
+
+            await asyncio.gather(poller.poll_one(claim), time_passes())
+        await store.close()
+    assert len(rs.sim.arrivals) == 0

@@ -42,6 +42,10 @@ class Gate:
         """True while no ordinary request may be sent (rate-paused or auth-paused)."""
         return self.auth_failed or self.rate_paused_for() > 0
 
+    def open(self) -> bool:
+        """True when `enter()` would return False at once: the hot path skips it."""
+        return not self.auth_failed and self.paused_until <= self._clock()
+
     def rate_paused_for(self) -> float:
         return max(0.0, self.paused_until - self._clock())
 

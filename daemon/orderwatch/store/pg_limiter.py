@@ -142,6 +142,10 @@ class PostgresLimiter:
         self._log: deque[float] = deque(maxlen=self.capacity)
         self.late_slots = 0  # slots given up because this process woke too late (a metric)
 
+    def try_acquire(self) -> bool:
+        """Never: every send here takes a slot from the database first."""
+        return False
+
     async def acquire(self) -> None:
         while True:
             slot_at = await self._reserve()
