@@ -31,3 +31,30 @@ async def test_headers_sent() -> None:
         assert (await client.get_order("O-1")).kind is Kind.AUTH
         client.set_api_key("xx.k")
         assert (await client.get_order("O-1")).kind is Kind.PROCESSING
+
+
+async def test_cookies_from_the_api_are_not_kept() -> None:
+    """A Set-Cookie in an answer is not sent back: the client keeps no cookie jar."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    seen: list[str | None] = []
+
+    async def order(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        oid = request.match_info["id"]
+        resp = web.json_response({"id": oid, "status": "PROCESSING"})
+        resp.set_cookie("session", "s3cret")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    async with TestServer(app, host="127.0.0.1") as server:
+        # By name: aiohttp's default jar ignores cookies from IP-address hosts.
+        base = f"http://localhost:{server.port}/v2"
+        async with RunaClient(
+            base, "xx.k", api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client:
+            for _ in range(2):
+                assert (await client.get_order("O-1")).kind is Kind.PROCESSING
+    assert seen == [None, None]

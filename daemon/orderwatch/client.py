@@ -49,7 +49,10 @@ class RunaClient:
     async def __aenter__(self) -> RunaClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, raise_for_status=False
+            connector=connector,
+            timeout=self._timeout,
+            raise_for_status=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; none is kept or sent
         )
         # The one private knob we touch: see the module docstring. Checked by a test.
         session._retry_connection = False
