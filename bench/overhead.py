@@ -1,7 +1,8 @@
 """2. Overhead: orderwatch's polls/s beside a bare aiohttp loop (same concurrency, same
 simulator, same run), CPU time per poll, and where the difference goes: the client alone,
-the daemon with its hot store calls answered in memory (bench/nostore.py), and the SQLite
-store's part of a poll without HTTP.
+the daemon with its hot store calls answered in memory (bench/nostore.py), the cheapest poll
+loop built from the same client and policy (`floor_loop`), and the SQLite store's part of a
+poll without HTTP.
 
 The machine is shared and noisy (back-to-back runs of the same loop differ by 10-20%), so the
 loops run as alternating rounds and the ratio is the median of the rounds, with its range.
@@ -10,6 +11,8 @@ loops run as alternating rounds and the ratio is the median of the rounds, with 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 import statistics
 import tempfile
 import time
@@ -23,6 +26,9 @@ from bench.common import API_KEY, Report, sim_stats, simulator_process
 from bench.inproc import daemon, settings
 from bench.nostore import heap_store
 from orderwatch.client import RunaClient
+from orderwatch.limiter import SpacedLimiter
+from orderwatch.policy import Reschedule, decide
+from orderwatch.store.base import Claim
 from orderwatch.store.sqlite import SqliteStore
 
 CONCURRENCY = 32
@@ -89,6 +95,46 @@ async def client_loop(base: str, seconds: float) -> Run:
     )
     async with client:
         return await back_to_back(seconds, client.get_order)
+
+
+async def floor_loop(base: str, seconds: float) -> Run:
+    """The cheapest poll loop built from orderwatch's parts: 32 workers take the earliest order
+    from an in-memory heap, pass the limiter, GET through RunaClient, ask the policy and push
+    the order back. No dispatcher, prefetch queue, gate, metrics or store: what any poller
+    design around this client and policy can reach at best (a diagnostic, not durable)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        polling = settings(Path(tmp), base, polling={"max_interval": "1ms", "jitter": 0}).polling
+    limiter, rng, now = SpacedLimiter(100_000, start_full=False), random.Random(), time.time()
+    heap = [(now, f"O-RATE{i:05d}", 0) for i in range(ORDERS)]
+    stop = asyncio.Event()
+    done = 0
+    client = RunaClient(
+        base, API_KEY, api_version="2024-02-05", timeout_s=10, max_connections=CONCURRENCY
+    )
+
+    async def worker() -> None:
+        nonlocal done
+        while not stop.is_set():
+            due_at, order_id, polls = heapq.heappop(heap)
+            if not limiter.try_acquire():
+                await limiter.acquire()
+            answer = await client.get_order(order_id)
+            claim = Claim(order_id, 1, due_at, now, polls, 0, None, lease_until=now + 60)
+            d = decide(answer, claim, time.time(), polling, rng)
+            assert isinstance(d, Reschedule)
+            heapq.heappush(heap, (d.next_poll_at, order_id, d.polls))
+            done += 1
+
+    async def count() -> int:
+        return done
+
+    async with client:
+        tasks = [asyncio.create_task(worker()) for _ in range(CONCURRENCY)]
+        try:
+            return await measured(seconds, count)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
 
 
 async def orderwatch_loop(base: str, seconds: float) -> Run:
@@ -159,6 +205,7 @@ async def run(report: Report, smoke: bool) -> None:
     client: list[Run] = []
     ours: list[Run] = []
     no_store: list[Run] = []
+    floor: list[Run] = []
     async with simulator_process("--complete-after", "100d") as base:
         for _ in range(rounds):
             bare.append(await bare_loop(base, seconds))
@@ -166,6 +213,7 @@ async def run(report: Report, smoke: bool) -> None:
             ours.append(await orderwatch_loop(base, seconds))
             with heap_store():
                 no_store.append(await orderwatch_loop(base, seconds))
+            floor.append(await floor_loop(base, seconds))
     store = await store_alone(seconds)
 
     def ratio(xs: list[Run]) -> tuple[float, str]:
@@ -178,6 +226,7 @@ async def run(report: Report, smoke: bool) -> None:
     client_ratio, client_note = ratio(client)
     ours_ratio, ours_note = ratio(ours)
     no_store_ratio, no_store_note = ratio(no_store)
+    floor_ratio, floor_note = ratio(floor)
     report.add("overhead", "bare aiohttp loop, req/s (c=32)", med(bare, lambda r: r.per_s))
     report.add("overhead", "RunaClient alone, req/s (c=32)", med(client, lambda r: r.per_s))
     report.add("overhead", "RunaClient alone / bare", client_ratio, note=client_note)
@@ -188,6 +237,12 @@ async def run(report: Report, smoke: bool) -> None:
         "diagnostic: orderwatch, store in memory / bare",
         no_store_ratio,
         note=no_store_note,
+    )
+    report.add(
+        "overhead",
+        "diagnostic: minimal poll loop (heap, no store) / bare",
+        floor_ratio,
+        note=floor_note,
     )
     # Polls/s track 1 / (CPU per poll, all threads): the process is busy all the time, one
     # thread at a time in Python (the GIL). If this matches the measured ratio, the gap is CPU
@@ -203,6 +258,7 @@ async def run(report: Report, smoke: bool) -> None:
     report.add("overhead", "CPU ms per request: RunaClient alone", med(client, _cpu_ms))
     report.add("overhead", "CPU ms per request: bare loop", med(bare, _cpu_ms))
     report.add("overhead", "CPU ms per poll: diagnostic, store in memory", med(no_store, _cpu_ms))
+    report.add("overhead", "CPU ms per poll: diagnostic, minimal poll loop", med(floor, _cpu_ms))
     report.add("overhead", "store alone: polls/s (claim + reschedule)", store.per_s)
     report.add("overhead", "store alone: CPU ms per poll, all threads", _cpu_ms(store))
     report.add("overhead", "store alone: CPU ms per poll, loop thread", _loop_ms(store))

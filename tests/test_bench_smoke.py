@@ -22,6 +22,7 @@ def test_overhead_bench_smoke_prints_every_row(tmp_path: Path) -> None:
     for metric in (
         "orderwatch / bare",
         "diagnostic: orderwatch, store in memory / bare",
+        "diagnostic: minimal poll loop (heap, no store) / bare",
         "CPU ms per poll: orderwatch, loop thread",
         "store alone: CPU ms per poll, all threads",
     ):
