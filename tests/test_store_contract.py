@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from structlog.testing import capture_logs
 
 from orderwatch.errors import StoreError
 from orderwatch.events import make_event
-from orderwatch.store.base import Store
+from orderwatch.store.base import Claim, Store
 from orderwatch.store.sqlite import SqliteStore
 
 from conftest import BACKENDS
@@ -101,28 +102,37 @@ async def test_close_writes_what_was_queued(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_failed_queued_write_is_logged_and_the_order_polled_again(
-    tmp_path: Path,
-) -> None:
-    """Another process holds the write lock past the busy timeout: the queued reschedule fails,
-    is logged (not raised), and the order stays leased, so it is polled again at lease end."""
+@asynccontextmanager
+async def leased_a(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, Claim, sqlite3.Connection]]:
+    """SQLite with order A leased for 30 s, a 50 ms busy timeout, and a second connection (as
+    another process) that a test can make hold the write lock."""
     store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
     other = sqlite3.connect(store.path, isolation_level=None)
     try:
         await store.add_orders(["A"], T0, T0)
         (c,) = await store.claim_due(T0, 1, "w", 30)
         store.db.execute("PRAGMA busy_timeout=50")  # the store thread is idle here
+        yield store, c, other
+    finally:
+        other.close()
+        await store.close()
+
+
+def queue_first_poll(store: SqliteStore, c: Claim) -> None:
+    store.reschedule_nowait(
+        c, T0 + 1, polls=1, error_streak=0, first_404_at=None, last_error=None, last_body=None
+    )
+
+
+async def test_a_failed_queued_write_is_logged_and_the_order_polled_again(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock past the busy timeout: the queued reschedule fails,
+    is logged (not raised), and the order stays leased, so it is polled again at lease end."""
+    async with leased_a(tmp_path) as (store, c, other):
         other.execute("BEGIN IMMEDIATE")
         with capture_logs() as logs:
-            store.reschedule_nowait(
-                c,
-                T0 + 1,
-                polls=1,
-                error_streak=0,
-                first_404_at=None,
-                last_error=None,
-                last_body=None,
-            )
+            queue_first_poll(store, c)
             await store.flush()
         other.execute("ROLLBACK")
         (failed,) = [e for e in logs if e["event"] == "store.write_failed"]
@@ -130,9 +140,6 @@ async def test_a_failed_queued_write_is_logged_and_the_order_polled_again(
         assert await store.claim_due(T0 + 29, 1, "w", 30) == []
         (again,) = await store.claim_due(T0 + 30, 1, "w", 30)
         assert (again.order_id, again.polls) == ("A", 0)
-    finally:
-        other.close()
-        await store.close()
 
 
 async def test_finish_writes_event_and_outbox_once(store: Store) -> None:
@@ -389,23 +396,10 @@ async def test_queued_writes_ride_with_the_next_claim_or_land_alone(tmp_path: Pa
 async def test_a_failed_claim_logs_the_writes_it_carried(tmp_path: Path) -> None:
     """SQLite: when the claim's transaction fails, the queued writes it carried are logged as
     lost (the orders stay leased and are polled again), and the claim's error is raised."""
-    store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
-    other = sqlite3.connect(store.path, isolation_level=None)
-    try:
-        await store.add_orders(["A"], T0, T0)
-        (c,) = await store.claim_due(T0, 1, "w", 30)
-        store.db.execute("PRAGMA busy_timeout=50")  # the store thread is idle here
+    async with leased_a(tmp_path) as (store, c, other):
         other.execute("BEGIN IMMEDIATE")
         with capture_logs() as logs:
-            store.reschedule_nowait(
-                c,
-                T0 + 1,
-                polls=1,
-                error_streak=0,
-                first_404_at=None,
-                last_error=None,
-                last_body=None,
-            )
+            queue_first_poll(store, c)
             with pytest.raises(StoreError):
                 await store.claim_due(T0 + 1, 1, "w", 30)
         other.execute("ROLLBACK")
@@ -414,6 +408,3 @@ async def test_a_failed_claim_logs_the_writes_it_carried(tmp_path: Path) -> None
         await store.flush()
         (row,) = await store.get_orders(["A"])
         assert row.polls == 0  # lost, not written later behind the claim's back
-    finally:
-        other.close()
-        await store.close()

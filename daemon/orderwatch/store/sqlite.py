@@ -227,18 +227,8 @@ class SqliteStore:
         last_error: str | None,
         last_body: bytes | None,
     ) -> None:
-        self._queued.append(
-            (
-                next_poll_at,
-                polls,
-                error_streak,
-                first_404_at,
-                last_error,
-                last_body,
-                claim.order_id,
-                claim.fence,
-            )
-        )
+        args = (next_poll_at, polls, error_streak, first_404_at, last_error, last_body)
+        self._queued.append((*args, claim.order_id, claim.fence))
         if self._queued_writer is None or self._queued_writer.done():
             self._queued_writer = asyncio.create_task(self._write_queued())
 
