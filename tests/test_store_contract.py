@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +18,7 @@ from orderwatch.store.base import Claim, Store
 from orderwatch.store.sqlite import SqliteStore
 
 from conftest import BACKENDS
+from harness import until
 
 T0 = 1_700_000_000.0
 
@@ -384,10 +384,11 @@ async def test_queued_writes_ride_with_the_next_claim_or_land_alone(tmp_path: Pa
         (again,) = await store.claim_due(T0 + 1, 5, "w", 30)
         assert (again.order_id, again.polls) == ("A", 1)
         store.reschedule_nowait(b, T0 + 2, polls=7, last_body=None, **kw)
-        deadline = time.monotonic() + 5
-        while other.execute("SELECT polls FROM orders WHERE id = 'B'").fetchone()[0] != 7:
-            assert time.monotonic() < deadline, "a queued write never landed on its own"
-            await asyncio.sleep(0.01)
+
+        async def landed() -> bool:
+            return bool(other.execute("SELECT polls FROM orders WHERE id = 'B'").fetchone()[0] == 7)
+
+        await until(landed, timeout=5, interval=0.01)
     finally:
         other.close()
         await store.close()
