@@ -102,3 +102,47 @@ async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
     first, again = receiver.events
     assert first.event_id == again.event_id and first.body == again.body
     assert first.headers["webhook-timestamp"] <= again.headers["webhook-timestamp"]
+
+
+async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_path: Path) -> None:
+    """A second `wait` hands its orders to the first one's embedded daemon; when the first
+    exits (its own orders ended), the second takes the state over and polls them itself."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
+        rs.sim.create(["O-FIRST"], complete_after=0.5)
+        rs.sim.create(["O-SECOND"], complete_after=3.0)
+        cfg = write_config(tmp_path, rs.base_url)
+        first = await spawn("wait", "-c", str(cfg), "O-FIRST", stdout=asyncio.subprocess.PIPE)
+
+        async def locked() -> bool:
+            return DaemonLock(tmp_path / "state").is_held_elsewhere()
+
+        await until(locked)
+        code, out, err = await run_cli("wait", "-c", str(cfg), "--timeout", "30s", "O-SECOND")
+        assert (code, out.strip()) == (0, "O-SECOND COMPLETED"), err
+        assert await asyncio.wait_for(first.wait(), 15) == 0
+        assert first.stdout is not None and b"O-FIRST COMPLETED" in await first.stdout.read()
+
+
+async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> None:
+    """Ctrl-C while `wait` polls itself: exit 1 with one clear line, no traceback."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=100)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        p = await spawn(
+            "wait",
+            "-c",
+            str(cfg),
+            "O-LONG",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+
+        async def polled() -> bool:
+            return bool(rs.sim.arrivals)
+
+        await until(polled)
+        p.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(p.communicate(), 30)
+        assert (p.returncode, err.decode()) == (
+            1,
+            "orderwatch: stopped with orders still pending\n",
+        )

@@ -12,13 +12,14 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from tqdm import tqdm
 
 from orderwatch.daemon import Daemon
 from orderwatch.delivery import Deliverer
-from orderwatch.errors import UsageError
+from orderwatch.errors import StateLockedError, UsageError
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
 from orderwatch.store.base import OrderRow, Store
@@ -28,12 +29,41 @@ FOLLOW_INTERVAL_S = 0.5
 
 
 async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | None) -> int:
-    if daemon_running(settings):
-        async with AsyncExitStack() as stack:
-            store = await open_store(settings, stack, daemon=False, now=time.time())
-            now = time.time()
-            await store.add_orders(ids, now, now + settings.polling.initial_delay_s)
-            return await follow(store, ids, limit_s)
+    deadline = _deadline(limit_s)
+    progress = _Progress(len(ids))
+    try:
+        while True:
+            if daemon_running(settings):
+                code = await _hand_over(settings, ids, deadline, progress)
+            else:
+                try:
+                    code = await _poll_here(settings, ids, deadline, progress)
+                except StateLockedError:  # taken between the check and ours: hand over to it
+                    code = None
+            if code is not None:
+                return code
+            # Whoever held the state stopped (another `wait` whose own orders ended, or a
+            # daemon that was stopped) while ours are pending: poll them here, or hand over
+            # to whoever took the state meanwhile.
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+    finally:
+        progress.close()
+
+
+async def _hand_over(
+    settings: Settings, ids: list[str], deadline: float | None, progress: _Progress
+) -> int | None:
+    """Enqueue for the process that holds the state and follow the store while it does."""
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings, stack, daemon=False, now=time.time())
+        now = time.time()
+        await store.add_orders(ids, now, now + settings.polling.initial_delay_s)
+        return await _follow(store, ids, deadline, progress, lambda: daemon_running(settings))
+
+
+async def _poll_here(
+    settings: Settings, ids: list[str], deadline: float | None, progress: _Progress
+) -> int | None:
     from orderwatch.commands import run_daemon
 
     daemon = Daemon(settings)
@@ -47,10 +77,17 @@ async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | N
         return 1
     try:
         await daemon.add_orders(ids)
-        assert daemon.store is not None
-        code = await follow(daemon.store, ids, limit_s)
-        await _settle_deliveries(daemon.store, ids, settings.shutdown_timeout_s)
-        return code
+        # Followed through a connection of its own: the daemon closes its store when a
+        # signal stops it, and this one still reads.
+        async with AsyncExitStack() as stack:
+            store = await open_store(settings, stack, daemon=False, now=time.time())
+            code = await _follow(store, ids, deadline, progress, lambda: not task.done())
+            if code is None:  # SIGINT or SIGTERM stopped the daemon, or it failed
+                task.result()
+                print("orderwatch: stopped with orders still pending", file=sys.stderr)
+                return 1
+            await _settle_deliveries(store, ids, settings.shutdown_timeout_s)
+            return code
     finally:
         stop.set()
         await task
@@ -58,26 +95,59 @@ async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | N
 
 async def follow(store: Store, ids: list[str], limit_s: float | None) -> int:
     """Watch the store until every order has ended; 0 if all COMPLETED, else 1."""
-    deadline = None if limit_s is None else time.monotonic() + limit_s
-    announced: set[str] = set()
-    bar = tqdm(total=len(ids), unit="order", disable=not sys.stderr.isatty(), leave=True)
+    progress = _Progress(len(ids))
     try:
-        while True:
-            rows = await store.get_orders(ids)
-            done = [r for r in rows if r.state != "pending"]
-            for r in done:
-                if r.order_id not in announced:
-                    announced.add(r.order_id)
-                    bar.update(1)
-                    _announce(r, bar)
-            if len(done) == len(ids):
-                return 0 if all(r.final_status == "COMPLETED" for r in done) else 1
-            if deadline is not None and time.monotonic() >= deadline:
-                print(f"orderwatch: {len(ids) - len(done)} order(s) still pending", file=sys.stderr)
-                return 1
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
+        code = await _follow(store, ids, _deadline(limit_s), progress, lambda: True)
     finally:
-        bar.close()
+        progress.close()
+    assert code is not None
+    return code
+
+
+async def _follow(
+    store: Store,
+    ids: list[str],
+    deadline: float | None,
+    progress: _Progress,
+    polled: Callable[[], bool],
+) -> int | None:
+    """`follow`, and None as soon as `polled()` says nobody polls the pending orders."""
+    while True:
+        done = progress.show(await store.get_orders(ids))
+        if len(done) == len(ids):
+            return 0 if all(r.final_status == "COMPLETED" for r in done) else 1
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"orderwatch: {len(ids) - len(done)} order(s) still pending", file=sys.stderr)
+            return 1
+        if not polled():
+            return None
+        await asyncio.sleep(FOLLOW_INTERVAL_S)
+
+
+def _deadline(limit_s: float | None) -> float | None:
+    return None if limit_s is None else time.monotonic() + limit_s
+
+
+class _Progress:
+    """What `wait` has shown: one bar, and one line per ended order however often the
+    orders change hands."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = tqdm(total=total, unit="order", disable=not sys.stderr.isatty(), leave=True)
+        self._announced: set[str] = set()
+
+    def show(self, rows: list[OrderRow]) -> list[OrderRow]:
+        """Announce the orders that ended since the last call; all that have ended."""
+        done = [r for r in rows if r.state != "pending"]
+        for r in done:
+            if r.order_id not in self._announced:
+                self._announced.add(r.order_id)
+                self.bar.update(1)
+                _announce(r, self.bar)
+        return done
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _announce(row: OrderRow, bar: tqdm) -> None:
