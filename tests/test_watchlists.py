@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
+from orderwatch.errors import StoreError
 from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.watch import WatchlistWatcher
 
 from harness import API_KEY, running_daemon, settings_for, until
 
@@ -70,3 +74,24 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
 
                 await until(tracked)
         assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]
+
+
+async def test_a_watchlist_whose_ingest_failed_is_read_again(tmp_path: Path) -> None:
+    """A store error while a changed file was being ingested: the next scan reads it again
+    (it was once marked read first, and its IDs waited for the next edit or a restart)."""
+    wl = tmp_path / "w.txt"
+    wl.write_text("O-R1\nO-R2\n")
+    got: list[str] = []
+    failures = [StoreError("state database: database is locked")]
+
+    async def ingest(ids: Iterable[str]) -> int:
+        if failures:
+            raise failures.pop()
+        got.extend(ids)
+        return len(got)
+
+    watcher = WatchlistWatcher([wl], ingest)
+    with pytest.raises(StoreError):
+        await watcher.scan()
+    assert await watcher.scan() == 2 and got == ["O-R1", "O-R2"]
+    assert await watcher.scan() == 0  # unchanged since it was read: not read again

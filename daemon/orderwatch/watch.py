@@ -65,8 +65,8 @@ class WatchlistWatcher:
                 self._seen[path] = sig
             if not force and self._seen.get(path, ()) == sig:
                 continue
-            self._seen[path] = sig
             added += await self._read(path)
+            self._seen[path] = sig  # only now: a failed read is tried again at the next scan
             if self.store is not None and sig is not None:
                 await self.store.set_meta(f"watchlist:{path}", json.dumps(sig))
         return added
