@@ -199,3 +199,27 @@ def test_redactor_without_safe_prefixes_redacts_every_url() -> None:
     assert r.text("see HTTP://a.example/x and ftp://b.example") == (
         f"see {REDACTED_URL} and ftp://b.example"
     )
+
+
+def test_safe_urls_lose_their_query_and_credentials_in_base_url_are_not_safe() -> None:
+    """A webhook under a safe origin keeps its path, not a token in its query; a base_url
+    written with user:password is safe only without them, and its password is a secret."""
+    from orderwatch.secrets import register_secrets
+    from orderwatch.settings import Settings
+
+    settings = Settings.model_validate(
+        {
+            "runa": {"base_url": "https://bob:pw-in-url-99@api.example/v2", "api_key": KEY},
+            "webhooks": [
+                {"url": "https://hooks.example/in?token=tok-in-query-77", "secret": SECRET}
+            ],
+        }
+    )
+    register_secrets(settings)
+    out = json_stream()
+    structlog.get_logger("t").info("config.loaded", config=settings.model_dump(mode="json"))
+    structlog.get_logger("t").info("x", url="https://api.example/v2/order/O-1")
+    text = out.getvalue()
+    assert "tok-in-query-77" not in text and "pw-in-url-99" not in text
+    assert "https://hooks.example/in?[REDACTED]" in text
+    assert lines(out)[1]["url"] == "https://api.example/v2/order/O-1"

@@ -98,7 +98,12 @@ class Redactor:
 
     def _url(self, m: re.Match[str]) -> str:
         url = m.group(0)
-        return url if self.is_safe_url(url) else REDACTED_URL
+        if not self.is_safe_url(url):
+            return REDACTED_URL
+        # A safe origin still may carry a token in its query ("/hook?token=..."): keep the
+        # path, never what follows it.
+        cut = min((i for i in (url.find("?"), url.find("#")) if i >= 0), default=-1)
+        return url if cut < 0 else f"{url[:cut]}?{REDACTED}"
 
     def text(self, value: str) -> str:
         pattern = self._secret_re

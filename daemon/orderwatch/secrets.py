@@ -30,4 +30,8 @@ def register_secrets(settings: Settings) -> None:
         password = urlsplit(dsn).password
         if password:
             REDACTOR.add_secret(password)
-    REDACTOR.add_safe_url_prefix(settings.runa.base_url.rstrip("/"))
+    base = urlsplit(settings.runa.base_url)
+    if base.password:
+        REDACTOR.add_secret(base.password)
+    # Safe without its userinfo: a base_url with credentials in it is never logged whole.
+    REDACTOR.add_safe_url_prefix(f"{_origin(settings.runa.base_url)}{base.path.rstrip('/')}")
