@@ -174,3 +174,20 @@ def test_sink_id_is_stable_and_names_the_program() -> None:
     assert a.id == CommandSink(("/usr/local/bin/on-final", "--verbose"), 30).id
     assert a.id != CommandSink(["/usr/local/bin/on-final"], 5).id
     assert a.id.startswith("command:on-final:") and len(a.id.rsplit(":", 1)[1]) == 16
+
+
+def test_variables_holding_config_secrets_are_not_passed_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`api_key: ${RUNA_API_KEY}` puts the key in our environment; a command gets the rest
+    of it, not that variable (nor one that merely contains a secret)."""
+    from orderwatch.logs import REDACTOR
+
+    REDACTOR.add_secret("xx.cmd-env-key-31337")
+    monkeypatch.setenv("RUNA_API_KEY", "xx.cmd-env-key-31337")
+    monkeypatch.setenv("SOME_URL", "https://u:xx.cmd-env-key-31337@h.example/")
+    monkeypatch.setenv("ORDINARY", "kept")
+    event = make_event("O-ENV", "COMPLETED", {"id": "O-ENV", "status": "COMPLETED"}, time.time())
+    env = CommandSink(["true"], timeout_s=5).environment(event)
+    assert "RUNA_API_KEY" not in env and "SOME_URL" not in env
+    assert env["ORDINARY"] == "kept" and env["ORDERWATCH_ORDER_ID"] == "O-ENV"

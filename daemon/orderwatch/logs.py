@@ -113,6 +113,11 @@ class Redactor:
             value = _URL.sub(self._url, value)
         return value
 
+    def holds_secret(self, value: str) -> bool:
+        """True when `value` contains a registered secret."""
+        pattern = self._secret_re
+        return pattern is not None and pattern.search(value) is not None
+
     def sensitive_key(self, key: str) -> bool:
         hit = self._key_cache.get(key)
         if hit is None:

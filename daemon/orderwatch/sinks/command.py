@@ -1,6 +1,8 @@
 """Command sink: argv from config, run without a shell, in its own process group.
 
-The event JSON (the exact bytes a webhook gets) arrives on stdin; the environment is ours plus
+The event JSON (the exact bytes a webhook gets) arrives on stdin; the environment is ours,
+without the variables that hold a secret of the config (`api_key: ${RUNA_API_KEY}`: the key
+can spend money, and the command and whatever it starts have no use for it), plus
 ORDERWATCH_EVENT (order.completed ...), ORDERWATCH_EVENT_ID, ORDERWATCH_ORDER_ID and
 ORDERWATCH_STATUS (COMPLETED / FAILED / EXPIRED / NOT_FOUND). Exit 0 is delivered; any other
 exit, a failure to start, or a timeout (the whole process group is killed) is retried.
@@ -18,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from orderwatch.logs import REDACTOR
 from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, command_sink_id
 from orderwatch.store.base import EventRecord
 
@@ -43,7 +46,7 @@ class CommandSink:
 
     def environment(self, event: EventRecord) -> dict[str, str]:
         return {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not REDACTOR.holds_secret(v)},
             "ORDERWATCH_EVENT": event.event_type,
             "ORDERWATCH_EVENT_ID": event.event_id,
             "ORDERWATCH_ORDER_ID": event.order_id,
