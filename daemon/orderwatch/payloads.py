@@ -30,8 +30,10 @@ def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
     if not is_valid_order_id(order_id):  # defence in depth: callers validated already
         raise ValueError("refusing to write a file for an invalid order id")
     final = output_dir / f"{order_id}.json"
-    tmp = output_dir / f"{TMP_PREFIX}{order_id}.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    # A name of its own: replicas sharing output_dir can share a pid (1, in containers), and
+    # a worker whose lease ran out may write the same order as the one that holds it now.
+    tmp = output_dir / f"{TMP_PREFIX}{order_id}.{os.getpid()}.{os.urandom(6).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         view = memoryview(body)
         while view:
