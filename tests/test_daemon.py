@@ -154,6 +154,32 @@ async def test_payload_write_failure_keeps_order_pending_then_recovers(tmp_path:
         assert json.loads((out / "O-DISK.json").read_bytes()) == rs.sim.payload("O-DISK")
 
 
+async def test_a_long_write_failure_streak_keeps_being_retried(tmp_path: Path) -> None:
+    """After days of failed writes the streak is large; its back-off must not overflow (2.0**1024
+    raised OverflowError, which killed the worker and left the order leased to nobody)."""
+    import shutil
+
+    async with running_simulator(sim_opts(complete_after=0)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
+        out = tmp_path / "orders"
+        async with running_daemon(settings) as d:
+            shutil.rmtree(out)
+            out.write_text("not a directory")
+            await d.add_orders(["O-DAYS"])
+            db = sqlite3.connect(tmp_path / "state" / "orderwatch.sqlite3")
+            with db:
+                db.execute("UPDATE orders SET error_streak = 1500, next_poll_at = 0")
+            db.close()
+
+            async def failed() -> bool:
+                rows = await store_of(d).get_orders(["O-DAYS"])
+                return bool(rows and rows[0].last_error)
+
+            await until(failed, timeout=5)
+            (row,) = await store_of(d).get_orders(["O-DAYS"])
+        assert row.state == "pending" and row.error_streak == 1501
+
+
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:
     """Idle (its only order due in an hour), the daemon asks the store only when the next
     order is due; an order another process adds, due now, is still polled within a second or
@@ -199,3 +225,35 @@ async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_pat
                 store._db = db
             errors = [e for e in logs if e["event"] == "store.unavailable"]
             assert 1 <= len(errors) <= 8, len(errors)
+
+
+async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
+    tmp_path: Path,
+) -> None:
+    """On a full disk reads still work and show an order due, but every claim fails: the
+    dispatcher waits longer after each failure (1 s, 2 s, ...) instead of asking again at once."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.errors import StoreError
+
+    async with running_simulator(sim_opts()) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
+        async with running_daemon(settings) as d:
+            store = store_of(d)
+            await asyncio.sleep(0.2)
+
+            async def full_disk(*_a: object, **_k: object) -> list[object]:
+                raise StoreError("state database: database or disk is full")
+
+            async def due_now() -> float:
+                return 0.0
+
+            with capture_logs() as logs:
+                real = store.claim_due, store.next_due_at
+                store.claim_due, store.next_due_at = full_disk, due_now  # type: ignore[method-assign,assignment]
+                await asyncio.sleep(3.5)
+                store.claim_due, store.next_due_at = real  # type: ignore[method-assign]
+            errors = [e for e in logs if e["event"] == "store.unavailable"]
+            assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
+            assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]
+            assert d._making_progress()  # the watchdog still sees the scheduler pass

@@ -34,6 +34,7 @@ _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cac
 
 VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
+MAX_STORE_BACKOFF_S = 4.0  # below the watchdog's 8 s, which a failing store must not trip
 
 
 @dataclass
@@ -109,14 +110,20 @@ class Poller:
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         claim = True
+        backoff = 0.0
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             if claim:
                 try:
                     got = await self._claim_some()
                 except StoreError as e:
-                    log.error("store.unavailable", error=str(e))
-                    got = 0
+                    # A full disk still answers reads (an order is due) but fails every
+                    # claim: wait longer each time instead of asking again at once.
+                    backoff = min(max(2 * backoff, 1.0), MAX_STORE_BACKOFF_S)
+                    log.error("store.unavailable", error=str(e), retry_in_s=backoff)
+                    await wait_any(stop, timeout=backoff)
+                    continue
+                backoff = 0.0
                 if got:
                     continue
             claim = await self._wait_for_work(stop)
@@ -173,6 +180,8 @@ class Poller:
                 await self.poll_one(claim)
             except StoreError as e:
                 log.error("store.unavailable", order_id=claim.order_id, error=str(e))
+            except Exception:  # a bug must cost one poll (the lease runs out), not the worker
+                log.exception("poll.crashed", order_id=claim.order_id)
             finally:
                 self._busy -= 1
                 if not self._busy:
@@ -299,7 +308,7 @@ class Poller:
         streak = claim.error_streak + 1
         await self.d.store.reschedule(
             claim,
-            now + min(self.d.polling.max_interval_s, 2.0**streak),
+            now + min(self.d.polling.max_interval_s, 2.0 ** min(streak, 64)),
             polls=claim.polls,
             error_streak=streak,
             first_404_at=claim.first_404_at,
