@@ -71,6 +71,9 @@ def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:
     assert "runa.api_key: is required" in r.stderr
     r = ow("frobnicate")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = ow("wait", "-c", str(config(tmp_path)), "--timeout", "soon", "O-1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "argument --timeout: invalid duration 'soon'" in r.stderr
 
 
 def test_add_hostile_ids_rejected_valid_kept(tmp_path: Path) -> None:

@@ -24,6 +24,15 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _duration(value: str) -> float:
+    from orderwatch.durations import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orderwatch",
@@ -48,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("wait", help="follow orders until final; exit 0 if all COMPLETED")
     _config_arg(p)
     p.add_argument("ids", nargs="+", metavar="ID")
-    p.add_argument("--timeout", metavar="DURATION", help="give up waiting after this long")
+    p.add_argument(
+        "--timeout", type=_duration, metavar="DURATION", help="give up waiting after this long"
+    )
     from orderwatch import simulator
 
     p = sub.add_parser("simulate", help="serve the bundled Runa API simulator")

@@ -115,14 +115,12 @@ def replay(args: argparse.Namespace) -> int:
 
 
 def wait(args: argparse.Namespace) -> int:
-    from orderwatch.durations import parse_duration
     from orderwatch.oneshot import wait_for_orders
 
     settings = load(args)
     ids = need_valid_ids(args.ids)
-    timeout = parse_duration(args.timeout) if args.timeout else None
     _setup_logging(settings, one_shot=True)
-    return aio.run(wait_for_orders(settings, ids, timeout))
+    return aio.run(wait_for_orders(settings, ids, args.timeout))
 
 
 def simulate(args: argparse.Namespace) -> int:
