@@ -39,6 +39,14 @@ def test_comments_blank_lines_and_whitespace(tmp_path: Path) -> None:
     assert problems == []
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:
+    """Editors on Windows save UTF-8 with a BOM; the first ID must not be rejected for it. A BOM
+    anywhere else is still an invalid character."""
+    ids, problems = parse(tmp_path, b"\xef\xbb\xbfO-1\nO-2\n\xef\xbb\xbfO-3\n")
+    assert ids == ["O-1", "O-2"]
+    assert problems == ["wl:3: invalid order id '\\ufeffO-3'"]
+
+
 def test_hostile_lines_reported_exactly(tmp_path: Path) -> None:
     """Path tricks, separators, a 10 KB line, NUL, non-UTF-8 bytes and control characters are
     each `file:line: invalid order id ...`, quoted safely; the valid lines around them count."""

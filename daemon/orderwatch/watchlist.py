@@ -6,13 +6,13 @@ of a million lines streams through it without being held whole."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from orderwatch.errors import Problem
 from orderwatch.ids import ORDER_ID_RE, quote_for_error
@@ -61,7 +61,7 @@ def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
         problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
 
 
-def _open_regular(path: Path) -> BinaryIO:
+def _open_regular(path: Path) -> io.BufferedReader:
     """Open for reading, refusing what is not a regular file (a FIFO would block forever)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
@@ -77,8 +77,14 @@ def _open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def _lines(f: BinaryIO) -> Iterator[tuple[bytes, bool]]:
-    """Each line as (its first MAX_LINE + 1 bytes at most, whether that is the whole line)."""
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(f: io.BufferedReader) -> Iterator[tuple[bytes, bool]]:
+    """Each line as (its first MAX_LINE + 1 bytes at most, whether that is the whole line). A
+    UTF-8 byte order mark at the start of the file is not part of the first line."""
+    if f.peek(3)[:3] == _BOM:
+        f.read(3)
     while raw := f.readline(MAX_LINE + 1):
         if len(raw) <= MAX_LINE or raw.endswith(b"\n"):
             yield raw, True
