@@ -50,6 +50,7 @@ def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Settin
 def test_every_spec_key_parses(tmp_path: Path) -> None:
     """The SPEC's keys load into typed values with units applied and paths made absolute."""
     (tmp_path / "key").write_text("xx.secret\n")
+    (tmp_path / "tok").write_text("admin-token\n")
     s = load(
         tmp_path,
         """
@@ -79,6 +80,7 @@ shutdown_timeout: 2s
     assert s.watchlists == (tmp_path / "lists/a.txt",)  # relative to the config file
     assert s.state_dir == tmp_path / "state" and s.output_dir == Path("/srv/orders")
     assert s.admin.token_file == tmp_path / "tok"
+    assert s.admin.token is not None and s.admin.token.get_secret_value() == "admin-token"
     assert s.state_dsn is not None and s.state_dsn.get_secret_value().startswith("postgresql:")
     assert s.commands == (("/usr/local/bin/on-order-final", "--flag"),)
     assert s.callbacks == ("myapp.payouts:on_order_final",)
@@ -235,6 +237,35 @@ def test_negative_and_zero(tmp_path: Path) -> None:
         "./ow.yaml:8: webhooks[0].timeout: must be greater than zero",
     ]
     assert load(tmp_path, "polling: {initial_delay: 0}\n").polling.initial_delay_s == 0
+
+
+def test_booleans_empty_commands_and_bad_listen_addresses(tmp_path: Path) -> None:
+    """`true` is not a number (YAML would make it 1), an empty argv cannot be run, and the
+    admin address is checked when the config loads, not when the server binds."""
+    got = problems(
+        tmp_path,
+        "rate_limit:\n  requests_per_second: true\n  max_concurrency: yes\n"
+        "polling:\n  jitter: false\ncommands:\n  - []\n"
+        "admin:\n  listen: 127.0.0.1:99999\n",
+    )
+    assert got == [
+        "./ow.yaml:2: rate_limit.requests_per_second: should be a number, not true or false",
+        "./ow.yaml:3: rate_limit.max_concurrency: should be a number, not true or false",
+        "./ow.yaml:5: polling.jitter: should be a number, not true or false",
+        "./ow.yaml:7: commands[0]: should be a program and its arguments, not empty",
+        "./ow.yaml:9: admin.listen: expected host:port with a port up to 65535, got '127.0.0.1:99999'",
+    ]
+    assert problems(tmp_path, "admin: {listen: nonsense}\n") == [
+        "./ow.yaml:1: admin.listen: expected host:port with a port up to 65535, got 'nonsense'"
+    ]
+    assert problems(tmp_path, "admin: {listen: '0.0.0.0:9464'}\n") == [
+        "./ow.yaml:1: admin: 0.0.0.0:9464 is not loopback: set admin.token or admin.token_file to protect it"
+    ]
+    assert problems(tmp_path, "admin: {listen: '[::1]:1', token: '  '}\n") == [
+        "./ow.yaml:1: admin.token: is empty"
+    ]
+    s = load(tmp_path, "admin: {listen: '[::]:9464', token: t0k}\n")
+    assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k"
 
 
 def test_urls_located_at_their_key(tmp_path: Path) -> None:
@@ -459,6 +490,33 @@ def test_alias_bomb_and_deep_nesting_rejected(tmp_path: Path) -> None:
     ]
     assert problems(tmp_path, "x: " + "[" * 5000 + "\n") == [
         "./ow.yaml: YAML syntax error: nested too deeply"
+    ]
+    bomb = (
+        "["
+        + ", ".join([f"&a{i} [{', '.join([f'*a{i - 1}' if i else 'x'] * 10)}]" for i in range(9)])
+        + "]"
+    )
+    assert problems(tmp_path, "", {"ORDERWATCH_COMMANDS": bomb}) == [
+        "env:ORDERWATCH_COMMANDS: commands: more than 100000 values (aliases expanded)"
+    ]
+    assert problems(tmp_path, "", {"ORDERWATCH_COMMANDS": "[" * 5000}) == [
+        "env:ORDERWATCH_COMMANDS: commands: nested too deeply"
+    ]
+
+
+@pytest.mark.timeout(20)
+def test_fifos_are_refused_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO (or device) given as the config or as a secret file would block the reader, and a
+    reload runs on the daemon's event loop: it is refused like a directory."""
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ConfigError) as e:
+        load_settings(tmp_path / "pipe", {})
+    assert [str(p) for p in e.value.problems] == [
+        f"{tmp_path}/pipe: cannot read config: not a regular file"
+    ]
+    assert problems(tmp_path, "runa:\n  api_key_file: pipe\nadmin:\n  token_file: pipe\n") == [
+        "./ow.yaml:2: runa.api_key_file: cannot read api_key_file ./pipe: not a regular file",
+        "./ow.yaml:4: admin.token_file: cannot read token_file ./pipe: not a regular file",
     ]
 
 

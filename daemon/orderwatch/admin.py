@@ -1,15 +1,14 @@
 """The admin HTTP server: health, readiness, metrics, and a small orders API.
 
 Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
-<token>` when `admin.token_file` is set; a non-loopback `listen` without a token is refused
-at start. Nothing here ever returns a payload: those hold payout links.
+<token>` when `admin.token` (or `admin.token_file`) is set; the config refuses a non-loopback
+`listen` without a token. Nothing here ever returns a payload: those hold payout links.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 from dataclasses import asdict
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from orderwatch.errors import ConfigError, OrderwatchError, StoreError
+from orderwatch.errors import OrderwatchError, StoreError
 from orderwatch.ids import is_valid_order_id
+from orderwatch.settings import split_listen
 
 if TYPE_CHECKING:
     from orderwatch.daemon import Daemon
@@ -31,33 +31,10 @@ DAEMON_KEY = web.AppKey("daemon", object)
 TOKEN_KEY = web.AppKey("token", str)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError.single("admin.listen", f"expected host:port, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def read_token(daemon: Daemon) -> str:
-    path = daemon.settings.admin.token_file
-    if path is None:
-        return ""
-    try:
-        token = path.read_text().strip()
-    except OSError as e:
-        raise ConfigError.single("admin.token_file", f"cannot read {path}: {e.strerror}") from e
-    if not token:
-        raise ConfigError.single("admin.token_file", f"{path} is empty")
-    return token
+    """The bearer token (read from admin.token_file, if given, when the config loaded)."""
+    token = daemon.settings.admin.token
+    return "" if token is None else token.get_secret_value().strip()
 
 
 async def start_admin(daemon: Daemon) -> web.AppRunner | None:
@@ -65,12 +42,8 @@ async def start_admin(daemon: Daemon) -> web.AppRunner | None:
     listen = daemon.settings.admin.listen
     if not listen:
         return None
-    host, port = parse_listen(listen)
+    host, port = split_listen(listen)  # checked when the config loaded, as is the token
     token = read_token(daemon)
-    if not token and not is_loopback(host):
-        raise ConfigError.single(
-            "admin.listen", f"{listen} is not loopback: set admin.token_file to protect it"
-        )
     from orderwatch.logs import REDACTOR
 
     if token:

@@ -22,14 +22,20 @@ import yaml
 from pydantic import SecretStr, ValidationError
 
 from orderwatch.config_keys import allowed_keys, section_model, unknown_key, wants_text
-from orderwatch.config_source import Collector, Loc, parse, read_config, reason
+from orderwatch.config_source import Collector, Loc, parse, parse_value, read_config, reason
 from orderwatch.errors import ConfigError, Problem
+from orderwatch.files import read_capped
 from orderwatch.settings import Settings
 
 DEFAULT_PATH = Path("/etc/orderwatch/orderwatch.yaml")
 MAX_SECRET = 64 * 1024
-SECRET_FILES = {"api_key_file": "api_key", "secret_file": "secret", "state_dsn_file": "state_dsn"}
-SECRET_KEYS = frozenset({"api_key", "secret", "secrets", "state_dsn"})
+SECRET_FILES = {
+    "api_key_file": "api_key",
+    "secret_file": "secret",
+    "state_dsn_file": "state_dsn",
+    "token_file": "token",
+}
+SECRET_KEYS = frozenset({"api_key", "secret", "secrets", "state_dsn", "token"})
 # ORDERWATCH_* variables that are not overrides: the config path, what the command sink sets
 # for its children (which may well run `orderwatch add`), and the test suite's own.
 NOT_OVERRIDES = frozenset(
@@ -90,8 +96,14 @@ def _overrides(data: dict[str, Any], environ: Mapping[str, str], c: Collector) -
             c.add((), "expected ORDERWATCH_<KEY> or ORDERWATCH_<SECTION>__<KEY>", source)
         elif _known_override(loc, c, source):
             target = data if len(loc) == 1 else _section(data, str(loc[0]))
-            if target is not None:
-                _set_override(target, loc, _override_value(environ[name], loc), c, source)
+            if target is None:
+                continue
+            try:
+                value = _override_value(environ[name], loc)
+            except ValueError as e:
+                c.add(loc, str(e), source)
+                continue
+            _set_override(target, loc, value, c, source)
 
 
 def _known_override(loc: Loc, c: Collector, source: str) -> bool:
@@ -125,11 +137,11 @@ def _set_override(target: dict[str, Any], loc: Loc, value: Any, c: Collector, so
 
 def _override_value(raw: str, loc: Loc) -> Any:
     """A YAML scalar or flow value; kept as written for text keys (an API key of digits, a
-    date-like api_version), where only `null`/`~` mean None."""
+    date-like api_version), where only `null`/`~` mean None. ValueError when too large."""
     if wants_text(loc):
         return None if raw in ("null", "~") else raw
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        return parse_value(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return raw
 
@@ -163,6 +175,8 @@ def _read_secret_files(data: dict[str, Any], base: Path | None, c: Collector) ->
     _secret_file(data, (), "state_dsn_file", base, c)
     if isinstance(runa := data.get("runa"), dict):
         _secret_file(runa, ("runa",), "api_key_file", base, c)
+    if isinstance(admin := data.get("admin"), dict):
+        _secret_file(admin, ("admin",), "token_file", base, c)
     if isinstance(hooks := data.get("webhooks"), list):
         for i, hook in enumerate(hooks):
             if isinstance(hook, dict):
@@ -189,8 +203,7 @@ def _secret_file(
 
 def _read_secret(path: Path, loc: Loc, c: Collector) -> str | None:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_SECRET + 1)
+        raw = read_capped(path, MAX_SECRET)
     except OSError as e:
         c.add(loc, f"cannot read {loc[-1]} {path}: {reason(e)}")
         return None
@@ -226,8 +239,6 @@ def _rebase_paths(data: dict[str, Any], base: Path | None, c: Collector) -> None
     for key in ("state_dir", "output_dir"):
         if key in data:
             data[key] = _rebase(data[key], (key,), base, c)
-    if isinstance(admin := data.get("admin"), dict) and "token_file" in admin:
-        admin["token_file"] = _rebase(admin["token_file"], ("admin", "token_file"), base, c)
     if isinstance(lists := data.get("watchlists"), list):
         data["watchlists"] = [_rebase(w, ("watchlists", i), base, c) for i, w in enumerate(lists)]
 

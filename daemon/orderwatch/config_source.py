@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from orderwatch.errors import ConfigError, Problem
+from orderwatch.files import read_capped
 
 MAX_CONFIG = 1024 * 1024
 MAX_NODES = 100_000  # values once aliases are expanded: a "billion laughs" file stops here
@@ -64,8 +65,7 @@ def reason(e: OSError) -> str:
 
 def read_config(path: Path) -> str:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG + 1)  # bounded even for /dev/zero
+        raw = read_capped(path, MAX_CONFIG)
     except OSError as e:
         raise Collector(str(path)).fail(None, f"cannot read config: {reason(e)}") from None
     if len(raw) > MAX_CONFIG:
@@ -96,6 +96,35 @@ def parse(text: str, c: Collector) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def parse_value(text: str) -> Any:
+    """One YAML value (an override from the environment), bounded as the file is. ValueError
+    when it is too large; yaml.YAMLError when it is not YAML."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _count_values(node, [0])
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _count_values(node: yaml.Node, seen: list[int]) -> None:
+    seen[0] += 1
+    if seen[0] > MAX_NODES:
+        raise ValueError(f"more than {MAX_NODES} values (aliases expanded)")
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            _count_values(k, seen)
+            _count_values(v, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _count_values(v, seen)
 
 
 def _syntax_error(e: yaml.YAMLError, text: str) -> tuple[int | None, str]:

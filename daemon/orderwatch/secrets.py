@@ -24,6 +24,8 @@ def register_secrets(settings: Settings) -> None:
                 REDACTOR.add_secret(value)
                 REDACTOR.add_secret(value.removeprefix("whsec_"))
         REDACTOR.add_safe_url_prefix(_origin(hook.url))
+    if settings.admin.token is not None:
+        REDACTOR.add_secret(settings.admin.token.get_secret_value())
     if settings.state_dsn is not None:
         dsn = settings.state_dsn.get_secret_value()
         REDACTOR.add_secret(dsn)

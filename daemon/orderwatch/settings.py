@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,42 @@ def _positive(v: float) -> float:
 PositiveSeconds = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 
 
+def _not_bool(v: object) -> object:
+    if isinstance(v, bool):  # pydantic would take true as 1
+        raise ValueError("should be a number, not true or false")
+    return v
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
+
+
+def _argv(v: tuple[str, ...]) -> tuple[str, ...]:
+    if not v:
+        raise ValueError("should be a program and its arguments, not empty")
+    return v
+
+
+Argv = Annotated[tuple[str, ...], AfterValidator(_argv)]
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets; no host means 127.0.0.1) as (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port with a port up to 65535, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -52,15 +89,15 @@ class RunaSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    requests_per_second: float = Field(5.0, gt=0, le=100_000)
-    max_concurrency: int = Field(4, ge=1, le=1024)
+    requests_per_second: Number = Field(5.0, gt=0, le=100_000)
+    max_concurrency: Count = Field(4, ge=1, le=1024)
 
 
 class PollingSettings(_Section):
     initial_delay_s: Seconds = Field(2.0, alias="initial_delay")
-    backoff_factor: float = Field(2.0, ge=1.0, le=100.0)
+    backoff_factor: Number = Field(2.0, ge=1.0, le=100.0)
     max_interval_s: PositiveSeconds = Field(300.0, alias="max_interval")
-    jitter: float = Field(0.1, ge=0.0, le=1.0)
+    jitter: Number = Field(0.1, ge=0.0, le=1.0)
     give_up_after_s: PositiveSeconds = Field(72 * 3600.0, alias="give_up_after")
     not_found_grace_s: Seconds = Field(600.0, alias="not_found_grace")
     # How long a claimed order is invisible to other workers/replicas. A replica that dies
@@ -77,7 +114,7 @@ class WebhookSettings(_Section):
     retry_schedule_s: tuple[Seconds, ...] = Field(
         (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0), alias="retry_schedule"
     )
-    max_concurrency: int = Field(8, ge=1, le=256)
+    max_concurrency: Count = Field(8, ge=1, le=256)
 
     _http = field_validator("url")(_http_url)
 
@@ -90,7 +127,30 @@ class WebhookSettings(_Section):
 
 class AdminSettings(_Section):
     listen: str | None = "127.0.0.1:9464"
-    token_file: Path | None = None
+    token: SecretStr | None = None  # bearer token for the admin API; or token_file
+    token_file: Path | None = None  # where token was read from, if a file
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_listen(v)
+        return v
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _protected(self) -> AdminSettings:
+        if self.listen and self.token is None and not is_loopback(split_listen(self.listen)[0]):
+            raise ValueError(
+                f"{self.listen} is not loopback: set admin.token or admin.token_file to protect it"
+            )
+        return self
 
 
 class LoggingSettings(_Section):
@@ -110,7 +170,7 @@ class Settings(_Section):
     state_dsn_file: Path | None = None  # where state_dsn was read from, if a file
     output_dir: Path = Path("/var/lib/orderwatch/orders")
     webhooks: tuple[WebhookSettings, ...] = ()
-    commands: tuple[tuple[str, ...], ...] = ()
+    commands: tuple[Argv, ...] = ()
     command_timeout_s: PositiveSeconds = Field(30.0, alias="command_timeout")
     callbacks: tuple[str, ...] = ()
     admin: AdminSettings = AdminSettings()

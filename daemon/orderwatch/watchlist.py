@@ -5,16 +5,14 @@ of a million lines streams through it without being held whole."""
 
 from __future__ import annotations
 
-import errno
 import io
-import os
 import re
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orderwatch.errors import Problem
+from orderwatch.files import open_regular
 from orderwatch.ids import ORDER_ID_RE, quote_for_error
 
 MAX_LINE = 4096  # bytes; a longer line is invalid and is never held whole
@@ -42,7 +40,7 @@ def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
     they are met (at most MAX_PROBLEMS lines each, then a count)."""
     name, reported, skipped = str(path), 0, 0
     try:
-        with _open_regular(path) as f:
+        with open_regular(path) as f:
             for lineno, (raw, whole) in enumerate(_lines(f), 1):
                 if whole and (m := _PLAIN_LINE.fullmatch(raw)):
                     yield m.group(1).decode("ascii")
@@ -59,22 +57,6 @@ def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
         problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror or e}"))
     if skipped:
         problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
-
-
-def _open_regular(path: Path) -> io.BufferedReader:
-    """Open for reading, refusing what is not a regular file (a FIFO would block forever)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
-        if not stat.S_ISREG(mode):
-            raise OSError(0, "not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 _BOM = b"\xef\xbb\xbf"
