@@ -100,6 +100,38 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
     assert "O-ADM1" not in metrics  # no order-id labels
 
 
+async def test_admin_api_answers_hostile_bodies_and_a_failing_store_in_json(
+    tmp_path: Path,
+) -> None:
+    """Deeply nested JSON is a 400, not a RecursionError; a state store that fails is a JSON
+    503 the caller can retry, not an HTML 500 with a traceback in the log."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.errors import StoreError
+
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
+        base = f"http://127.0.0.1:{port}"
+        async with running_daemon(settings) as d:
+            status, text = await http("POST", f"{base}/orders", data=b"[" * 100_000)
+            assert status == 400 and json.loads(text)["error"].startswith("body must be JSON")
+
+            async def broken(*_a: object, **_k: object) -> object:
+                raise StoreError("state database: disk I/O error")
+
+            store = d.store
+            assert store is not None
+            store.add_orders, store.get_orders = broken, broken  # type: ignore[method-assign]
+            with capture_logs() as logs:
+                posted = await http("POST", f"{base}/orders", json={"ids": ["O-1"]})
+                got = await http("GET", f"{base}/orders/O-1")
+    for status, text in (posted, got):
+        assert status == 503, (status, text)
+        assert json.loads(text) == {"error": "the state store is unavailable; try again"}
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store.unavailable"] * 2
+
+
 PROMTOOL = shutil.which("promtool")
 
 

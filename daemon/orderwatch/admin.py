@@ -22,6 +22,8 @@ from orderwatch.ids import is_valid_order_id
 from orderwatch.settings import split_listen
 
 if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
     from orderwatch.daemon import Daemon
 
 log = structlog.get_logger("orderwatch.admin")
@@ -63,7 +65,7 @@ async def start_admin(daemon: Daemon) -> web.AppRunner | None:
 
 
 def make_app(daemon: Daemon, token: str) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_store_unavailable])
     app[DAEMON_KEY] = daemon
     app[TOKEN_KEY] = token
     app.router.add_get("/healthz", healthz)
@@ -72,6 +74,16 @@ def make_app(daemon: Daemon, token: str) -> web.Application:
     app.router.add_post("/orders", post_orders)
     app.router.add_get("/orders/{id}", get_order)
     return app
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A failing state store is a JSON 503 the caller may retry, not an HTML 500."""
+    try:
+        return await handler(request)
+    except StoreError as e:
+        log.error("store.unavailable", path=request.path, error=str(e))
+        return _bad(503, "the state store is unavailable; try again")
 
 
 def _daemon(request: web.Request) -> Daemon:
@@ -123,7 +135,7 @@ async def post_orders(request: web.Request) -> web.Response:
         return _bad(401, "missing or wrong bearer token")
     try:
         body: Any = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _bad(400, 'body must be JSON: {"ids": ["O-..."]}')
     ids = body.get("ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
