@@ -366,6 +366,23 @@ def test_secret_values_never_in_errors(tmp_path: Path) -> None:
     assert len(got) == 8
 
 
+def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:
+    """A variable that holds a secret, expanded into the wrong key by mistake, is shown by its
+    name in the error, never by its value (the loader cannot know which variables are secret)."""
+    env = {"PAYOUT_TOKEN": "tok-0123456789", "LEVEL": "loud"}
+    got = problems(
+        tmp_path,
+        "polling:\n  max_interval: ${PAYOUT_TOKEN}\n  lease: 'x${PAYOUT_TOKEN}'\n"
+        "logging:\n  level: ${LEVEL}\n",
+        env,
+    )
+    assert got == [
+        "./ow.yaml:2: polling.max_interval: invalid duration '${PAYOUT_TOKEN}': use e.g. 250ms, 30s, 5m, 2h, 3d",
+        "./ow.yaml:3: polling.lease: invalid duration 'x${PAYOUT_TOKEN}': use e.g. 250ms, 30s, 5m, 2h, 3d",
+        "./ow.yaml:5: logging.level: should be 'debug', 'info', 'warning' or 'error'",
+    ]
+
+
 # --- environment --------------------------------------------------------------------------------
 
 

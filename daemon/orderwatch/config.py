@@ -29,6 +29,7 @@ from orderwatch.settings import Settings
 
 DEFAULT_PATH = Path("/etc/orderwatch/orderwatch.yaml")
 MAX_SECRET = 64 * 1024
+MIN_MASKED = 6  # shorter values from ${NAME} ("info", "5m") are shown: they hold no secret
 SECRET_FILES = {
     "api_key_file": "api_key",
     "secret_file": "secret",
@@ -79,7 +80,7 @@ def _build(data: Any, c: Collector, environ: Mapping[str, str], base: Path | Non
     _rebase_paths(data, base, c)
     settings = _validate(data, c)
     if c.problems or settings is None:
-        problems = _mask_secrets(c.problems, data)
+        problems = _mask_secrets(c.problems, data, c.expanded)
         problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
         raise ConfigError(problems)
     return settings
@@ -168,6 +169,8 @@ def _substitute(m: re.Match[str], loc: Loc, environ: Mapping[str, str], c: Colle
     if name not in environ:
         c.add(loc, f"environment variable {name} is not set")
         return ""
+    if len(environ[name]) >= MIN_MASKED:
+        c.expanded[environ[name]] = f"${{{name}}}"
     return environ[name]
 
 
@@ -279,13 +282,18 @@ def _message(err: Mapping[str, Any]) -> str:
     return msg[:1].lower() + msg[1:]
 
 
-def _mask_secrets(problems: list[Problem], data: Any) -> list[Problem]:
+def _mask_secrets(problems: list[Problem], data: Any, expanded: dict[str, str]) -> list[Problem]:
+    """Secrets become ***; then any other value that came from ${NAME} is shown as ${NAME}, as
+    such a variable may hold a secret expanded into the wrong key."""
     secrets = sorted({s for s in _secret_strings(data, False) if len(s) >= 4}, key=len)
+    from_env = sorted(expanded, key=len)
     out = []
     for p in problems:
         message = p.message
         for secret in reversed(secrets):
             message = message.replace(secret, "***")
+        for value in reversed(from_env):
+            message = message.replace(value, expanded[value])
         out.append(dataclasses.replace(p, message=message) if message != p.message else p)
     return out
 

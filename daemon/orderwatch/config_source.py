@@ -33,6 +33,7 @@ class Collector:
         self.source = source
         self.lines: dict[Loc, int] = {}
         self.env: dict[Loc, str] = {}  # values set by ORDERWATCH_* overrides -> "env:NAME"
+        self.expanded: dict[str, str] = {}  # a ${NAME}'s value -> "${NAME}", for messages
         self.problems: list[Problem] = []
 
     def origin(self, loc: Loc) -> str | None:
