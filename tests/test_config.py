@@ -264,7 +264,7 @@ def test_booleans_empty_commands_and_bad_listen_addresses(tmp_path: Path) -> Non
     assert problems(tmp_path, "admin: {listen: '[::1]:1', token: '  '}\n") == [
         "./ow.yaml:1: admin.token: is empty"
     ]
-    s = load(tmp_path, "admin: {listen: '[::]:9464', token: t0k}\n")
+    s = load(tmp_path, "admin: {listen: '[::]:9464', token: ' t0k '}\n")
     assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k"
 
 

@@ -36,7 +36,7 @@ TOKEN_KEY = web.AppKey("token", str)
 def read_token(daemon: Daemon) -> str:
     """The bearer token (read from admin.token_file, if given, when the config loaded)."""
     token = daemon.settings.admin.token
-    return "" if token is None else token.get_secret_value().strip()
+    return "" if token is None else token.get_secret_value()
 
 
 async def start_admin(daemon: Daemon) -> web.AppRunner | None:

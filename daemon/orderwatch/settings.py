@@ -140,9 +140,11 @@ class AdminSettings(_Section):
     @field_validator("token")
     @classmethod
     def _token(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().strip():
+        if v is None:
+            return v
+        if not (token := v.get_secret_value().strip()):
             raise ValueError("is empty")
-        return v
+        return SecretStr(token)  # as the Authorization header carries it
 
     @model_validator(mode="after")
     def _protected(self) -> AdminSettings:
