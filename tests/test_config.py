@@ -505,6 +505,11 @@ def test_alias_bomb_and_deep_nesting_rejected(tmp_path: Path) -> None:
     assert problems(tmp_path, "\n".join(lines) + "\n") == [
         "./ow.yaml: config has more than 100000 values (aliases expanded)"
     ]
+    keys = ["? &k0 [x, x, x, x, x, x, x, x, x, x]\n: 0"]
+    keys += [f"? &k{i} [{', '.join([f'*k{i - 1}'] * 10)}]\n: {i}" for i in range(1, 9)]
+    assert problems(tmp_path, "\n".join(keys) + "\n") == [
+        "./ow.yaml: config has more than 100000 values (aliases expanded)"
+    ]
     assert problems(tmp_path, "x: " + "[" * 5000 + "\n") == [
         "./ow.yaml: YAML syntax error: nested too deeply"
     ]

@@ -88,7 +88,11 @@ def parse(text: str, c: Collector) -> Any:
             return None
         if not isinstance(node, yaml.MappingNode):
             raise c.fail(node.start_mark.line + 1, "the config must be a mapping of sections")
-        node_lines(node, (), c, [0])
+        try:
+            count_values(node)  # before anything walks it: aliases can make it huge
+        except ValueError as e:
+            raise c.fail(None, f"config has {e}") from None
+        node_lines(node, (), c)
         return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise c.fail(*_syntax_error(e, text)) from None
@@ -107,7 +111,7 @@ def parse_value(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _count_values(node, [0])
+        count_values(node)
         return loader.construct_document(node)
     except RecursionError:
         raise ValueError("nested too deeply") from None
@@ -115,17 +119,19 @@ def parse_value(text: str) -> Any:
         loader.dispose()
 
 
-def _count_values(node: yaml.Node, seen: list[int]) -> None:
-    seen[0] += 1
-    if seen[0] > MAX_NODES:
-        raise ValueError(f"more than {MAX_NODES} values (aliases expanded)")
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            _count_values(k, seen)
-            _count_values(v, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            _count_values(v, seen)
+def count_values(node: yaml.Node) -> None:
+    """ValueError when the document, aliases expanded (keys too), has over MAX_NODES values."""
+    seen, todo = 0, [node]
+    while todo:
+        seen += 1
+        if seen > MAX_NODES:
+            raise ValueError(f"more than {MAX_NODES} values (aliases expanded)")
+        n = todo.pop()
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                todo += (k, v)
+        elif isinstance(n, yaml.SequenceNode):
+            todo += n.value
 
 
 def _syntax_error(e: yaml.YAMLError, text: str) -> tuple[int | None, str]:
@@ -140,18 +146,16 @@ def _syntax_error(e: yaml.YAMLError, text: str) -> tuple[int | None, str]:
     return (mark.line + 1 if mark is not None else None), f"YAML syntax error: {problem}"
 
 
-def node_lines(node: yaml.Node, loc: Loc, c: Collector, seen: list[int]) -> None:
-    seen[0] += 1
-    if seen[0] > MAX_NODES:
-        raise c.fail(None, f"config has more than {MAX_NODES} values (aliases expanded)")
+def node_lines(node: yaml.Node, loc: Loc, c: Collector) -> None:
+    """Record each key's line; `node` has passed count_values."""
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key, line = (*loc, str(k.value)), k.start_mark.line + 1
             if key in c.lines and k.value != "<<":
                 c.add(key, f"duplicate key (also at line {c.lines[key]})", line=line)
             c.lines[key] = line  # the last one wins, as in the data
-            node_lines(v, key, c, seen)
+            node_lines(v, key, c)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
             c.lines[(*loc, i)] = v.start_mark.line + 1
-            node_lines(v, (*loc, i), c, seen)
+            node_lines(v, (*loc, i), c)
