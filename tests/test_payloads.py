@@ -1,12 +1,25 @@
-"""Final payload files: atomic, 0600, and never through a temp file another writer owns."""
+"""Final payload files: atomic, 0600, never through a temp file another writer owns, and\nholding what the committed event holds even when a writer whose lease ran out comes late."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import stat
+import threading
 from pathlib import Path
 
+import pytest
+
+from orderwatch.client import RunaClient
+from orderwatch.gate import Gate
+from orderwatch.limiter import SpacedLimiter
 from orderwatch.payloads import TMP_PREFIX, prepare_output_dir, write_payload
+from orderwatch.poller import Poller, PollerDeps
+from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.store.sqlite import SqliteStore
+
+from harness import API_KEY, FakeClock, settings_for, until
 
 
 def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
@@ -20,3 +33,105 @@ def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
     assert stat.S_IMODE(final.stat().st_mode) == 0o600
     assert theirs.read_bytes() == b'{"half": '
     assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "O-P1.json"]
+
+
+async def _stale_writer_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
+) -> tuple[object, object, object]:
+    """Worker A gets the final body, checks its lease and stalls while it writes; its lease
+    runs out and worker B (another replica) polls the order again, with a later body (a payout
+    status can change between GETs), writes it and commits. A's rename lands after B's.
+    Returns (A's body, B's body, and what the file and the event hold)."""
+    import orderwatch.poller as poller_module
+
+    wall = FakeClock()
+    store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
+    out = tmp_path / "orders"
+    prepare_output_dir(out)
+    a_may_write, b_wrote, b_may_commit = threading.Event(), threading.Event(), threading.Event()
+    calls: list[bytes] = []
+    real = poller_module.write_payload
+
+    def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
+        calls.append(body)
+        if len(calls) == 1:  # A: stalled (a long fsync, a paused VM) past its lease
+            a_may_write.wait(10)
+            return real(output_dir, order_id, body)
+        path = real(output_dir, order_id, body)
+        b_wrote.set()
+        if not holder_commits_first:
+            b_may_commit.wait(10)
+        return path
+
+    monkeypatch.setattr(poller_module, "write_payload", gated)
+    opts = SimOptions(api_key=API_KEY, complete_after=0)
+    settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")
+
+    def poller(client: RunaClient, owner: str) -> Poller:
+        return Poller(
+            PollerDeps(
+                store=store,
+                client=client,
+                limiter=SpacedLimiter(1000, start_full=True),
+                gate=Gate(max_interval_s=1.0),
+                polling=settings.polling,
+                output_dir=out,
+                sinks=[],
+                owner=owner,
+                max_concurrency=1,
+                rate=1000,
+                request_timeout_s=2.0,
+                wall=wall,
+            )
+        )
+
+    def client(base_url: str) -> RunaClient:
+        return RunaClient(
+            base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
+        )
+
+    async with (
+        running_simulator(opts) as one,
+        running_simulator(opts) as two,
+        client(one.base_url) as ca,
+        client(two.base_url) as cb,
+    ):
+        await store.add_orders(["O-RACE"], wall(), wall())
+        (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
+        task_a = asyncio.create_task(poller(ca, "a").poll_one(claim_a))
+
+        async def a_is_writing() -> bool:
+            return len(calls) == 1
+
+        await until(a_is_writing)
+        wall.now += 61.0  # A's lease has run out
+        (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
+        task_b = asyncio.create_task(poller(cb, "b").poll_one(claim_b))
+        await asyncio.to_thread(b_wrote.wait, 10)
+        if holder_commits_first:
+            await task_b
+        a_may_write.set()
+        await task_a  # A's rename lands over B's file; A's commit is refused
+        b_may_commit.set()
+        await task_b
+        event = await store.get_event("O-RACE")
+        await store.close()
+        assert event is not None
+        on_disk = json.loads((out / "O-RACE.json").read_bytes())
+        committed = json.loads(event.body)["data"]
+        return one.sim.payload("O-RACE"), two.sim.payload("O-RACE"), (on_disk, committed)
+
+
+@pytest.mark.parametrize("holder_commits_first", [True, False])
+async def test_a_stale_writer_never_leaves_its_body_over_the_committed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
+) -> None:
+    """Whoever commits the event owns the file's content: the stale writer puts the committed
+    payload back when its own commit is refused after the holder's, and the holder checks
+    its file after committing (for a stale rename that came between its write and commit)."""
+    stale, holder, (on_disk, committed) = await _stale_writer_race(
+        tmp_path, monkeypatch, holder_commits_first
+    )
+    assert stale != holder  # the two GETs saw different bodies (other payout links)
+    assert committed == holder
+    assert on_disk == committed

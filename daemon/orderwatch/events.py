@@ -39,6 +39,15 @@ def make_event(order_id: str, final_status: str, data: Any, now: float) -> Event
     )
 
 
+def committed_payload(event: EventRecord | None) -> bytes | None:
+    """The final payload an order.completed / order.failed event carries (JSON-equal to the
+    API's body); None for no event or one without a payload."""
+    if event is None or event.event_type not in (EVENT_TYPES["COMPLETED"], EVENT_TYPES["FAILED"]):
+        return None
+    data = json.loads(event.body)["data"]
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
 def terminal_data(order_id: str, status: str, last_body: bytes | None) -> dict[str, Any]:
     """`data` for expired / not_found events: no payload, the last API body if it was JSON."""
     last: Any = None

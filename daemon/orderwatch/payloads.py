@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
 from orderwatch.errors import OrderwatchError
+from orderwatch.files import open_regular
 from orderwatch.ids import is_valid_order_id
 
 TMP_PREFIX = ".tmp-"
@@ -52,3 +54,26 @@ def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
     finally:
         os.close(dir_fd)
     return final
+
+
+def restore_payload(output_dir: Path, order_id: str, body: bytes) -> bool:
+    """Called once `body` is the committed payload: put it back if <order_id>.json holds other
+    content, which only a writer whose lease ran out can have put there (it checked its lease,
+    then stalled before its rename). A missing file stays missing: its consumer may have moved
+    it. True when the file was rewritten."""
+    try:
+        with open_regular(output_dir / f"{order_id}.json") as f:
+            held = f.read()
+    except FileNotFoundError:
+        return False
+    if held == body or _json(held) == _json(body):
+        return False
+    write_payload(output_dir, order_id, body)
+    return True
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

@@ -20,11 +20,11 @@ from orderwatch.aio import wait_any
 from orderwatch.answers import Answer, Kind
 from orderwatch.client import RunaClient
 from orderwatch.errors import StoreError
-from orderwatch.events import make_event, terminal_data
+from orderwatch.events import committed_payload, make_event, terminal_data
 from orderwatch.gate import Gate
 from orderwatch.limiter import RateLimiter
 from orderwatch.metrics import Metrics
-from orderwatch.payloads import write_payload
+from orderwatch.payloads import restore_payload, write_payload
 from orderwatch.policy import Finish, Release, Reschedule, decide
 from orderwatch.settings import PollingSettings
 from orderwatch.store.base import Claim, Store
@@ -301,6 +301,27 @@ class Poller:
                 age_s=round(now - claim.added_at, 3),
             )
             d.on_final()
+            if fin.state == "final":
+                assert answer.body is not None
+                await self._restore_payload(claim.order_id, answer.body)
+        elif fin.state == "final":
+            # Refused after writing: our lease ran out while we wrote, and the holder may have
+            # committed before our rename landed on its file.
+            body = committed_payload(await d.store.get_event(claim.order_id))
+            if body is not None:
+                await self._restore_payload(claim.order_id, body)
+
+    async def _restore_payload(self, order_id: str, body: bytes) -> None:
+        """Leave the committed payload in the file, whoever renamed last (see payloads)."""
+        try:
+            if await asyncio.to_thread(restore_payload, self.d.output_dir, order_id, body):
+                log.warning("payload.restored", order_id=order_id)
+        except OSError as e:
+            log.error(
+                "payload.write_failed",
+                order_id=order_id,
+                error=f"cannot restore payload: {e.strerror or type(e).__name__}",
+            )
 
     async def _write_failed(self, claim: Claim, now: float, e: OSError) -> None:
         reason = f"cannot write payload: {e.strerror or type(e).__name__}"
