@@ -6,7 +6,7 @@ can spend money, and the command and whatever it starts have no use for it), plu
 ORDERWATCH_EVENT (order.completed ...), ORDERWATCH_EVENT_ID, ORDERWATCH_ORDER_ID and
 ORDERWATCH_STATUS (COMPLETED / FAILED / EXPIRED / NOT_FOUND). Exit 0 is delivered; any other
 exit, a failure to start, or a timeout (the whole process group is killed) is retried.
-Its output is not logged (it may echo payout links): only its size."""
+Its output goes to /dev/null: it may echo payout links, and it is never held in memory."""
 
 from __future__ import annotations
 
@@ -15,16 +15,15 @@ import contextlib
 import json
 import os
 import signal
+import tempfile
 from collections.abc import Sequence
 from typing import Any
-
-import structlog
 
 from orderwatch.logs import REDACTOR
 from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, command_sink_id
 from orderwatch.store.base import EventRecord
 
-log = structlog.get_logger("orderwatch.sinks.command")
+KILL_WAIT_S = 5.0
 
 
 class CommandSink:
@@ -54,34 +53,32 @@ class CommandSink:
         }
 
     async def attempt(self, event: EventRecord) -> AttemptResult:
+        # No pipes: stdin is an unlinked file and the output goes to /dev/null. A pipe is held
+        # open by every child the command leaves behind (`cmd &`, a daemon in its own
+        # session), and asyncio's wait() waits for the pipes too, past the exit and even past
+        # a kill; and output read back would sit in our memory.
+        with tempfile.TemporaryFile() as stdin:  # 0600, and no name (O_TMPFILE on Linux)
+            stdin.write(event.body)
+            stdin.seek(0)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=stdin,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env=self.environment(event),
+                    start_new_session=True,  # its own process group: a timeout kills all of it
+                )
+            except OSError as e:
+                return AttemptResult(False, f"cannot start: {e.strerror or type(e).__name__}")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=self.environment(event),
-                start_new_session=True,  # its own process group: a timeout kills all of it
-            )
-        except OSError as e:
-            return AttemptResult(False, f"cannot start: {e.strerror or type(e).__name__}")
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(event.body), self.timeout_s)
+            code = await asyncio.wait_for(proc.wait(), self.timeout_s)
         except TimeoutError:
             await _kill_group(proc)
             return AttemptResult(False, "timeout")
         except asyncio.CancelledError:  # shutdown: leave no child running behind us
             await asyncio.shield(_kill_group(proc))
             raise
-        log.debug(
-            "command.output",
-            order_id=event.order_id,
-            sink=self.id,
-            stdout_bytes=len(out),
-            stderr_bytes=len(err),
-        )
-        code = proc.returncode
-        assert code is not None  # communicate() returned: the process was reaped
         outcome = f"exit {code}" if code >= 0 else f"signal {-code}"
         return AttemptResult(code == 0, outcome)
 
@@ -92,7 +89,8 @@ class CommandSink:
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+    with contextlib.suppress(TimeoutError):  # SIGKILL ends it at once; never wait unbounded
+        await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
 
 
 def _status(body: bytes) -> str:
