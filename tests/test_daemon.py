@@ -180,6 +180,51 @@ async def test_a_long_write_failure_streak_keeps_being_retried(tmp_path: Path) -
         assert row.state == "pending" and row.error_streak == 1501
 
 
+async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path: Path) -> None:
+    """Valid JSON whose string was cut inside a UTF-16 pair ("\\ud83c") parses to text that has
+    no UTF-8 form. The event is written with ASCII escapes instead of failing to build (which
+    left the order polled again at every lease's end, never final, never delivered)."""
+    from aiohttp import web
+
+    from orderwatch.events import committed_payload
+    from orderwatch.receiver import Receiver, running_receiver
+
+    from harness import SECRET
+
+    body = b'{"id":"O-SUR","status":"COMPLETED","description":"gift \\ud83c","items":[]}'
+
+    async def order(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v2"
+    receiver = Receiver(SECRET)
+    try:
+        async with running_receiver(receiver) as url:
+            hooks = [{"url": url, "secret": SECRET}]
+            settings = settings_for(tmp_path, base, webhooks=hooks)
+            async with running_daemon(settings) as d:
+                await d.add_orders(["O-SUR"])
+                await until(lambda: all_ended(d, ["O-SUR"]))
+
+                async def delivered() -> bool:
+                    return receiver.attempts == 1
+
+                await until(delivered)
+                event = await store_of(d).get_event("O-SUR")
+    finally:
+        await runner.cleanup()
+    assert event is not None
+    assert json.loads(event.body)["data"] == json.loads(body)
+    assert json.loads(committed_payload(event) or b"") == json.loads(body)
+    assert json.loads((tmp_path / "orders" / "O-SUR.json").read_bytes()) == json.loads(body)
+
+
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:
     """Idle (its only order due in an hour), the daemon asks the store only when the next
     order is due; an order another process adds, due now, is still polled within a second or

@@ -25,11 +25,7 @@ def make_event(order_id: str, final_status: str, data: Any, now: float) -> Event
     """Build the event once; its body is stored and sent verbatim on every attempt and replay."""
     event_type = EVENT_TYPES[final_status]
     stamp = datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")
-    body = json.dumps(
-        {"type": event_type, "timestamp": stamp, "data": data},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+    body = _dumps({"type": event_type, "timestamp": stamp, "data": data})
     return EventRecord(
         event_id=event_id(order_id, event_type),
         order_id=order_id,
@@ -44,8 +40,14 @@ def committed_payload(event: EventRecord | None) -> bytes | None:
     API's body); None for no event or one without a payload."""
     if event is None or event.event_type not in (EVENT_TYPES["COMPLETED"], EVENT_TYPES["FAILED"]):
         return None
-    data = json.loads(event.body)["data"]
-    return json.dumps(data, ensure_ascii=False).encode()
+    return _dumps(json.loads(event.body)["data"])
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud83c" in the API's JSON) has no UTF-8
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def terminal_data(order_id: str, status: str, last_body: bytes | None) -> dict[str, Any]:
