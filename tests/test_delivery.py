@@ -385,6 +385,25 @@ async def test_callback_gets_the_event_dict_and_is_retried_after_raising(
     assert calls[0]["id"] == event_id and calls[0]["data"]["id"] == "O-CB"
 
 
+async def test_a_callback_that_raises_cancelled_error_is_a_failed_attempt(
+    store: SqliteStore,
+) -> None:
+    """A callback that awaits a task somebody else cancelled raises CancelledError although
+    nobody cancels the deliverer: a failed attempt, recorded and retried on the schedule (it
+    escaped, recorded nothing, was tried again at each lease's end and never went dead, and
+    ended `orderwatch replay` with a traceback)."""
+
+    async def on_final(event: dict[str, Any]) -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner
+
+    sinks = build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final])
+    await queue_final(store, "O-CX", sinks, time.time())
+    await Deliverer(store, sinks, owner="t").run_until_idle()
+    assert await row(store, "O-CX") == ("pending", 1, "raised CancelledError")
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

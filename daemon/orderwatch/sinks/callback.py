@@ -93,11 +93,20 @@ class CallbackSink:
                 await self.func(event_dict(event))
         except TimeoutError:
             return AttemptResult(False, "timeout")
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are being stopped
+            # The callback's own (it awaited a task that someone else cancelled): a failure.
+            return self._raised(event, e)
         except Exception as e:
-            # the traceback is the user's to debug; the log chain redacts URLs and secrets
-            log.warning("callback.raised", order_id=event.order_id, sink=self.id, exc_info=True)
-            return AttemptResult(False, f"raised {type(e).__name__}")
+            return self._raised(event, e)
         return AttemptResult(True, "ok")
+
+    def _raised(self, event: EventRecord, e: BaseException) -> AttemptResult:
+        # the traceback is the user's to debug; the log chain redacts URLs and secrets
+        log.warning("callback.raised", order_id=event.order_id, sink=self.id, exc_info=e)
+        return AttemptResult(False, f"raised {type(e).__name__}")
 
     async def close(self) -> None:
         return None
