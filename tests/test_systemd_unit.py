@@ -123,3 +123,17 @@ def test_systemd_analyze_security_score(tmp_path: Path) -> None:
     assert r.returncode == 0 and score, r.stdout + r.stderr
     print(f"systemd-analyze security: {score.group(1)}")
     assert score.group(1).endswith(" OK"), "the unit's exposure is above systemd's OK band"
+
+
+def test_the_readme_installs_a_config_the_dynamic_user_can_read() -> None:
+    """With DynamicUser= and no capabilities the service runs as a fresh uid, and systemd
+    never chowns ConfigurationDirectory=: a config installed 0600 root was unreadable and
+    the unit failed at start. It holds no secret (those come by LoadCredential=), so the
+    README installs it 0644."""
+    readme = (UNIT.parents[1] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if "orderwatch.systemd.yaml /etc/" in x]
+    mode = re.search(r"-m (0\d{3})", line)
+    assert directives()["DynamicUser"] == ["yes"]
+    assert mode is not None and int(mode.group(1), 8) & 0o004, line
+    config = (UNIT.parents[1] / "config" / "orderwatch.systemd.yaml").read_text()
+    assert re.search(r"^\s*(api_key|secret|state_dsn|token):", config, re.M) is None
