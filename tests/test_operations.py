@@ -17,10 +17,21 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderwatch.daemon import Daemon
+from orderwatch.notify import Notifier
 from orderwatch.receiver import Receiver, running_receiver
 from orderwatch.simulator import Faults, SimOptions, running_simulator
 
-from harness import API_KEY, SECRET, config_dict, running_daemon, settings_for, spawn, until
+from harness import (
+    API_KEY,
+    SECRET,
+    config_dict,
+    running_daemon,
+    settings_for,
+    spawn,
+    states,
+    until,
+)
 
 
 def free_port() -> int:
@@ -282,3 +293,107 @@ async def test_logs_never_hold_secrets_or_payout_urls(tmp_path: Path) -> None:
     for secret in (API_KEY, SECRET, SECRET.removeprefix("whsec_"), *urls):
         assert secret not in text, secret
     assert "spend.runa.io" not in text
+
+
+class RecordingNotifier(Notifier):
+    """What systemd would be told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[str] = []
+
+    def send(self, *fields: str) -> bool:
+        self.sent.append(fields[0])
+        return True
+
+
+async def test_a_reload_during_start_up_is_applied_once_ready(tmp_path: Path) -> None:
+    """SIGHUP while the state is still opening: no RELOADING=1/READY=1 before the daemon is
+    ready (systemd would take it as started), and the new config is applied right after
+    start-up. Here it fixes a rejected API key, which used to crash the reload (no client
+    yet) and leave the old key in use until a restart."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as rs:
+        bad = settings_for(tmp_path, rs.base_url, runa={"api_key": "xx.wrong-key"})
+        good = settings_for(tmp_path, rs.base_url)
+        notifier = RecordingNotifier()
+        daemon = Daemon(bad, reload=lambda: good, notifier=notifier)
+        assert daemon.reload() is False  # not started: kept for later
+        assert notifier.sent == []
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            await daemon.ready.wait()
+            await daemon.add_orders(["O-HUP"])
+
+            async def final() -> bool:
+                return (await states(daemon, ["O-HUP"])) == {"O-HUP": "final"}
+
+            await until(final, timeout=10)
+        finally:
+            stop.set()
+            await task
+    assert notifier.sent[:3] == ["READY=1", "RELOADING=1", "READY=1"]
+
+
+async def test_draining_is_visible_from_outside(tmp_path: Path) -> None:
+    """From SIGTERM on: STOPPING=1 at once (not after the drain), /readyz 503 "stopping",
+    POST /orders refused with 503, and a SIGHUP ignored."""
+    port = free_port()
+    hanging = Receiver(SECRET)
+    hanging.hang = True
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as rs,
+        running_receiver(hanging) as url,
+    ):
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}"},
+            webhooks=[{"url": url, "secret": SECRET}],
+            shutdown_timeout="3s",
+        )
+        notifier = RecordingNotifier()
+        daemon = Daemon(settings, reload=lambda: settings, notifier=notifier)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await daemon.ready.wait()
+        await daemon.add_orders(["O-DRAIN"])
+
+        async def hangs() -> bool:  # a delivery in flight that never ends: a long drain
+            return hanging.attempts >= 1
+
+        await until(hangs)
+        stop.set()
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        assert "STOPPING=1" in notifier.sent
+        assert daemon.readiness() == (False, "stopping")
+        ready = await http("GET", f"http://127.0.0.1:{port}/readyz")
+        posted = await http("POST", f"http://127.0.0.1:{port}/orders", json={"ids": ["O-2"]})
+        assert daemon.reload() is False
+        await task
+    assert ready[0] == 503 and json.loads(ready[1])["reason"] == "stopping"
+    assert posted[0] == 503
+    assert notifier.sent.count("RELOADING=1") == 0
+
+
+async def test_a_reload_names_every_change_it_cannot_apply(tmp_path: Path) -> None:
+    """Changes a running daemon cannot take are listed in needs_restart (the log level, the
+    lease and the runa section were applied silently by nobody); the back-off cap applies."""
+    from structlog.testing import capture_logs
+
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        old = settings_for(tmp_path, rs.base_url)
+        new = settings_for(
+            tmp_path,
+            rs.base_url,
+            logging={"level": "debug"},
+            polling={"lease": "2m", "max_interval": "7s"},
+            runa={"timeout": "3s"},
+        )
+        async with running_daemon(old, reload=lambda: new) as d:
+            with capture_logs() as logs:
+                assert d.reload()
+            (reloaded,) = [e for e in logs if e["event"] == "config.reloaded"]
+            assert reloaded["needs_restart"] == ["runa", "polling.lease", "logging"]
+            assert d.gate.max_interval_s == 7

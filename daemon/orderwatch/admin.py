@@ -133,6 +133,8 @@ def _bad(status: int, message: str) -> web.Response:
 async def post_orders(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _bad(401, "missing or wrong bearer token")
+    if _daemon(request).stopping:
+        return _bad(503, "stopping; send the orders to the next instance")
     try:
         body: Any = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -48,6 +48,25 @@ def api_key_of(settings: Settings) -> str:
     return settings.runa.api_key.get_secret_value()
 
 
+# What a reload cannot change in a running daemon: logged as needs_restart when it differs.
+# The API key, polling (but its lease), watchlists and the 429/auth back-off cap apply live.
+RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
+    "runa": lambda s: s.runa.model_dump(exclude={"api_key", "api_key_file"}),
+    "rate_limit": lambda s: s.rate_limit,
+    "polling.lease": lambda s: s.polling.lease_s,
+    "state_dir": lambda s: s.state_dir,
+    "state_dsn": lambda s: s.state_dsn,
+    "output_dir": lambda s: s.output_dir,
+    "webhooks": lambda s: s.webhooks,
+    "commands": lambda s: s.commands,
+    "command_timeout": lambda s: s.command_timeout_s,
+    "callbacks": lambda s: s.callbacks,
+    "admin": lambda s: s.admin,
+    "logging": lambda s: s.logging,
+    "shutdown_timeout": lambda s: s.shutdown_timeout_s,
+}
+
+
 class Daemon:
     """One running orderwatch. `await Daemon(settings).run(stop)` until `stop` is set."""
 
@@ -75,6 +94,8 @@ class Daemon:
         self.watcher = WatchlistWatcher(settings.watchlists, self.add_orders)
         self._stop: asyncio.Event | None = None
         self._background: set[asyncio.Task[int]] = set()
+        self._reload_pending = False  # a SIGHUP that came before start-up ended
+        self._stopping_told = False
 
     # -- intake --------------------------------------------------------------------------
     async def add_orders(self, order_ids: Iterable[str]) -> int:
@@ -147,6 +168,8 @@ class Daemon:
         from orderwatch.admin import start_admin  # the admin server needs the whole graph
 
         assert self.poller is not None and self.deliverer is not None and self.store is not None
+        if stop.is_set():  # SIGTERM during start-up: never tell systemd we are ready
+            return
         admin = await start_admin(self)
         if admin is not None:
             stack.push_async_callback(admin.cleanup)
@@ -155,6 +178,8 @@ class Daemon:
         self.notifier.ready()
         log.info("daemon.ready", owner=self.owner, state=self._state_label())
         log.info("config.loaded", config=self.settings.model_dump(mode="json"))
+        if self._reload_pending:
+            self.reload()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(
@@ -166,9 +191,19 @@ class Daemon:
                 tg.create_task(self.watcher.run(stop), name="watchlists")
                 tg.create_task(self._housekeeping(stop), name="housekeeping")
         finally:
+            self._tell_stopping()
+            await self.store.release_owner(self.owner, self.wall())
+
+    def _tell_stopping(self) -> None:
+        """STOPPING=1 as the drain starts (systemd, and /readyz, see it at once)."""
+        if not self._stopping_told:
+            self._stopping_told = True
             self.notifier.stopping()
             log.info("daemon.stopping")
-            await self.store.release_owner(self.owner, self.wall())
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def _state_label(self) -> str:
         return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
@@ -188,6 +223,7 @@ class Daemon:
             else:
                 log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
             await wait_any(stop, timeout=interval)
+        self._tell_stopping()
 
     def _making_progress(self) -> bool:
         """The loop runs (we are here) and the scheduler passed through its loop lately."""
@@ -217,6 +253,8 @@ class Daemon:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): not ready while auth-paused or rate-paused for long."""
+        if self.stopping:
+            return False, "stopping"
         if not self.ready.is_set():
             return False, "starting"
         if self.gate.auth_failed:
@@ -230,6 +268,14 @@ class Daemon:
         """SIGHUP: load the config again; apply what can change live, keep the old on error."""
         if self._reload is None:
             return False
+        if self.stopping:
+            log.info("config.reload_ignored", reason="stopping")
+            return False
+        if not self.ready.is_set():  # applied once started: there is nothing to apply it to
+            self._reload_pending = True
+            log.info("config.reload_deferred", reason="starting")
+            return False
+        self._reload_pending = False
         self.notifier.reloading()
         try:
             new = self._reload()
@@ -249,21 +295,9 @@ class Daemon:
             self.gate.reset_auth()
         if self.poller is not None:
             self.poller.d.polling = new.polling
+        self.gate.max_interval_s = new.polling.max_interval_s
         self.watcher.set_paths(new.watchlists)
-        restart_needed = [
-            k
-            for k in (
-                "rate_limit",
-                "state_dir",
-                "state_dsn",
-                "output_dir",
-                "webhooks",
-                "commands",
-                "callbacks",
-                "admin",
-            )
-            if getattr(new, k) != getattr(old, k)
-        ]
+        restart_needed = [k for k, part in RESTART_KEYS.items() if part(new) != part(old)]
         log.info("config.reloaded", needs_restart=restart_needed or None)
         task = asyncio.get_running_loop().create_task(self.watcher.scan(force=True))
         self._background.add(task)
