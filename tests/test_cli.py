@@ -52,6 +52,19 @@ def test_check_config_ok_and_broken(tmp_path: Path) -> None:
     ]
 
 
+def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
+    """No API key and a callback that cannot be imported: check-config said ok and `run`
+    then exited 2; both are now check-config's errors, located at the config file."""
+    cfg = tmp_path / "nokey.yaml"
+    cfg.write_text(yaml.safe_dump({"callbacks": ["orderwatch_no_such_module:on_final"]}))
+    r = ow("check-config", "-c", str(cfg))
+    assert r.returncode == 2, r.stdout
+    assert r.stderr.splitlines() == [f"{cfg}: runa.api_key: is required (or runa.api_key_file)"]
+    good = config(tmp_path, callbacks=["orderwatch_no_such_module:on_final"])
+    r = ow("check-config", "-c", str(good))
+    assert r.returncode == 2 and "cannot import orderwatch_no_such_module" in r.stderr
+
+
 def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:
     """A missing config, a missing API key, a bad argument: one line, exit 2, no traceback."""
     r = ow("run", "-c", str(tmp_path / "missing.yaml"))

@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 
 from orderwatch import aio
 from orderwatch.cli import load, need_valid_ids, split_ids
-from orderwatch.daemon import Daemon
+from orderwatch.daemon import Daemon, api_key_of
 from orderwatch.logs import configure_logging
 from orderwatch.settings import Settings
 from orderwatch.store.open import daemon_running, open_store
@@ -33,14 +33,27 @@ def _setup_logging(settings: Settings, one_shot: bool = False) -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
+    from orderwatch.sinks import build_sinks
+
     settings = load(args)
-    where = args.config or os.environ.get("ORDERWATCH_CONFIG") or "default config"
-    print(f"{where}: ok ({len(settings.watchlists)} watchlists, {len(settings.webhooks)} webhooks)")
+    api_key_of(settings, _source(args))
+    build_sinks(settings)  # imports every callback: a missing module fails here, not at start
+    print(
+        f"{_source(args)}: ok ({len(settings.watchlists)} watchlists,"
+        f" {len(settings.webhooks)} webhooks)"
+    )
     return 0
+
+
+def _source(args: argparse.Namespace) -> str:
+    from orderwatch.config import resolve_config_path
+
+    return str(resolve_config_path(args.config, os.environ))
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load(args)
+    api_key_of(settings, _source(args))
     _setup_logging(settings)
     return aio.run(run_daemon(Daemon(settings, reload=lambda: load(args))))
 

@@ -42,9 +42,9 @@ log = structlog.get_logger("orderwatch.daemon")
 Callback = Callable[[dict[str, Any]], Any]
 
 
-def api_key_of(settings: Settings) -> str:
+def api_key_of(settings: Settings, source: str = "config") -> str:
     if settings.runa.api_key is None:
-        raise ConfigError.single("runa.api_key", "is required (or runa.api_key_file)")
+        raise ConfigError.single("runa.api_key", "is required (or runa.api_key_file)", source)
     return settings.runa.api_key.get_secret_value()
 
 
