@@ -95,3 +95,40 @@ async def test_a_watchlist_whose_ingest_failed_is_read_again(tmp_path: Path) -> 
         await watcher.scan()
     assert await watcher.scan() == 2 and got == ["O-R1", "O-R2"]
     assert await watcher.scan() == 0  # unchanged since it was read: not read again
+
+
+async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_path: Path) -> None:
+    """A 400,000-line file goes in by chunks, each its own store call: the rest of the daemon
+    (the scheduler, the watchdog's gauges) gets the store between them, and SIGTERM stops the
+    ingest at the next chunk. It was one call: the store answered nobody else until the whole
+    file was in, and shutdown waited for it. The file, not marked read, is read again at the
+    next start."""
+    wl = tmp_path / "big.txt"
+    total = 400_000
+    wl.write_text("".join(f"O-BIG{i}\n" for i in range(total)))
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, watchlists=[str(wl)], polling={"initial_delay": "1h"}
+        )
+        seen: list[int] = []
+        async with running_daemon(settings) as d:
+            store = d.store
+            assert store is not None
+
+            async def part_way() -> bool:
+                seen.append((await store.counts())["pending"])
+                return 0 < seen[-1] < total
+
+            await until(part_way, timeout=30, interval=0.01)
+        stopped_at = seen[-1]
+        async with running_daemon(settings) as d:
+            store = d.store
+            assert store is not None
+            after_stop = (await store.counts())["pending"]
+
+            async def all_in() -> bool:
+                return (await store.counts())["pending"] == total
+
+            await until(all_in, timeout=60)
+    assert after_stop < total  # the first run stopped part-way and did not finish the file
+    assert stopped_at <= after_stop

@@ -4,6 +4,7 @@ SIGHUP. A bad line or an unreadable file is reported; everything else keeps work
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -20,6 +21,7 @@ log = structlog.get_logger("orderwatch.watch")
 
 Ingest = Callable[[Iterable[str]], Awaitable[int]]
 SCAN_INTERVAL_S = 1.0
+CHUNK = 20_000  # IDs a store call: the scheduler and the watchdog get the store in between
 
 
 def _signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -30,19 +32,6 @@ def _signature(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class _Counted:
-    """An iterator that counts what passes through it."""
-
-    def __init__(self, it: Iterator[str]) -> None:
-        self._it = it
-        self.n = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for item in self._it:
-            self.n += 1
-            yield item
-
-
 class WatchlistWatcher:
     def __init__(self, paths: Sequence[Path], ingest: Ingest) -> None:
         self.paths = tuple(paths)
@@ -51,6 +40,7 @@ class WatchlistWatcher:
         # Where each file's signature is remembered across restarts, so an unchanged
         # million-line watchlist is not read and re-inserted at every start.
         self.store: Store | None = None
+        self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""
@@ -65,7 +55,10 @@ class WatchlistWatcher:
                 self._seen[path] = sig
             if not force and self._seen.get(path, ()) == sig:
                 continue
-            added += await self._read(path)
+            n, whole = await self._read(path)
+            added += n
+            if not whole:
+                break  # stopping: the file stays unread, to be read again at the next start
             self._seen[path] = sig  # only now: a failed read is tried again at the next scan
             if self.store is not None and sig is not None:
                 await self.store.set_meta(f"watchlist:{path}", json.dumps(sig))
@@ -78,22 +71,37 @@ class WatchlistWatcher:
             return False
         return await self.store.get_meta(f"watchlist:{path}") == json.dumps(sig)
 
-    async def _read(self, path: Path) -> int:
-        # The IDs stream from the file straight into the store's batched inserts (the store
-        # runs the iterator on its own thread): a million-line file is never one list.
+    async def _read(self, path: Path) -> tuple[int, bool]:
+        """(IDs added, whether the whole file was read). The file streams in chunks, each
+        parsed on a worker thread and stored by its own call: a million-line file is never
+        one list, nor one store call that everyone else waits behind."""
         problems: list[Problem] = []
-        counted = _Counted(iter_watchlist(path, problems))
-        added = await self._ingest(counted)
+        ids = iter_watchlist(path, problems)
+        read = added = 0
+        try:
+            while chunk := await asyncio.to_thread(_take, ids, CHUNK):
+                read += len(chunk)
+                added += await self._ingest(chunk)
+                if self._stop is not None and self._stop.is_set():
+                    log.info("watchlist.interrupted", file=str(path), ids=read, new=added)
+                    return added, False
+        finally:
+            ids.close()
         for problem in problems:
             log.warning("watchlist.problem", problem=str(problem))
-        if counted.n:
-            log.info("watchlist.read", file=str(path), ids=counted.n, new=added)
-        return added
+        if read:
+            log.info("watchlist.read", file=str(path), ids=read, new=added)
+        return added, True
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         while not stop.is_set():
             try:
                 await self.scan()
             except Exception as e:  # a store hiccup must not end watching
                 log.error("watchlist.scan_failed", error=str(e))
             await wait_any(stop, timeout=SCAN_INTERVAL_S)
+
+
+def _take(it: Iterator[str], n: int) -> list[str]:
+    return list(itertools.islice(it, n))

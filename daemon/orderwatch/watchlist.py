@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ def read_watchlist(path: Path) -> WatchlistResult:
     return result
 
 
-def iter_watchlist(path: Path, problems: list[Problem]) -> Iterator[str]:
+def iter_watchlist(path: Path, problems: list[Problem]) -> Generator[str, None, None]:
     """The valid IDs of a watchlist, one at a time; problems are appended to `problems` as
     they are met (at most MAX_PROBLEMS lines each, then a count)."""
     name, reported, skipped = str(path), 0, 0
