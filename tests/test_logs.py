@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -223,3 +224,25 @@ def test_safe_urls_lose_their_query_and_credentials_in_base_url_are_not_safe() -
     assert "tok-in-query-77" not in text and "pw-in-url-99" not in text
     assert "https://hooks.example/in?[REDACTED]" in text
     assert lines(out)[1]["url"] == "https://api.example/v2/order/O-1"
+
+
+async def test_config_loaded_names_webhooks_by_sink_id_not_url(tmp_path: Path) -> None:
+    """Incoming-webhook URLs often carry their credential in the path (Slack's
+    /services/T../B../<token>): config.loaded shows each webhook as its sink id."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.sinks.base import webhook_sink_id
+
+    from harness import SECRET, running_daemon, settings_for
+
+    token = "XyZ-sekrit-path-token-123456"
+    url = f"http://127.0.0.1:9/services/T000/B000/{token}"
+    settings = settings_for(
+        tmp_path, "http://127.0.0.1:9/v2", webhooks=[{"url": url, "secret": SECRET}]
+    )
+    with capture_logs() as logs:
+        async with running_daemon(settings):
+            pass
+    (loaded,) = [e for e in logs if e["event"] == "config.loaded"]
+    assert token not in repr(loaded)
+    assert loaded["config"]["webhooks"][0]["url"] == webhook_sink_id(url)

@@ -33,6 +33,7 @@ from orderwatch.poller import MAX_IDLE_WAIT_S, Poller, PollerDeps
 from orderwatch.secrets import register_secrets
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
+from orderwatch.sinks.base import webhook_sink_id
 from orderwatch.store.base import Store
 from orderwatch.store.open import open_store
 from orderwatch.watch import WatchlistWatcher
@@ -65,6 +66,15 @@ RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
     "logging": lambda s: s.logging,
     "shutdown_timeout": lambda s: s.shutdown_timeout_s,
 }
+
+
+def _for_log(settings: Settings) -> dict[str, Any]:
+    """The settings as logged: secrets masked by pydantic, and each webhook by its sink id
+    (an incoming-webhook URL often carries its credential in the path)."""
+    config = settings.model_dump(mode="json")
+    for hook in config["webhooks"]:
+        hook["url"] = webhook_sink_id(hook["url"])
+    return config
 
 
 class Daemon:
@@ -177,7 +187,7 @@ class Daemon:
         self.ready.set()
         self.notifier.ready()
         log.info("daemon.ready", owner=self.owner, state=self._state_label())
-        log.info("config.loaded", config=self.settings.model_dump(mode="json"))
+        log.info("config.loaded", config=_for_log(self.settings))
         if self._reload_pending:
             self.reload()
         try:
