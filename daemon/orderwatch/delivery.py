@@ -29,12 +29,10 @@ DEFAULT_LEASE_S = 300.0
 def next_step(
     sink: Sink, attempts_before: int, result: AttemptResult, now: float
 ) -> tuple[DeliveryState, float | None]:
-    """After an attempt: delivered, retry at a time, dead (schedule spent), or disabled.
+    """After an attempt: delivered, retry at a time, or dead (schedule spent).
     N delays in the schedule give N+1 attempts; Retry-After can only lengthen a delay."""
     if result.delivered:
         return "delivered", None
-    if result.disable_sink:
-        return "disabled", None
     made = attempts_before + 1
     schedule = sink.retry_schedule_s
     if not result.retry or made > len(schedule):
@@ -61,7 +59,6 @@ class Deliverer:
         self.lease_s = lease_s
         self.metrics = metrics or Metrics()
         self._wakes = {s.id: asyncio.Event() for s in self.sinks}
-        self._disabled: set[str] = set()  # answered 410: not called again until a restart
 
     def wake(self) -> None:
         """New deliveries were committed: every sink looks for work now."""
@@ -104,7 +101,7 @@ class Deliverer:
     async def _idle(self, sink: Sink, stop: asyncio.Event, full: bool) -> None:
         """Wait for stop, a wake, a free slot, the next due time, or MAX_IDLE_WAIT_S."""
         timeout = MAX_IDLE_WAIT_S
-        if not full and sink.id not in self._disabled:
+        if not full:
             try:
                 nxt = await self.store.next_delivery_due_at([sink.id])
             except StoreError:
@@ -114,8 +111,6 @@ class Deliverer:
         await wait_any(stop, self._wakes[sink.id], timeout=max(timeout, 0.001))
 
     async def _claim(self, sink: Sink, limit: int) -> list[DeliveryClaim]:
-        if sink.id in self._disabled:
-            return []
         try:
             return await self.store.claim_deliveries(
                 self.clock(), limit, self.owner, self._lease_for(sink), [sink.id]
@@ -172,13 +167,6 @@ class Deliverer:
         log.info("delivery.attempt", **fields)
         if state == "dead":
             log.error("delivery.dead", **fields, hint="retry schedule spent; `orderwatch replay`")
-        elif state == "disabled":
-            self._disabled.add(sink.id)
-            log.error(
-                "delivery.sink_disabled",
-                **fields,
-                hint="the endpoint answered 410 Gone; not called again until a restart",
-            )
 
     # -- one-shot ------------------------------------------------------------------------
     async def run_until_idle(self) -> None:

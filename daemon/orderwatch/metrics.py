@@ -53,7 +53,7 @@ class Metrics:
         )
         self.deliveries = Counter(
             "orderwatch_delivery_attempts",
-            "Delivery attempts to sinks, by result (delivered, retry, dead, disabled).",
+            "Delivery attempts to sinks, by result (delivered, retry, dead).",
             ["result"],
             registry=r,
         )

@@ -28,7 +28,6 @@ class AttemptResult:
     delivered: bool
     outcome: str  # short and safe for logs: "http 200", "timeout", "exit 3"; never a URL or body
     retry: bool = True  # False: no more attempts for this delivery
-    disable_sink: bool = False  # the endpoint asked never to be called again (410 Gone)
     retry_after_s: float | None = None  # the receiver asked for at least this long a pause
 
 

@@ -1,8 +1,8 @@
 """Standard Webhooks: POST the event's exact bytes, signed by the spec authors' own library,
 one `v1,` signature per configured secret (rotation: each one alone verifies).
 
-Any 2xx is delivered; 410 disables the endpoint; everything else (redirects included: they
-are never followed) is retried, no sooner than a `Retry-After` asks, capped at an hour.
+Any 2xx is delivered; everything else (410 and redirects included: redirects are never
+followed) is retried, no sooner than a `Retry-After` asks, capped at an hour.
 Nothing here logs: outcomes name a status or an error class, never the URL, secret or body."""
 
 from __future__ import annotations
@@ -85,8 +85,6 @@ def classify(status: int, retry_after: str | None, now: float) -> AttemptResult:
     """A response status (and Retry-After) as an attempt result."""
     if 200 <= status < 300:
         return AttemptResult(True, f"http {status}")
-    if status == 410:
-        return AttemptResult(False, "http 410", retry=False, disable_sink=True)
     wait = parse_retry_after(retry_after, now)
     return AttemptResult(
         False,

@@ -60,4 +60,6 @@ SEED_COUNTS = [
     f"INSERT INTO order_counts(state, n) VALUES ('{s}', 0) ON CONFLICT(state) DO NOTHING"
     for s in ORDER_STATES
 ]
+# "disabled" (a 410 answer, before 410 became an ordinary failure) is only in older databases;
+# `replay` makes such a delivery pending again.
 DELIVERY_STATES = ("pending", "delivered", "dead", "disabled")
