@@ -99,6 +99,7 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
         "orderwatch_limiter_wait_seconds",
         "orderwatch_api_rate_limited",
         "orderwatch_delivery_attempts",
+        "orderwatch_orders_finished",
         "orderwatch_delivery_latency_seconds",
         "orderwatch_deliveries_dead",
         "orderwatch_last_successful_poll_timestamp_seconds",
@@ -108,6 +109,13 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
         assert name in families, name
     final = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
     assert final[0].value == 1
+    # every known label value is there from the start (an alert sees 0, not no data)
+    dead = [
+        s for s in families["orderwatch_delivery_attempts"].samples if s.labels["result"] == "dead"
+    ]
+    assert [s.value for s in dead] == [0]
+    statuses = {s.labels["status"] for s in families["orderwatch_orders_finished"].samples}
+    assert statuses == {"COMPLETED", "FAILED", "EXPIRED", "NOT_FOUND"}
     assert "O-ADM1" not in metrics  # no order-id labels
 
 

@@ -77,6 +77,11 @@ class Metrics:
         # One child per outcome, resolved once: `labels()` takes a lock and builds a key on
         # every call, and this counter moves on every poll.
         self.requests_by_kind = {k: self.requests.labels(k.value) for k in Kind}
+        # Every known label value from the start: an alert on result="dead" sees 0, not nothing.
+        for status in ("COMPLETED", "FAILED", "EXPIRED", "NOT_FOUND"):
+            self.finals.labels(status)
+        for result in ("delivered", "retry", "dead"):
+            self.deliveries.labels(result)
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
