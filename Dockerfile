@@ -23,10 +23,9 @@ RUN groupadd --system --gid 10001 orderwatch \
         --home-dir /var/lib/orderwatch --shell /usr/sbin/nologin orderwatch \
     && mkdir -p /var/lib/orderwatch /etc/orderwatch \
     && chown 10001:10001 /var/lib/orderwatch && chmod 0700 /var/lib/orderwatch
+# Only the config's path: ORDERWATCH_<KEY> variables would beat what a mounted config says.
+# The defaults (state in /var/lib/orderwatch, JSON logs off a terminal) suit the image.
 ENV ORDERWATCH_CONFIG=/etc/orderwatch/orderwatch.yaml \
-    ORDERWATCH_STATE_DIR=/var/lib/orderwatch \
-    ORDERWATCH_OUTPUT_DIR=/var/lib/orderwatch/orders \
-    ORDERWATCH_LOGGING__FORMAT=json \
     PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /var/lib/orderwatch

@@ -63,6 +63,22 @@ def test_image_contract() -> None:
     assert "ORDERWATCH_CONFIG=/etc/orderwatch/orderwatch.yaml" in got["ENV"]
 
 
+def test_image_environment_overrides_nothing_the_mounted_config_says() -> None:
+    """ORDERWATCH_<KEY> variables beat the file: baked into the image, they silently replaced
+    a mounted config's state_dir, output_dir and logging.format. Only the config's path is
+    set (the settings' defaults already suit the image)."""
+    from orderwatch.settings import Settings
+
+    env = " ".join(args for word, args in final_stage() if word == "ENV")
+    names = set(re.findall(r"\b(ORDERWATCH_\w+)=", env))
+    assert names == {"ORDERWATCH_CONFIG"}
+    defaults = Settings()
+    assert (str(defaults.state_dir), str(defaults.output_dir)) == (
+        "/var/lib/orderwatch",
+        "/var/lib/orderwatch/orders",
+    )
+
+
 def test_project_installed_not_editable() -> None:
     """The build installs the project as a package: no `-e`, nothing pointing back at /src."""
     runs = [args for word, args in instructions() if word == "RUN" and "pip install" in args]
