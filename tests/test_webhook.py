@@ -174,6 +174,32 @@ async def test_hanging_endpoint_times_out() -> None:
     assert r.attempts == 1
 
 
+async def test_a_2xx_counts_when_its_headers_arrive_whatever_its_body_does() -> None:
+    """A receiver that answered 200 has the event; if its body then stalls, the attempt is
+    still delivered (it was a "timeout", and the event was sent again and again)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=200)
+        resp.content_length = 100  # promised, never sent
+        await resp.prepare(request)
+        await asyncio.sleep(5)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+        result = await attempt(sink(url, timeout="3s"), event())
+    finally:
+        await runner.cleanup()
+    assert result == AttemptResult(True, "http 200")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

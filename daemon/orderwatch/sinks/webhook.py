@@ -7,6 +7,8 @@ Nothing here logs: outcomes name a status or an error class, never the URL, secr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from orderwatch.store.base import EventRecord
 
 MAX_RETRY_AFTER_S = 3600.0
 MAX_RESPONSE_READ = 64 * 1024  # enough to keep the connection reusable; the body is unused
+BODY_READ_S = 1.0  # for that read; the status alone decides the attempt
 
 
 class WebhookSink:
@@ -68,8 +71,13 @@ class WebhookSink:
             async with self._client().post(
                 self.url, data=event.body, headers=headers, allow_redirects=False
             ) as resp:
-                await resp.content.read(MAX_RESPONSE_READ)
-                return classify(resp.status, resp.headers.get("Retry-After"), self.clock())
+                result = classify(resp.status, resp.headers.get("Retry-After"), self.clock())
+                # The status is the answer; reading a little of the body only lets the
+                # connection be reused, and a body that stalls must not undo a 2xx.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+                    async with asyncio.timeout(BODY_READ_S):
+                        await resp.content.read(MAX_RESPONSE_READ)
+                return result
         except TimeoutError:
             return AttemptResult(False, "timeout")
         except (aiohttp.ClientError, OSError) as e:
