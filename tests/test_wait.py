@@ -123,6 +123,39 @@ async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_pa
         assert first.stdout is not None and b"O-FIRST COMPLETED" in await first.stdout.read()
 
 
+async def test_a_wait_leaves_a_restarting_daemon_its_state(tmp_path: Path) -> None:
+    """The daemon `wait` handed its orders to stops and is started again a second later (as
+    systemd's Restart= does): the restart gets the state and finishes the orders. `wait` took
+    the state over within half a second, so the restart failed with "already running" (and,
+    repeated, would have tripped systemd's start limit for good)."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        rs.sim.create(["O-RESTART"], complete_after=4.0)
+        cfg = write_config(tmp_path, rs.base_url)
+        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+
+        async def locked() -> bool:
+            return DaemonLock(tmp_path / "state").is_held_elsewhere()
+
+        await until(locked)
+        waiter = await spawn(
+            "wait", "-c", str(cfg), "--timeout", "60s", "O-RESTART", stdout=asyncio.subprocess.PIPE
+        )
+        await asyncio.sleep(1.0)  # it has handed the order over and follows the store
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 15) == 0
+        await asyncio.sleep(1.0)  # RestartSec=
+        restarted = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.PIPE)
+        try:
+            out, _ = await asyncio.wait_for(waiter.communicate(), 30)
+            assert restarted.returncode is None  # still running: it got the state
+        finally:
+            if restarted.returncode is None:
+                restarted.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(restarted.communicate(), 15)
+    assert waiter.returncode == 0 and out.decode().strip() == "O-RESTART COMPLETED"
+    assert b"already running" not in err
+
+
 async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> None:
     """Ctrl-C while `wait` polls itself: exit 1 with one clear line, no traceback."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=100)) as rs:

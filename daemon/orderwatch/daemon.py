@@ -88,8 +88,10 @@ class Daemon:
         reload: Callable[[], Settings] | None = None,
         wall: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        role: str = "run",
     ) -> None:
         self.settings = settings
+        self.role = role  # recorded in the embedded state's lock: `run`, or `wait`
         self._callbacks = tuple(callbacks)
         self._reload = reload
         self.wall = wall
@@ -125,7 +127,7 @@ class Daemon:
         s = self.settings
         register_secrets(s)  # whoever embeds us, the log redactor knows every secret
         async with AsyncExitStack() as stack:
-            self.store = await open_store(s, stack, daemon=True, now=self.wall())
+            self.store = await open_store(s, stack, daemon=True, now=self.wall(), role=self.role)
             self.watcher.store = self.store
             await asyncio.to_thread(prepare_output_dir, s.output_dir)
             client = await stack.enter_async_context(

@@ -23,9 +23,12 @@ from orderwatch.errors import StateLockedError, UsageError
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
 from orderwatch.store.base import OrderRow, Store
-from orderwatch.store.open import daemon_running, open_store
+from orderwatch.store.open import daemon_running, last_holder_role, open_store
 
 FOLLOW_INTERVAL_S = 0.5
+# A `run` daemon that stopped may be restarting (systemd's RestartSec=): `wait` leaves it the
+# state this long before taking over, or the restart would find it held and fail.
+RESTART_GRACE_S = 10.0
 
 
 async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | None) -> int:
@@ -46,8 +49,18 @@ async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | N
             # daemon that was stopped) while ours are pending: poll them here, or hand over
             # to whoever took the state meanwhile.
             await asyncio.sleep(FOLLOW_INTERVAL_S)
+            await _let_a_daemon_restart(settings)
     finally:
         progress.close()
+
+
+async def _let_a_daemon_restart(settings: Settings) -> None:
+    if last_holder_role(settings) != "run":
+        return  # another `wait`, which is not coming back
+    for _ in range(round(RESTART_GRACE_S / FOLLOW_INTERVAL_S)):
+        if daemon_running(settings):
+            return
+        await asyncio.sleep(FOLLOW_INTERVAL_S)
 
 
 async def _hand_over(
@@ -66,7 +79,7 @@ async def _poll_here(
 ) -> int | None:
     from orderwatch.commands import run_daemon
 
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, role="wait")
     stop = asyncio.Event()
     task = asyncio.create_task(run_daemon(daemon, stop))
     ready = asyncio.create_task(daemon.ready.wait())

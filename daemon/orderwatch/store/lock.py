@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from orderwatch.errors import StateLockedError, StoreError
 
 LOCK_NAME = "daemon.lock"
+CONTENDED_S = 1.0  # how long acquire() retries: a probe holds the lock for microseconds
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -29,18 +31,34 @@ class DaemonLock:
         self.path = state_dir / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, role: str = "run") -> None:
+        """Take the lock and record who holds it (`run`, or `wait` polling by itself)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateLockedError(
-                f"{self.path.parent}: another orderwatch daemon is already running on this state"
-            ) from None
+        deadline = time.monotonic() + CONTENDED_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # perhaps only is_held_elsewhere's probe
+                    time.sleep(0.02)
+                    continue
+                os.close(fd)
+                raise StateLockedError(
+                    f"{self.path.parent}: another orderwatch daemon is already running on"
+                    " this state"
+                ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()} {role}\n".encode())
         self._fd = fd
+
+    def last_role(self) -> str | None:
+        """The role the current or last holder recorded (`run`, `wait`), if any."""
+        try:
+            words = self.path.read_text().split()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return words[1] if len(words) > 1 else None
 
     def is_held_elsewhere(self) -> bool:
         """True when some other process holds the lock (a daemon runs on this state)."""

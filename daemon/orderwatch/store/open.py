@@ -11,10 +11,10 @@ from orderwatch.store.sqlite import SqliteStore
 
 
 async def open_store(
-    settings: Settings, stack: AsyncExitStack, *, daemon: bool, now: float
+    settings: Settings, stack: AsyncExitStack, *, daemon: bool, now: float, role: str = "run"
 ) -> Store:
     """Open the store; closed when `stack` unwinds. `daemon=True` takes the one-daemon lock
-    for embedded state (raises StateLockedError if another daemon holds it)."""
+    for embedded state as `role` (raises StateLockedError if another daemon holds it)."""
     if settings.state_dsn is not None:
         from orderwatch.store.postgres import PostgresStore
 
@@ -24,7 +24,7 @@ async def open_store(
     if daemon:
         prepare_state_dir(settings.state_dir)
         lock = DaemonLock(settings.state_dir)
-        lock.acquire()
+        lock.acquire(role)
         stack.callback(lock.release)
     store = await SqliteStore.open(settings.state_dir, daemon=daemon, now=now)
     stack.push_async_callback(store.close)
@@ -36,3 +36,10 @@ def daemon_running(settings: Settings) -> bool:
     if settings.state_dsn is not None:
         return False
     return DaemonLock(settings.state_dir).is_held_elsewhere()
+
+
+def last_holder_role(settings: Settings) -> str | None:
+    """Who held the embedded state last (`run` or `wait`); None for PostgreSQL or unknown."""
+    if settings.state_dsn is not None:
+        return None
+    return DaemonLock(settings.state_dir).last_role()
