@@ -135,3 +135,14 @@ async def test_a_stale_writer_never_leaves_its_body_over_the_committed_one(
     assert stale != holder  # the two GETs saw different bodies (other payout links)
     assert committed == holder
     assert on_disk == committed
+
+
+def test_a_failed_rename_leaves_no_temp_copy(tmp_path: Path) -> None:
+    """When the rename fails (here <ID>.json is a directory; a full disk does the same), the
+    temp copy, payout links and all, is removed: each retry used to leave one more."""
+    prepare_output_dir(tmp_path)
+    (tmp_path / "O-P2.json").mkdir()
+    for _ in range(3):
+        with pytest.raises(OSError):
+            write_payload(tmp_path, "O-P2", b'{"id": "O-P2"}')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["O-P2.json"]

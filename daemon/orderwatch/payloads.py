@@ -37,17 +37,18 @@ def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
     tmp = output_dir / f"{TMP_PREFIX}{order_id}.{os.getpid()}.{os.urandom(6).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        view = memoryview(body)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            tmp.unlink()  # a failed rename too: no copy of the payload left behind
         raise
-    os.close(fd)
-    os.replace(tmp, final)
     dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
