@@ -142,6 +142,18 @@ async def test_a_failed_queued_write_is_logged_and_the_order_polled_again(
         assert (again.order_id, again.polls) == ("A", 0)
 
 
+async def test_a_durable_write_that_cannot_begin_leaves_commits_cheap(tmp_path: Path) -> None:
+    """A durable transaction switches to synchronous=FULL; when its BEGIN fails (another
+    process holds the write lock), the connection is back on NORMAL, not left fsyncing every
+    later commit."""
+    async with leased_a(tmp_path) as (store, _, other):
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError):
+            await store.add_orders(["B"], T0, T0)
+        other.execute("ROLLBACK")
+        assert store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+
+
 async def test_finish_writes_event_and_outbox_once(store: Store) -> None:
     """finish ends the order, stores the event and one delivery per sink, exactly once."""
     await store.add_orders(["A"], T0, T0)

@@ -118,13 +118,13 @@ class SqliteStore:
         db = db or self.db
         if durable:
             db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
+            db.execute("BEGIN IMMEDIATE")  # inside: a BEGIN that fails must restore NORMAL too
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             db.execute("COMMIT")
         finally:
             if durable:
