@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 import stat
@@ -223,6 +224,25 @@ async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path:
     assert json.loads(event.body)["data"] == json.loads(body)
     assert json.loads(committed_payload(event) or b"") == json.loads(body)
     assert json.loads((tmp_path / "orders" / "O-SUR.json").read_bytes()) == json.loads(body)
+
+
+async def test_an_order_due_soon_is_polled_on_time_while_it_is_leased(tmp_path: Path) -> None:
+    """One order polled every 200 ms: while it is leased the store says "nothing due before
+    the lease ends", so its sooner reschedule must wake the scheduler (it slept its full
+    idle second: gaps alternated 0.2 s and 1.0 s)."""
+    async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
+        polling = {"max_interval": "200ms", "initial_delay": "200ms", "backoff_factor": 1}
+        settings = settings_for(tmp_path, rs.base_url, polling={**polling, "jitter": 0})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-CADENCE"])
+
+            async def polled_enough() -> bool:
+                return len(rs.sim.arrivals) >= 12
+
+            await until(polled_enough, timeout=20)
+        times = sorted(rs.sim.arrivals)
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
+    assert gaps[len(gaps) * 3 // 4] < 0.6, gaps  # most gaps are the 200 ms asked for
 
 
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:

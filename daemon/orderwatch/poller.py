@@ -73,6 +73,8 @@ class Poller:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._soonest = math.inf  # the soonest reschedule since the scheduler last looked
+        self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
 
     def wake(self) -> None:
@@ -155,10 +157,16 @@ class Poller:
         timeout = MAX_IDLE_WAIT_S
         nxt: float | None = None
         store_ok = True
+        self._wake.clear()  # before asking: a wake from now on is not lost
         try:
             nxt = await self.d.store.next_due_at()
         except StoreError:
             store_ok = False  # wait the full second; the claim after it reports the error
+        # A reschedule not yet written (or one of a leased order: the store answers with the
+        # lease's end) can be sooner than what the store says.
+        soonest, self._soonest = self._soonest, math.inf
+        if soonest < math.inf:
+            nxt = soonest if nxt is None else min(nxt, soonest)
         if nxt is not None:
             timeout = min(timeout, max(0.0, nxt - self.d.wall()))
         pause = self.d.gate.rate_paused_for()
@@ -166,8 +174,9 @@ class Poller:
             timeout = min(pause, MAX_IDLE_WAIT_S)
         if self._queue.full():
             timeout = min(timeout, 0.05)
-        self._wake.clear()
+        self._wake_at = self.d.wall() + timeout
         woken = await wait_any(stop, self._wake, timeout=max(timeout, 0.001))
+        self._wake_at = math.inf
         return woken or not store_ok or pause > 0 or (nxt is not None and nxt <= self.d.wall())
 
     async def _worker(self) -> None:
@@ -264,6 +273,10 @@ class Poller:
                 last_error=decision.last_error,
                 last_body=decision.last_body,
             )
+            if (at := decision.next_poll_at) < self._soonest:
+                self._soonest = at
+                if at < self._wake_at:  # sooner than the scheduler means to look again
+                    self._wake.set()
             if _stdlog.isEnabledFor(logging.DEBUG):  # skip building the event at info
                 log.debug(
                     "order.polled",
