@@ -101,6 +101,18 @@ def test_add_hostile_ids_rejected_valid_kept(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ow.yaml", "state"]
 
 
+def test_status_of_a_state_dir_that_does_not_exist(tmp_path: Path) -> None:
+    """A mistyped state_dir: status says there is no state there (exit 1) instead of creating
+    it and reporting a healthy-looking empty queue."""
+    cfg = config(tmp_path)
+    r = ow("status", "-c", str(cfg))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"orderwatch: no state in {tmp_path / 'state'}: nothing was added there (is state_dir right?)"
+    )
+    assert not (tmp_path / "state").exists()
+
+
 def test_add_twice_tracks_once(tmp_path: Path) -> None:
     """An order is tracked once however often it is added."""
     cfg = config(tmp_path)

@@ -335,6 +335,10 @@ async def test_cli_against_the_shared_store(tmp_path: Path, pg_dsn: str) -> None
         report = json.loads((await status.communicate())[0])
         (order,) = report["orders"]
         assert order["state"] == "final" and order["deliveries"][0]["state"] == "delivered"
+        assert report["store"] == "postgresql"  # not "daemon: not running" with replicas up
+        table = await spawn("status", "-c", str(cfg), stdout=asyncio.subprocess.PIPE)
+        first = (await table.communicate())[0].decode().splitlines()[0]
+        assert first == "store: PostgreSQL (shared by every replica)"
         replay = await spawn("replay", "-c", str(cfg), "O-PG1", stdout=asyncio.subprocess.PIPE)
         await replay.communicate()
         assert replay.returncode == 0

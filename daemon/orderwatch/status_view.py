@@ -7,14 +7,24 @@ from contextlib import AsyncExitStack
 from dataclasses import asdict
 from typing import Any
 
+from orderwatch.errors import OrderwatchError
 from orderwatch.settings import Settings
 from orderwatch.store.open import daemon_running, open_store
+from orderwatch.store.sqlite import DB_NAME
 
 
 async def gather_status(settings: Settings, ids: list[str]) -> dict[str, Any]:
+    shared = settings.state_dsn is not None
+    if not shared and not (settings.state_dir / DB_NAME).exists():
+        raise OrderwatchError(
+            f"no state in {settings.state_dir}: nothing was added there (is state_dir right?)"
+        )
     async with AsyncExitStack() as stack:
         store = await open_store(settings, stack, daemon=False, now=time.time())
-        report: dict[str, Any] = {"daemon_running": daemon_running(settings)}
+        report: dict[str, Any] = {
+            "store": "postgresql" if shared else "sqlite",
+            "daemon_running": daemon_running(settings),  # embedded state only
+        }
         if not ids:
             report["orders"] = await store.counts()
             report["deliveries"] = await store.delivery_counts()
@@ -42,7 +52,10 @@ def _ago(t: float | None, now: float) -> str:
 
 
 def render_status(report: dict[str, Any], now: float) -> str:
-    lines = [f"daemon: {'running' if report['daemon_running'] else 'not running'}"]
+    if report.get("store") == "postgresql":
+        lines = ["store: PostgreSQL (shared by every replica)"]
+    else:
+        lines = [f"daemon: {'running' if report['daemon_running'] else 'not running'}"]
     orders = report["orders"]
     if isinstance(orders, dict):
         lines.append("orders:     " + "  ".join(f"{k} {v}" for k, v in orders.items()))
