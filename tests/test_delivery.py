@@ -386,6 +386,33 @@ async def test_callback_gets_the_event_dict_and_is_retried_after_raising(
     assert calls[0]["id"] == event_id and calls[0]["data"]["id"] == "O-CB"
 
 
+async def test_deliveries_of_a_sink_no_longer_configured_are_reported_at_start(
+    tmp_path: Path,
+) -> None:
+    """A webhook URL fixed in the config is a new sink id: the old one's pending deliveries
+    are sent by nobody. The daemon says so at start, with the way out (replay)."""
+    async with running_receiver(Receiver(SECRET)) as url:
+        old = hook_settings({"url": url + "?typo"})
+        store = await SqliteStore.open(tmp_path / "state", daemon=True, now=time.time())
+        try:
+            await queue_final(store, "O-OLD", build_sinks(old), time.time())
+        finally:
+            await store.close()
+        settings = settings_for(
+            tmp_path, "http://127.0.0.1:9/v2", webhooks=[{"url": url, "secret": SECRET}]
+        )
+        with structlog.testing.capture_logs() as logs:
+            async with running_daemon(settings):
+
+                async def warned() -> bool:
+                    return any(e["event"] == "delivery.stranded" for e in logs)
+
+                await until(warned, timeout=5)
+    (warning,) = [e for e in logs if e["event"] == "delivery.stranded"]
+    assert warning["sinks"] == {build_sinks(old)[0].id: 1}
+    assert "replay" in warning["hint"]
+
+
 async def test_a_callback_that_raises_cancelled_error_is_a_failed_attempt(
     store: SqliteStore,
 ) -> None:

@@ -357,6 +357,18 @@ async def test_deliveries_only_for_the_named_sinks(store: Store) -> None:
     assert not await store.record_delivery(d, T0 + 2, "delivered", "http 200", None)
 
 
+async def test_pending_deliveries_are_counted_by_sink(store: Store) -> None:
+    """What each sink still has to deliver (the daemon warns about sinks no longer
+    configured, whose deliveries nobody would ever send)."""
+    await store.add_orders(["A", "B"], T0, T0)
+    for c in await store.claim_due(T0, 2, "w", 30):
+        event = make_event(c.order_id, "COMPLETED", {}, T0)
+        assert await store.finish(c, "final", "COMPLETED", event, ["s1", "s2"])
+    (d,) = await store.claim_deliveries(T0, 1, "w", 300, ["s1"])
+    assert await store.record_delivery(d, T0 + 1, "delivered", "http 200", None)
+    assert await store.pending_deliveries_by_sink() == {"s1": 1, "s2": 2}
+
+
 async def test_a_large_add_counts_every_new_order(store: Store) -> None:
     """Adds bigger than one internal batch are all stored and counted once."""
     ids = [f"O-{i:06d}" for i in range(25_000)]

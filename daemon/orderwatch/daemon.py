@@ -202,6 +202,7 @@ class Daemon:
                 )
                 tg.create_task(self.watcher.run(stop), name="watchlists")
                 tg.create_task(self._housekeeping(stop), name="housekeeping")
+                tg.create_task(self._warn_stranded(), name="stranded-deliveries")
         finally:
             self._tell_stopping()
             await self.store.release_owner(self.owner, self.wall())
@@ -216,6 +217,25 @@ class Daemon:
     @property
     def stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
+
+    async def _warn_stranded(self) -> None:
+        """Pending deliveries of a sink no longer configured (a webhook URL or a command's
+        argv changed: the sink id with it) are sent by nobody: say so once, at start."""
+        assert self.store is not None and self.deliverer is not None
+        configured = {s.id for s in self.deliverer.sinks}
+        try:
+            pending = await self.store.pending_deliveries_by_sink()
+        except StoreError as e:
+            log.error("store.unavailable", error=str(e))
+            return
+        stranded = {sink: n for sink, n in pending.items() if sink not in configured}
+        if stranded:
+            log.warning(
+                "delivery.stranded",
+                sinks=stranded,
+                hint="no configured sink has these ids any more; `orderwatch replay ID` sends"
+                " an order's event to the sinks configured now",
+            )
 
     def _state_label(self) -> str:
         return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)

@@ -205,6 +205,10 @@ class Store(Protocol):
         """Deliveries by state."""
         ...
 
+    async def pending_deliveries_by_sink(self) -> dict[str, int]:
+        """Pending deliveries by sink id (a scan: for start-up, not for every pass)."""
+        ...
+
     async def get_event(self, order_id: str) -> EventRecord | None:
         """The final event of an order, if it has one."""
         ...

@@ -467,6 +467,12 @@ class PostgresStore:
         rows = await self._all("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
         return {s: 0 for s in DELIVERY_STATES} | {r[0]: int(r[1]) for r in rows}
 
+    async def pending_deliveries_by_sink(self) -> dict[str, int]:
+        rows = await self._all(
+            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
     async def get_event(self, order_id: str) -> EventRecord | None:
         rows = await self._all(
             "SELECT event_id, order_id, event_type, body, created_at FROM events"
