@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import pytest
+
 from orderwatch.answers import Kind
 from orderwatch.client import RunaClient
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.limiter import SpacedLimiter
+from orderwatch.simulator import SimOptions, max_in_window, running_simulator
 
 
 async def test_connection_reset_is_not_resent_behind_the_limiter() -> None:
@@ -58,3 +64,44 @@ async def test_cookies_from_the_api_are_not_kept() -> None:
             for _ in range(2):
                 assert (await client.get_order("O-1")).kind is Kind.PROCESSING
     assert seen == [None, None]
+
+
+async def test_a_late_connection_cannot_bunch_sends_at_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At 2/s, the first GET's connection takes 0.3 s to open (a stalled loop, a slow
+    handshake): the limiter counted it when it was granted, so the third GET, granted a
+    window later, reached the server with the first two in under a second. The client now
+    confirms each send with the limiter once its connection is ready."""
+    import aiohttp
+
+    real = aiohttp.TCPConnector._create_connection
+    opened = 0
+
+    async def slow_first(self: aiohttp.TCPConnector, *a: Any, **kw: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        if opened == 1:
+            await asyncio.sleep(0.3)
+        return await real(self, *a, **kw)
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", slow_first)
+    limiter = SpacedLimiter(2, start_full=False)
+    async with running_simulator(SimOptions(api_key="xx.k")) as rs:
+        async with RunaClient(
+            rs.base_url,
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=5,
+            max_connections=4,
+            before_send=limiter.confirm,
+        ) as client:
+
+            async def send(order_id: str) -> None:
+                await limiter.acquire()
+                await client.get_order(order_id)
+
+            await asyncio.gather(*(send(f"O-{i}") for i in range(3)))
+        arrivals = sorted(rs.sim.arrivals)
+    assert len(arrivals) == 3
+    assert max_in_window(arrivals, 1.0) <= 2, [round(t - arrivals[0], 3) for t in arrivals]

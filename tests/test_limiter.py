@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 
-from orderwatch.limiter import SpacedLimiter
+from orderwatch.limiter import GRANTED, SpacedLimiter
 from orderwatch.simulator import max_in_window
 
 
@@ -77,3 +77,27 @@ async def test_try_acquire_never_passes_a_queued_caller() -> None:
     assert not lim.try_acquire()
     await queued
     assert lim.try_acquire()
+
+
+async def test_a_send_that_leaves_late_is_counted_when_it_leaves() -> None:
+    """Granted at 0 but held up (a new connection, a stalled loop) until 0.3: counted at 0,
+    a third send was allowed at 1.02 and the server saw three within 0.72 s at 2/s. Confirmed
+    when its connection is ready, the late send is counted at 0.3, and the third waits."""
+    now = [0.0]
+    lim = SpacedLimiter(2, start_full=False, clock=lambda: now[0])
+
+    async def granted_now() -> float:
+        assert lim.try_acquire()
+        stamp = GRANTED.get()
+        assert stamp is not None
+        return stamp
+
+    late = await asyncio.create_task(granted_now())  # the task that sends late
+    now[0] = 0.3
+    await lim.confirm(late)
+    now[0] = 0.51
+    assert lim.try_acquire()
+    now[0] = lim.window_s
+    assert not lim.try_acquire()  # 0.3 and 0.51 fill (0.3, 1.32]
+    assert lim.earliest(now[0]) == 0.3 + lim.window_s
+    await lim.confirm(None)  # nothing granted in this task: nothing to do

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -17,6 +18,25 @@ from orderwatch import __version__
 from orderwatch.answers import Answer, Kind, classify
 
 MAX_BODY = 4 * 1024 * 1024
+
+
+class _ConfirmingConnector(aiohttp.TCPConnector):
+    """Calls `before_send` once a request's connection is ready, just before it is written:
+    the limiter then knows when the request really leaves (opening a connection yields to the
+    event loop, which may stall)."""
+
+    def __init__(self, before_send: Callable[[], Awaitable[None]], **kw: Any) -> None:
+        super().__init__(**kw)
+        self._before_send = before_send
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 (aiohttp's signature)
+        conn = await super().connect(req, traces, timeout)
+        try:
+            await self._before_send()
+        except BaseException:
+            conn.release()
+            raise
+        return conn
 
 
 class RunaClient:
@@ -29,8 +49,10 @@ class RunaClient:
         timeout_s: float,
         max_connections: int,
         wall_clock: Callable[[], float] = time.time,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._before_send = before_send
         self._headers = {
             "X-Api-Key": api_key,
             "X-Api-Version": api_version,
@@ -47,7 +69,12 @@ class RunaClient:
         self._headers = {**self._headers, "X-Api-Key": api_key}
 
     async def __aenter__(self) -> RunaClient:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        options: dict[str, Any] = {"limit": self._max_connections, "ttl_dns_cache": 300}
+        connector = (
+            aiohttp.TCPConnector(**options)
+            if self._before_send is None
+            else _ConfirmingConnector(self._before_send, **options)
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,

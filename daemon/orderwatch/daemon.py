@@ -130,6 +130,7 @@ class Daemon:
             self.store = await open_store(s, stack, daemon=True, now=self.wall(), role=self.role)
             self.watcher.store = self.store
             await asyncio.to_thread(prepare_output_dir, s.output_dir)
+            limiter = self._limiter(s.rate_limit.requests_per_second)
             client = await stack.enter_async_context(
                 RunaClient(
                     s.runa.base_url,
@@ -138,6 +139,7 @@ class Daemon:
                     timeout_s=s.runa.timeout_s,
                     max_connections=s.rate_limit.max_concurrency,
                     wall_clock=self.wall,
+                    before_send=limiter.confirm,
                 )
             )
             self.client = client
@@ -147,16 +149,18 @@ class Daemon:
             self.deliverer = Deliverer(
                 self.store, sinks, owner=self.owner, clock=self.wall, metrics=self.metrics
             )
-            self.poller = Poller(self._poller_deps(client, [x.id for x in sinks]))
+            self.poller = Poller(self._poller_deps(client, limiter, [x.id for x in sinks]))
             await self._serve(stack, stop)
 
-    def _poller_deps(self, client: RunaClient, sink_ids: list[str]) -> PollerDeps:
+    def _poller_deps(
+        self, client: RunaClient, limiter: RateLimiter, sink_ids: list[str]
+    ) -> PollerDeps:
         s = self.settings
         assert self.store is not None and self.deliverer is not None
         return PollerDeps(
             store=self.store,
             client=client,
-            limiter=self._limiter(s.rate_limit.requests_per_second),
+            limiter=limiter,
             gate=self.gate,
             polling=s.polling,
             output_dir=s.output_dir,

@@ -6,7 +6,11 @@ Every GET to Runa passes `acquire()` exactly once, just before it is sent. Two r
 - a hard log: never more than `floor(rate)` sends in any window of `1 + margin` seconds, counted
   at the moment `acquire` returns, so a stalled event loop that then releases late cannot bunch
   sends together.
-The margin absorbs the jitter between leaving `acquire` and arriving at the server. Waiters
+The margin absorbs the jitter between leaving `acquire` and arriving at the server. A send
+that leaves later than that (its connection had to be opened, the loop stalled) is counted
+again when it leaves: the client calls `confirm` once the request's connection is ready, and
+a send granted more than `margin` ago is moved to that moment, after waiting while the window
+is full. So the log holds for the times the server sees, not the times `acquire` returned. Waiters
 queue on an `asyncio.Lock` (FIFO) and only its holder sleeps on one timer: no polling, no CPU
 while waiting. A new limiter starts with its window full (`start_full`), because a process
 restarted after a crash cannot know what its predecessor sent in its last second.
@@ -15,13 +19,17 @@ restarted after a crash cannot know what its predecessor sent in its last second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Protocol
 
 CATCH_UP_S = 0.005  # at most this much lateness is made up by sending closer together
+# When this task's last send was granted (a task sends one request at a time): `confirm` reads it.
+GRANTED: ContextVar[float | None] = ContextVar("orderwatch_send_granted", default=None)
 
 
 class RateLimiter(Protocol):
@@ -35,6 +43,9 @@ class RateLimiter(Protocol):
 
     async def hold(self, seconds: float) -> None:
         """The API answered 429: nobody this limiter serves sends for `seconds`."""
+
+    async def confirm(self, granted: float | None = None) -> None:
+        """This task's request is about to leave (its connection is ready); see SpacedLimiter."""
 
 
 def after_window(log: deque[float], window_s: float, t: float) -> float:
@@ -57,6 +68,7 @@ class SpacedLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
+        self.margin = margin
         self.window_s = 1.0 + margin
         self.interval_s = self.window_s / rate
         self.capacity = max(1, math.floor(rate))
@@ -98,8 +110,29 @@ class SpacedLimiter:
             self._queued -= 1
         self.waited_s += now - start
 
+    async def confirm(self, granted: float | None = None) -> None:
+        """Called as this task's granted request is about to be written (`granted`: when it
+        was granted; this task's last grant by default). Within `margin` of its grant, as
+        nearly always, nothing to do; later than that, it is counted now instead, once the
+        window has room for it."""
+        if granted is None:
+            granted = GRANTED.get()
+        if granted is None:
+            return
+        GRANTED.set(None)
+        now = self._clock()
+        if now - granted <= self.margin:
+            return
+        with contextlib.suppress(ValueError):  # already out of the log: it is that old
+            self._log.remove(granted)
+        while (wait := after_window(self._log, self.window_s, now) - now) > 0:
+            await asyncio.sleep(wait)
+            now = self._clock()
+        self._log.append(now)
+
     def _take(self, now: float) -> None:
         self._log.append(now)
+        GRANTED.set(now)
         # Slots sit on a grid, so a timer that fires late does not push every later slot
         # back (that alone cost ~6% of the rate at 100/s, 22% at 1000/s): up to CATCH_UP_S
         # of lateness is made up by the waiters queued behind. After idle, spacing restarts

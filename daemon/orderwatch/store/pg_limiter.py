@@ -157,6 +157,9 @@ class PostgresLimiter:
                 return
             self.late_slots += 1
 
+    async def confirm(self, granted: float | None = None) -> None:
+        """Slots are reserved in the database ahead of time; a late send is not re-counted."""
+
     async def hold(self, seconds: float) -> None:
         """A 429 reached this replica: move the cluster's next slot past the pause, so every
         replica waits it out (slots reserved before this call are still used)."""
