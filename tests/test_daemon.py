@@ -7,6 +7,7 @@ import itertools
 import json
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from orderwatch.simulator import SimOptions, running_simulator
@@ -245,11 +246,34 @@ async def test_an_order_due_soon_is_polled_on_time_while_it_is_leased(tmp_path: 
     assert gaps[len(gaps) * 3 // 4] < 0.6, gaps  # most gaps are the 200 ms asked for
 
 
+async def test_polling_goes_on_after_the_wall_clock_steps_back(tmp_path: Path) -> None:
+    """Schedules are wall-clock times: after a step back of an hour (NTP fixing a wrong RTC,
+    `date -s`) every pending order looked due an hour later and polling stopped for that hour.
+    The scheduler sees the step and pulls what lies beyond any schedule it can make to now."""
+    offset = [0.0]
+
+    def wall() -> float:
+        return time.time() + offset[0]
+
+    async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
+        polling = {"max_interval": "200ms", "initial_delay": "200ms", "backoff_factor": 1}
+        settings = settings_for(tmp_path, rs.base_url, polling=polling)
+        async with running_daemon(settings, wall=wall) as d:
+            await d.add_orders(["O-CLOCK"])
+
+            async def polled(n: int) -> bool:
+                return len(rs.sim.arrivals) >= n
+
+            await until(lambda: polled(2))
+            offset[0] = -3600.0
+            seen = len(rs.sim.arrivals)
+            await until(lambda: polled(seen + 3), timeout=10)
+
+
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:
     """Idle (its only order due in an hour), the daemon asks the store only when the next
     order is due; an order another process adds, due now, is still polled within a second or
     so, with the waiting one left alone."""
-    import time
 
     async with running_simulator(sim_opts(complete_after=0.0)) as rs:
         settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})

@@ -369,6 +369,16 @@ async def test_pending_deliveries_are_counted_by_sink(store: Store) -> None:
     assert await store.pending_deliveries_by_sink() == {"s1": 1, "s2": 2}
 
 
+async def test_pull_forward_moves_only_what_lies_beyond_the_limit(store: Store) -> None:
+    """After the wall clock stepped back, schedules beyond any the daemon can make are pulled
+    to now; nearer ones and ended orders stay as they are."""
+    await store.add_orders(["NEAR"], T0, T0 + 10)
+    await store.add_orders(["FAR"], T0, T0 + 3600)
+    assert await store.pull_forward(T0 + 60, T0) == 1
+    rows = {r.order_id: r.next_poll_at for r in await store.get_orders(["NEAR", "FAR"])}
+    assert rows == {"NEAR": T0 + 10, "FAR": T0}
+
+
 async def test_a_large_add_counts_every_new_order(store: Store) -> None:
     """Adds bigger than one internal batch are all stored and counted once."""
     ids = [f"O-{i:06d}" for i in range(25_000)]

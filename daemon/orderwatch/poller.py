@@ -35,6 +35,7 @@ _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cac
 VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
 MAX_STORE_BACKOFF_S = 4.0  # below the watchdog's 8 s, which a failing store must not trip
+CLOCK_STEP_S = 5.0  # a step back of the wall clock bigger than this is acted on
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Poller:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._clock_offset = deps.wall() - time.monotonic()  # moves when the wall clock steps
         self._soonest = math.inf  # the soonest reschedule since the scheduler last looked
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
@@ -115,8 +117,11 @@ class Poller:
         backoff = 0.0
         while not stop.is_set():
             self.heartbeat = time.monotonic()
-            if claim:
+            step = self._wall_step_back()
+            if claim or step:
                 try:
+                    if step:
+                        await self._pull_forward(step)
                     got = await self._claim_some()
                 except StoreError as e:
                     # A full disk still answers reads (an order is due) but fails every
@@ -129,6 +134,26 @@ class Poller:
                 if got:
                     continue
             claim = await self._wait_for_work(stop)
+
+    def _wall_step_back(self) -> float:
+        """How far the wall clock stepped back since the last pass (0: not, or by less than
+        CLOCK_STEP_S, which slewing and jitter never reach)."""
+        offset = self.d.wall() - time.monotonic()
+        step = self._clock_offset - offset
+        if step > CLOCK_STEP_S:
+            return step  # the reference moves once the store has been told
+        self._clock_offset = offset
+        return 0.0
+
+    async def _pull_forward(self, step: float) -> None:
+        """Schedules are wall-clock times: after the clock steps back (NTP fixing a wrong
+        RTC, `date -s`), every order looks due that much later. Pull what lies beyond any
+        schedule we make (the longest interval, the first delay, a lease) to now."""
+        p, now = self.d.polling, self.d.wall()
+        horizon = max(p.initial_delay_s, p.max_interval_s * (1 + p.jitter), self._lease_s)
+        moved = await self.d.store.pull_forward(now + horizon, now)
+        self._clock_offset = now - time.monotonic()
+        log.warning("clock.stepped_back", seconds=round(step, 1), orders_moved=moved)
 
     async def _claim_some(self) -> int:
         room = self._queue.maxsize - self._queue.qsize()

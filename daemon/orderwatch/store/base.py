@@ -205,6 +205,11 @@ class Store(Protocol):
         """Deliveries by state."""
         ...
 
+    async def pull_forward(self, beyond: float, to: float) -> int:
+        """Pending orders due (or leased) after `beyond` become due at `to`: the wall clock
+        stepped back, and nothing the daemon schedules lies that far out. How many moved."""
+        ...
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         """Pending deliveries by sink id (a scan: for start-up, not for every pass)."""
         ...

@@ -467,6 +467,14 @@ class PostgresStore:
         rows = await self._all("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
         return {s: 0 for s in DELIVERY_STATES} | {r[0]: int(r[1]) for r in rows}
 
+    async def pull_forward(self, beyond: float, to: float) -> int:
+        async with self._tx("pull schedules forward") as conn:
+            cur = await conn.execute(
+                "UPDATE orders SET next_poll_at = %s WHERE state = 'pending' AND next_poll_at > %s",
+                (to, beyond),
+            )
+            return cur.rowcount
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         rows = await self._all(
             "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"

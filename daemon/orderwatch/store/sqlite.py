@@ -493,6 +493,17 @@ class SqliteStore:
         rows = await self._run(self._all, "SELECT state, COUNT(*) FROM deliveries GROUP BY state")
         return {s: 0 for s in DELIVERY_STATES} | {r[0]: r[1] for r in rows}
 
+    async def pull_forward(self, beyond: float, to: float) -> int:
+        return await self._run(self._pull_forward, beyond, to)
+
+    def _pull_forward(self, beyond: float, to: float) -> int:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE orders SET next_poll_at = ? WHERE state = 'pending' AND next_poll_at > ?",
+                (to, beyond),
+            )
+        return cur.rowcount
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         rows = await self._run(
             self._all, "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
