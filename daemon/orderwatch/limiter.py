@@ -10,10 +10,10 @@ The margin absorbs the jitter between leaving `acquire` and arriving at the serv
 that leaves later than that (its connection had to be opened, the loop stalled) is counted
 again when it leaves: the client calls `confirm` once the request's connection is ready, and
 a send granted more than `margin` ago is moved to that moment, after waiting while the window
-is full. So the log holds for the times the server sees, not the times `acquire` returned. Waiters
-queue on an `asyncio.Lock` (FIFO) and only its holder sleeps on one timer: no polling, no CPU
-while waiting. A new limiter starts with its window full (`start_full`), because a process
-restarted after a crash cannot know what its predecessor sent in its last second.
+is full. So the log holds for the times the server sees. Waiters queue on an `asyncio.Lock`
+(FIFO) and only its holder sleeps on one timer: no polling, no CPU while waiting. A new
+limiter starts with its window full (`start_full`), because a process restarted after a crash
+cannot know what its predecessor sent in its last second.
 """
 
 from __future__ import annotations
