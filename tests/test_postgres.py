@@ -132,6 +132,33 @@ async def test_fractional_rate_spacing(pg_store: PostgresStore) -> None:
     assert slow.capacity == 1 and abs(slow.step_s - 2.04) < 1e-9
 
 
+async def test_a_send_that_leaves_late_takes_a_new_slot(pg_store: PostgresStore) -> None:
+    """A send granted its slot but held up before it leaves (a new connection, a stalled
+    loop) would reach the server next to the following replica's send. Confirmed late, it
+    gives up that slot and leaves at a new one, so sends stay one step apart."""
+    lim = PostgresLimiter(pg_store.pool, 5)
+    await lim.acquire()  # past the restart wait
+    left: dict[str, float] = {}
+
+    async def late_sender() -> None:
+        await lim.acquire()
+        await asyncio.sleep(0.15)  # its connection took 150 ms to open
+        await lim.confirm()
+        left["late"] = time.monotonic()
+
+    async def next_sender() -> None:
+        await lim.acquire()
+        await lim.confirm()  # on time: nothing to do
+        left["next"] = time.monotonic()
+
+    late = asyncio.create_task(late_sender())
+    await asyncio.sleep(0.01)  # the late sender holds its slot
+    await asyncio.gather(late, next_sender())
+    gap = abs(left["late"] - left["next"])
+    assert gap >= lim.step_s - 0.02, f"two sends {gap * 1000:.0f} ms apart at 5/s"
+    await lim.confirm(None)  # nothing granted in this task: nothing to do
+
+
 async def test_limiter_fails_closed_without_the_database(pg_dsn: str) -> None:
     """With the database gone the limiter raises StoreError: nothing is sent unmetered."""
     store = await PostgresStore.open(pg_dsn)

@@ -11,7 +11,10 @@ server's view within the rate:
 - lateness: a replica that wakes more than half the spacing margin after its slot could bunch
   with the next replicas' sends, so it leaves that slot unused and takes a new one;
 - a local hard log (as `SpacedLimiter`'s): never more than floor(rate) sends from this process
-  in any window, whatever the database said.
+  in any window, whatever the database said;
+- late sends: a send whose connection was ready only after that same lateness limit (the
+  client calls `confirm` then) gives up its slot too and leaves at a new one. The slot it
+  leaves unused is still counted: the cluster sends a little less, never more.
 The database is never bypassed: when it cannot be reached, `acquire` raises StoreError and
 nothing is sent (a partitioned replica goes quiet instead of exceeding the cluster's rate).
 """
@@ -31,7 +34,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from orderwatch.errors import StoreError
-from orderwatch.limiter import after_window
+from orderwatch.limiter import GRANTED, after_window
 
 LIMITER_DDL = (
     "CREATE TABLE IF NOT EXISTS rate_limiter (name TEXT PRIMARY KEY,"
@@ -154,11 +157,23 @@ class PostgresLimiter:
             now = self._clock()
             if now - slot_at <= self.late_limit_s:
                 self._log.append(now)
+                GRANTED.set(slot_at)
                 return
             self.late_slots += 1
 
     async def confirm(self, granted: float | None = None) -> None:
-        """Slots are reserved in the database ahead of time; a late send is not re-counted."""
+        """Called as this task's granted request is about to be written (`granted`: its slot;
+        this task's last slot by default). Later than the lateness limit, the send takes a new
+        slot (see the module docstring)."""
+        if granted is None:
+            granted = GRANTED.get()
+        if granted is None:
+            return
+        GRANTED.set(None)
+        if self._clock() - granted > self.late_limit_s:
+            self.late_slots += 1
+            await self.acquire()
+            GRANTED.set(None)
 
     async def hold(self, seconds: float) -> None:
         """A 429 reached this replica: move the cluster's next slot past the pause, so every
