@@ -14,7 +14,7 @@ from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Store
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import running_daemon, settings_for, states, until
+from harness import SECRET, running_daemon, settings_for, states, until
 
 
 def sim_opts(**kw: object) -> SimOptions:
@@ -191,8 +191,6 @@ async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path:
     from orderwatch.events import committed_payload
     from orderwatch.receiver import Receiver, running_receiver
 
-    from harness import SECRET
-
     body = b'{"id":"O-SUR","status":"COMPLETED","description":"gift \\ud83c","items":[]}'
 
     async def order(request: web.Request) -> web.Response:
@@ -268,6 +266,34 @@ async def test_polling_goes_on_after_the_wall_clock_steps_back(tmp_path: Path) -
             offset[0] = -3600.0
             seen = len(rs.sim.arrivals)
             await until(lambda: polled(seen + 3), timeout=10)
+
+
+async def test_a_webhook_retry_is_not_delayed_by_a_clock_step_back(tmp_path: Path) -> None:
+    """A retry is due at a wall-clock time too: after a step back of an hour, a retry due in
+    2 s came an hour late. The step moves waiting retries back by as much."""
+    from orderwatch.receiver import Receiver, running_receiver
+
+    offset = [0.0]
+
+    def wall() -> float:
+        return time.time() + offset[0]
+
+    receiver = Receiver(SECRET, fail_first=1)
+    async with (
+        running_simulator(sim_opts(complete_after=0.0)) as rs,
+        running_receiver(receiver) as url,
+    ):
+        hooks = [{"url": url, "secret": SECRET, "retry_schedule": ["2s"]}]
+        settings = settings_for(tmp_path, rs.base_url, webhooks=hooks)
+        async with running_daemon(settings, wall=wall) as d:
+            await d.add_orders(["O-RETRY"])
+
+            async def attempted(n: int) -> bool:
+                return receiver.attempts >= n
+
+            await until(lambda: attempted(1))
+            offset[0] = -3600.0
+            await until(lambda: attempted(2), timeout=10)
 
 
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:

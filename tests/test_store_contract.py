@@ -443,3 +443,24 @@ async def test_a_failed_claim_logs_the_writes_it_carried(tmp_path: Path) -> None
         await store.flush()
         (row,) = await store.get_orders(["A"])
         assert row.polls == 0  # lost, not written later behind the claim's back
+
+
+async def test_shift_retries_moves_waiting_retries_by_the_step(store: Store) -> None:
+    """After the wall clock stepped back, a retry waiting its turn comes that much sooner,
+    never before now; deliveries in flight (leased) or settled are left alone."""
+    await store.add_orders(["A", "B", "C", "D"], T0, T0)
+    for c in await store.claim_due(T0, 4, "w", 30):
+        event = make_event(c.order_id, "COMPLETED", {}, T0)
+        assert await store.finish(c, "final", "COMPLETED", event, ["s"])
+    claims = {d.event.order_id: d for d in await store.claim_deliveries(T0, 4, "w", 300, ["s"])}
+    step = 3600.0
+    assert await store.record_delivery(claims["A"], T0, "pending", "http 500", T0 + step + 5)
+    assert await store.record_delivery(claims["B"], T0, "pending", "http 500", T0 + 100)
+    assert await store.record_delivery(claims["C"], T0, "delivered", "http 200", None)
+    # D stays leased: its attempt is under way, and its sender records what comes next.
+    assert await store.shift_retries(step, T0) == 2
+    rows = {r.order_id: r for r in await store.get_deliveries(["A", "B", "C", "D"])}
+    assert rows["A"].next_attempt_at == pytest.approx(T0 + 5)
+    assert rows["B"].next_attempt_at == T0
+    assert rows["C"].state == "delivered"
+    assert rows["D"].next_attempt_at == T0 + 300

@@ -148,12 +148,21 @@ class Poller:
     async def _pull_forward(self, step: float) -> None:
         """Schedules are wall-clock times: after the clock steps back (NTP fixing a wrong
         RTC, `date -s`), every order looks due that much later. Pull what lies beyond any
-        schedule we make (the longest interval, the first delay, a lease) to now."""
+        schedule we make (the longest interval, the first delay, a lease) to now. Webhook
+        retries are wall-clock times too, and this loop is the process's one watch on the
+        clock: waiting retries come `step` sooner (their delays run to hours, so no horizon
+        would tell a shifted one from a long one)."""
         p, now = self.d.polling, self.d.wall()
         horizon = max(p.initial_delay_s, p.max_interval_s * (1 + p.jitter), self._lease_s)
         moved = await self.d.store.pull_forward(now + horizon, now)
+        retries = await self.d.store.shift_retries(step, now)
         self._clock_offset = now - time.monotonic()
-        log.warning("clock.stepped_back", seconds=round(step, 1), orders_moved=moved)
+        log.warning(
+            "clock.stepped_back",
+            seconds=round(step, 1),
+            orders_moved=moved,
+            retries_moved=retries,
+        )
 
     async def _claim_some(self) -> int:
         room = self._queue.maxsize - self._queue.qsize()

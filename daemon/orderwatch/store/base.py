@@ -210,6 +210,12 @@ class Store(Protocol):
         stepped back, and nothing the daemon schedules lies that far out. How many moved."""
         ...
 
+    async def shift_retries(self, step: float, now: float) -> int:
+        """Deliveries waiting for a retry (pending, not leased) due after `now` become due
+        `step` seconds sooner, never before `now`: the wall clock stepped back by `step`. How
+        many moved."""
+        ...
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         """Pending deliveries by sink id (a scan: for start-up, not for every pass)."""
         ...

@@ -475,6 +475,15 @@ class PostgresStore:
             )
             return cur.rowcount
 
+    async def shift_retries(self, step: float, now: float) -> int:
+        async with self._tx("move retries after a clock step") as conn:
+            cur = await conn.execute(
+                "UPDATE deliveries SET next_attempt_at = GREATEST(next_attempt_at - %s, %s)"
+                " WHERE state = 'pending' AND lease_owner IS NULL AND next_attempt_at > %s",
+                (step, now, now),
+            )
+            return cur.rowcount
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         rows = await self._all(
             "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"

@@ -504,6 +504,18 @@ class SqliteStore:
             )
         return cur.rowcount
 
+    async def shift_retries(self, step: float, now: float) -> int:
+        return await self._run(self._shift_retries, step, now)
+
+    def _shift_retries(self, step: float, now: float) -> int:
+        with self._tx():
+            cur = self.db.execute(
+                "UPDATE deliveries SET next_attempt_at = MAX(next_attempt_at - ?, ?)"
+                " WHERE state = 'pending' AND lease_owner IS NULL AND next_attempt_at > ?",
+                (step, now, now),
+            )
+        return cur.rowcount
+
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         rows = await self._run(
             self._all, "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
