@@ -366,6 +366,20 @@ def test_secret_values_never_in_errors(tmp_path: Path) -> None:
     assert len(got) == 8
 
 
+def test_a_webhook_secret_in_the_wrong_key_is_not_echoed(tmp_path: Path) -> None:
+    """A Standard Webhooks secret written literally where it does not belong (a slip of the
+    paste, a wrong indent) is not a secret to the loader, but its shape gives it away: the
+    error names the key and masks the value."""
+    got = problems(
+        tmp_path,
+        "polling:\n  max_interval: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n"
+        "webhooks:\n  - {url: 'https://h', retry_schedule: [whsec_c2VjcmV0/+=]}\n",
+    )
+    text = "\n".join(got)
+    assert "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" not in text and "c2VjcmV0" not in text
+    assert "./ow.yaml:2: polling.max_interval: invalid duration 'whsec_***'" in text
+
+
 def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:
     """A variable that holds a secret, expanded into the wrong key by mistake, is shown by its
     name in the error, never by its value (the loader cannot know which variables are secret)."""
