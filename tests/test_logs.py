@@ -246,3 +246,22 @@ async def test_config_loaded_names_webhooks_by_sink_id_not_url(tmp_path: Path) -
     (loaded,) = [e for e in logs if e["event"] == "config.loaded"]
     assert token not in repr(loaded)
     assert loaded["config"]["webhooks"][0]["url"] == webhook_sink_id(url)
+
+
+async def test_config_loaded_names_commands_by_sink_id_not_argv(tmp_path: Path) -> None:
+    """A command's arguments may carry a credential (`curl -H "Authorization: ..."`):
+    config.loaded shows each command as its sink id, the program's name and a hash."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.sinks.base import command_sink_id
+
+    from harness import running_daemon, settings_for
+
+    argv = ["/bin/true", "--header", "Authorization: Bearer sekrit-argv-token-123456"]
+    settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", commands=[argv])
+    with capture_logs() as logs:
+        async with running_daemon(settings):
+            pass
+    (loaded,) = [e for e in logs if e["event"] == "config.loaded"]
+    assert "sekrit-argv-token" not in repr(loaded)
+    assert loaded["config"]["commands"] == [command_sink_id(argv)]

@@ -33,7 +33,7 @@ from orderwatch.poller import MAX_IDLE_WAIT_S, Poller, PollerDeps
 from orderwatch.secrets import register_secrets
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
-from orderwatch.sinks.base import webhook_sink_id
+from orderwatch.sinks.base import command_sink_id, webhook_sink_id
 from orderwatch.store.base import Store
 from orderwatch.store.open import open_store
 from orderwatch.watch import WatchlistWatcher
@@ -69,11 +69,13 @@ RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
 
 
 def _for_log(settings: Settings) -> dict[str, Any]:
-    """The settings as logged: secrets masked by pydantic, and each webhook by its sink id
-    (an incoming-webhook URL often carries its credential in the path)."""
+    """The settings as logged: secrets masked by pydantic, each webhook by its sink id (an
+    incoming-webhook URL often carries its credential in the path) and each command by its
+    sink id too (its arguments may carry one: `curl -H "Authorization: ..."`)."""
     config = settings.model_dump(mode="json")
     for hook in config["webhooks"]:
         hook["url"] = webhook_sink_id(hook["url"])
+    config["commands"] = [command_sink_id(argv) for argv in config["commands"]]
     return config
 
 
