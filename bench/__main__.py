@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bench import latency, limiters, overhead, rate, scale, steady, webhooks
+from bench import finals, latency, limiters, overhead, rate, scale, steady, webhooks
 from bench.common import Report, machine
 from orderwatch import aio
 
@@ -18,6 +18,7 @@ BENCHES = {
     "scale": scale.run,
     "latency": latency.run,
     "webhooks": webhooks.run,
+    "finals": finals.run,
     "steady": steady.run,
 }
 

@@ -3,9 +3,11 @@ this working tree (B), in alternating rounds, each round in fresh processes with
 simulator. On a noisy machine one run of each side says little; the count of rounds B won
 says more.
 
-    python -m bench.ab REV [--rounds 6] [--seconds 5]
+    python -m bench.ab REV [--rounds 6] [--seconds 5] [--bench finals] [--b REV2]
 
-REV needs bench/overhead.py with `Run` (1fad812 or later).
+REV needs bench/overhead.py with `Run` (1fad812 or later). `--bench finals` drains 2,000
+orders that are final at once instead (bench/finals.py, this tree's, run on each side's
+daemon code, so any revision will do). `--b REV2` takes B from a revision too.
 """
 
 from __future__ import annotations
@@ -36,11 +38,30 @@ aio.run(main(float(sys.argv[1])))
 """
 
 
-def one_loop(tree: Path, seconds: float) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{tree / 'daemon'}"}
+_ONE_DRAIN = """
+import json, sys
+from bench import finals
+from bench.common import simulator_process
+from orderwatch import aio
+
+async def main(n):
+    async with simulator_process("--complete-after", "0") as base:
+        per_s, cpu_ms = await finals.drain(base, n)
+    print(json.dumps({"per_s": per_s, "cpu_ms": cpu_ms}))
+
+aio.run(main(2000))
+"""
+
+
+def one_loop(tree: Path, seconds: float, bench: str = "overhead") -> dict[str, float]:
+    if bench == "finals":  # this tree's bench, that tree's daemon
+        code, cwd, path = _ONE_DRAIN, REPO, f"{REPO}{os.pathsep}{tree / 'daemon'}"
+    else:
+        code, cwd, path = _ONE_LOOP, tree, f"{tree}{os.pathsep}{tree / 'daemon'}"
+    env = {**os.environ, "PYTHONPATH": path}
     out = subprocess.run(
-        [sys.executable, "-c", _ONE_LOOP, str(seconds)],
-        cwd=tree,
+        [sys.executable, "-c", code, str(seconds)],
+        cwd=cwd,
         env=env,
         check=True,
         capture_output=True,
@@ -62,14 +83,26 @@ def main() -> None:
     p.add_argument("rev", help="the revision to compare against (A)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--bench", choices=("overhead", "finals"), default="overhead")
+    p.add_argument("--b", metavar="REV2", help="B from this revision, not the working tree")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        a_tree = Path(tmp)
+        a_tree, b_tree = Path(tmp) / "a", REPO
+        a_tree.mkdir()
         export(args.rev, a_tree)
-        print(f"A = {args.rev}, B = working tree; polls/s and CPU ms per poll, per round")
+        if args.b:
+            b_tree = Path(tmp) / "b"
+            b_tree.mkdir()
+            export(args.b, b_tree)
+        unit = "finals" if args.bench == "finals" else "polls"
+        print(
+            f"A = {args.rev}, B = {args.b or 'working tree'};"
+            f" {unit}/s and CPU ms per {unit[:-1]}, per round"
+        )
         a_runs, b_runs = [], []
         for i in range(1, args.rounds + 1):
-            a, b = one_loop(a_tree, args.seconds), one_loop(REPO, args.seconds)
+            a = one_loop(a_tree, args.seconds, args.bench)
+            b = one_loop(b_tree, args.seconds, args.bench)
             a_runs.append(a)
             b_runs.append(b)
             ratio = b["per_s"] / a["per_s"]
