@@ -372,3 +372,34 @@ async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
             assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
             assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]
             assert d._making_progress()  # the watchdog still sees the scheduler pass
+
+
+async def test_a_sink_whose_claims_fail_backs_off(tmp_path: Path) -> None:
+    """The same for deliveries: reads say a retry is due, every claim fails (a read-only
+    database, a full disk). Each sink waits longer after each failure; it asked again at once,
+    355 times a second."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.errors import StoreError
+
+    hooks = [{"url": "http://127.0.0.1:9/hook", "secret": SECRET}]
+    async with running_simulator(sim_opts()) as rs:
+        settings = settings_for(tmp_path, rs.base_url, webhooks=hooks)
+        async with running_daemon(settings) as d:
+            store = store_of(d)
+            await asyncio.sleep(0.2)
+
+            async def read_only(*_a: object, **_k: object) -> list[object]:
+                raise StoreError("state database: cannot execute UPDATE in a read-only transaction")
+
+            async def due_now(*_a: object) -> float:
+                return 0.0
+
+            with capture_logs() as logs:
+                real = store.claim_deliveries, store.next_delivery_due_at
+                store.claim_deliveries, store.next_delivery_due_at = read_only, due_now  # type: ignore[method-assign,assignment]
+                await asyncio.sleep(3.5)
+                store.claim_deliveries, store.next_delivery_due_at = real  # type: ignore[method-assign]
+            errors = [e for e in logs if e["event"] == "store.unavailable" and "sink" in e]
+            assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
+            assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]

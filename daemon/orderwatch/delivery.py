@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from orderwatch.aio import wait_any
-from orderwatch.errors import StoreError
+from orderwatch.errors import StoreError, store_backoff
 from orderwatch.metrics import Metrics
 from orderwatch.sinks.base import AttemptResult, Sink
 from orderwatch.store.base import DeliveryClaim, DeliveryState, Store
@@ -84,11 +84,19 @@ class Deliverer:
             inflight.discard(task)
             wake.set()  # a slot is free
 
+        backoff = 0.0
         try:
             while not stop.is_set():
                 wake.clear()  # before looking: a wake() from now on is not lost
                 free = sink.max_concurrency - len(inflight)
-                claims = await self._claim(sink, free) if free > 0 else []
+                try:
+                    claims = await self._claim(sink, free) if free > 0 else []
+                except StoreError as e:
+                    backoff = store_backoff(backoff)
+                    log.error("store.unavailable", sink=sink.id, error=str(e), retry_in_s=backoff)
+                    await wait_any(stop, timeout=backoff)
+                    continue
+                backoff = 0.0
                 for claim in claims:
                     task = asyncio.create_task(self._attempt(sink, claim))
                     inflight.add(task)
@@ -111,13 +119,9 @@ class Deliverer:
         await wait_any(stop, self._wakes[sink.id], timeout=max(timeout, 0.001))
 
     async def _claim(self, sink: Sink, limit: int) -> list[DeliveryClaim]:
-        try:
-            return await self.store.claim_deliveries(
-                self.clock(), limit, self.owner, self._lease_for(sink), [sink.id]
-            )
-        except StoreError as e:
-            log.error("store.unavailable", sink=sink.id, error=str(e))
-            return []
+        return await self.store.claim_deliveries(
+            self.clock(), limit, self.owner, self._lease_for(sink), [sink.id]
+        )
 
     def _lease_for(self, sink: Sink) -> float:
         """A claim must outlive its attempt, or another sender could start a second one."""
@@ -175,8 +179,11 @@ class Deliverer:
         await asyncio.gather(*(self._drain(sink) for sink in self.sinks))
 
     async def _drain(self, sink: Sink) -> None:
-        while claims := await self._claim(sink, sink.max_concurrency):
-            await asyncio.gather(*(self._attempt(sink, c) for c in claims))
+        try:
+            while claims := await self._claim(sink, sink.max_concurrency):
+                await asyncio.gather(*(self._attempt(sink, c) for c in claims))
+        except StoreError as e:  # what is left stays queued for the next run
+            log.error("store.unavailable", sink=sink.id, error=str(e))
 
 
 async def _settle(inflight: set[asyncio.Task[None]], grace_s: float) -> None:

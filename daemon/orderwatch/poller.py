@@ -19,7 +19,7 @@ import structlog
 from orderwatch.aio import wait_any
 from orderwatch.answers import Answer, Kind
 from orderwatch.client import RunaClient
-from orderwatch.errors import StoreError
+from orderwatch.errors import StoreError, store_backoff
 from orderwatch.events import committed_payload, make_event, terminal_data
 from orderwatch.gate import Gate
 from orderwatch.limiter import RateLimiter
@@ -34,7 +34,6 @@ _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cac
 
 VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
-MAX_STORE_BACKOFF_S = 4.0  # below the watchdog's 8 s, which a failing store must not trip
 CLOCK_STEP_S = 5.0  # a step back of the wall clock bigger than this is acted on
 
 
@@ -124,9 +123,7 @@ class Poller:
                         await self._pull_forward(step)
                     got = await self._claim_some()
                 except StoreError as e:
-                    # A full disk still answers reads (an order is due) but fails every
-                    # claim: wait longer each time instead of asking again at once.
-                    backoff = min(max(2 * backoff, 1.0), MAX_STORE_BACKOFF_S)
+                    backoff = store_backoff(backoff)
                     log.error("store.unavailable", error=str(e), retry_in_s=backoff)
                     await wait_any(stop, timeout=backoff)
                     continue
