@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Store
+from orderwatch.store.sqlite import DB_NAME as SQLITE_NAME
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import SECRET, running_daemon, settings_for, states, until
@@ -372,6 +373,41 @@ async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
             assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
             assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]
             assert d._making_progress()  # the watchdog still sees the scheduler pass
+
+
+async def test_a_stop_while_the_store_hangs_ends_in_bounded_time(tmp_path: Path) -> None:
+    """SIGTERM while every write waits out the store's own timeout (another process holds
+    the SQLite write lock; PostgreSQL down is the same with its pool's timeout): the
+    daemon used to hand back its prefetched claims one by one, each waiting that timeout
+    (minutes), then fail its exit on the lease release. Giving work back is an
+    optimisation (leases expire): it gets a short bound, and the stop stays clean."""
+    from orderwatch.daemon import Daemon
+
+    async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, rate_limit={"requests_per_second": 5, "max_concurrency": 4}
+        )
+        d = Daemon(settings)
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop))
+        await d.ready.wait()
+        await d.add_orders([f"O-HANG{i:03d}" for i in range(200)])
+        await until(lambda: _polled(rs, 3))
+        blocker = sqlite3.connect(tmp_path / "state" / SQLITE_NAME, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # every write now waits, then fails
+        try:
+            t0 = time.monotonic()
+            stop.set()
+            await asyncio.wait_for(task, 60)  # raises if the stop failed
+            took = time.monotonic() - t0
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+    assert took < settings.shutdown_timeout_s + 5, f"the stop took {took:.1f}s"
+
+
+async def _polled(rs: object, n: int) -> bool:
+    return len(rs.sim.arrivals) >= n  # type: ignore[attr-defined]
 
 
 async def test_a_sink_whose_claims_fail_backs_off(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from orderwatch.secrets import register_secrets
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
 from orderwatch.sinks.base import command_sink_id, webhook_sink_id
-from orderwatch.store.base import Store
+from orderwatch.store.base import GOODBYE_S, Store
 from orderwatch.store.open import open_store
 from orderwatch.watch import WatchlistWatcher
 
@@ -206,12 +206,36 @@ class Daemon:
                 tg.create_task(
                     self.deliverer.run(stop, self.settings.shutdown_timeout_s), name="deliverer"
                 )
-                tg.create_task(self.watcher.run(stop), name="watchlists")
-                tg.create_task(self._housekeeping(stop), name="housekeeping")
-                tg.create_task(self._warn_stranded(), name="stranded-deliveries")
+                # Nothing to drain in these: they end at the stop, even inside a store call.
+                background = [
+                    tg.create_task(self.watcher.run(stop), name="watchlists"),
+                    tg.create_task(self._housekeeping(stop), name="housekeeping"),
+                    tg.create_task(self._warn_stranded(), name="stranded-deliveries"),
+                ]
+                tg.create_task(self._on_stop(stop, background), name="on-stop")
         finally:
             self._tell_stopping()
-            await self.store.release_owner(self.owner, self.wall())
+            await self._release_leases()
+
+    async def _on_stop(self, stop: asyncio.Event, background: list[asyncio.Task[None]]) -> None:
+        await stop.wait()
+        self._tell_stopping()
+        for task in background:
+            task.cancel()
+
+    async def _release_leases(self) -> None:
+        """Leased work becomes due at once for whoever runs next; like the poller's hand-back
+        a courtesy with a bound (the leases also run out by themselves)."""
+        assert self.store is not None
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await self.store.release_owner(self.owner, self.wall())
+        except (TimeoutError, StoreError) as e:
+            log.warning(
+                "store.release_failed",
+                error=str(e) or f"no answer in {GOODBYE_S:g}s",
+                hint="the leases run out by themselves (polling.lease)",
+            )
 
     def _tell_stopping(self) -> None:
         """STOPPING=1 as the drain starts (systemd, and /readyz, see it at once)."""
@@ -261,7 +285,6 @@ class Daemon:
             else:
                 log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
             await wait_any(stop, timeout=interval)
-        self._tell_stopping()
 
     def _making_progress(self) -> bool:
         """The loop runs (we are here) and the scheduler passed through its loop lately."""

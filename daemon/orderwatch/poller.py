@@ -27,7 +27,7 @@ from orderwatch.metrics import Metrics
 from orderwatch.payloads import restore_payload, write_payload
 from orderwatch.policy import Finish, Release, Reschedule, decide
 from orderwatch.settings import PollingSettings
-from orderwatch.store.base import Claim, Store
+from orderwatch.store.base import GOODBYE_S, Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
 _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cached level
@@ -92,24 +92,37 @@ class Poller:
         try:
             await self._dispatch(stop)
         finally:
+            queued = self._take_queued()  # never started: no GET for them after a stop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), shutdown_timeout_s)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            await self._return_queued()
-            await self.d.store.flush()
+            await self._hand_back(queued)
 
     async def _drained(self) -> None:
         while self._busy:
             self._idle.clear()
             await self._idle.wait()
 
-    async def _return_queued(self) -> None:
-        while not self._queue.empty():
-            claim = self._queue.get_nowait()
-            with contextlib.suppress(StoreError):
-                await self.d.store.release(claim)
+    def _take_queued(self) -> list[Claim]:
+        return [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+
+    async def _hand_back(self, claims: list[Claim]) -> None:
+        """Give unstarted claims back and write the queued reschedules, within GOODBYE_S (a
+        lost reschedule costs one more GET; one claim at a time, each waiting out the
+        store's timeout, took minutes with PostgreSQL down)."""
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await asyncio.gather(*(self.d.store.release(c) for c in claims))
+                await self.d.store.flush()
+        except (TimeoutError, StoreError) as e:
+            log.warning(
+                "store.hand_back_failed",
+                claims=len(claims),
+                error=str(e) or f"no answer in {GOODBYE_S:g}s",
+                hint="the leases run out by themselves (polling.lease)",
+            )
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         claim = True

@@ -15,6 +15,11 @@ from typing import Literal, Protocol
 OrderState = Literal["pending", "final", "expired", "not_found"]
 DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
 
+# What a stop may spend on the store for the next owner's sake (claims given back, leases
+# released, queued writes): a courtesy, since leases run out by themselves, so a store
+# that hangs costs the stop this much, not its own timeouts one call after another.
+GOODBYE_S = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:

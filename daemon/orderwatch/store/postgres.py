@@ -29,6 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 from orderwatch.errors import StoreError
 from orderwatch.limiter import RateLimiter
 from orderwatch.store.base import (
+    GOODBYE_S,
     Claim,
     DeliveryClaim,
     DeliveryRow,
@@ -539,5 +540,8 @@ class PostgresStore:
         await self._one("SELECT 1")
 
     async def close(self) -> None:
-        await self.flush()
-        await self.pool.close()
+        if self._queued:
+            _, late = await asyncio.wait(self._queued, timeout=GOODBYE_S)
+            for task in late:  # the server is gone: those orders are polled again, no loss
+                task.cancel()
+        await self.pool.close(timeout=GOODBYE_S)

@@ -21,6 +21,7 @@ import structlog
 
 from orderwatch.errors import StoreError
 from orderwatch.store.base import (
+    GOODBYE_S,
     Claim,
     DeliveryClaim,
     DeliveryRow,
@@ -569,8 +570,19 @@ class SqliteStore:
         await self._run(self._scalar, "SELECT 1")
 
     async def close(self) -> None:
-        await self.flush()
-        if self._db is not None:
-            await self._run(self.db.close)
-            self._db = None
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await self.flush()
+                if self._db is not None:
+                    await self._run(self.db.close)
+                    self._db = None
+        except TimeoutError:
+            # A call is stuck (another process holds the write lock, a hung disk): leave the
+            # connection to the process's end. Every commit is durable already.
+            log.warning("store.close_abandoned", hint=f"no answer in {GOODBYE_S:g}s")
+            for task in (self._queued_writer, self._flusher):
+                if task is not None:
+                    task.cancel()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            return
         self._pool.shutdown(wait=True)
