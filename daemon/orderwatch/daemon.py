@@ -29,7 +29,7 @@ from orderwatch.limiter import RateLimiter, SpacedLimiter
 from orderwatch.metrics import Metrics
 from orderwatch.notify import Notifier
 from orderwatch.payloads import prepare_output_dir
-from orderwatch.poller import MAX_IDLE_WAIT_S, Poller, PollerDeps
+from orderwatch.poller import Poller, PollerDeps
 from orderwatch.secrets import register_secrets
 from orderwatch.settings import Settings
 from orderwatch.sinks import build_sinks
@@ -39,6 +39,10 @@ from orderwatch.store.open import open_store
 from orderwatch.watch import WatchlistWatcher
 
 log = structlog.get_logger("orderwatch.daemon")
+# The scheduler counts as stalled (no more watchdog pings) when it has not passed through its
+# loop for this long: longer than one store call may take (PostgreSQL's 30 s bound, SQLite's
+# 10 s wait for a lock) plus the claim back-off, so only a wedged loop stops the pings.
+SCHEDULER_STALL_S = 40.0
 
 Callback = Callable[[dict[str, Any]], Any]
 
@@ -271,25 +275,31 @@ class Daemon:
         return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Refresh gauges and systemd STATUS; pet the watchdog while the loop makes progress."""
+        """Pet the watchdog while the loop makes progress; refresh gauges and systemd STATUS.
+        The ping never waits for the store: a store that is down or hangs is reported (logs,
+        /readyz), and the daemon carries on when it is back, where a watchdog kill would only
+        restart it into the same outage."""
         interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
         while not stop.is_set():
-            try:
-                await self.refresh_gauges()
-            except StoreError as e:  # readiness reports it; the watchdog is not fed
-                log.error("store.unavailable", error=str(e))
-                await wait_any(stop, timeout=interval)
-                continue
+            started = time.monotonic()
             if self._making_progress():
                 self.notifier.watchdog()
             else:
                 log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
-            await wait_any(stop, timeout=interval)
+            try:
+                async with asyncio.timeout(interval):
+                    await self.refresh_gauges()
+            except TimeoutError:
+                pass  # a slow store: its callers report it
+            except StoreError as e:
+                log.error("store.unavailable", error=str(e))
+            await wait_any(stop, timeout=max(0.0, interval - (time.monotonic() - started)))
 
     def _making_progress(self) -> bool:
-        """The loop runs (we are here) and the scheduler passed through its loop lately."""
+        """The loop runs (we are here) and the scheduler passed through its loop lately: within
+        the longest one store call may take, plus the claim back-off."""
         assert self.poller is not None
-        return time.monotonic() - self.poller.heartbeat < 3 * MAX_IDLE_WAIT_S + 5.0
+        return time.monotonic() - self.poller.heartbeat < SCHEDULER_STALL_S
 
     async def refresh_gauges(self, deliveries: bool = False) -> dict[str, int]:
         """Gauges from the store. Order counts are O(1); delivery counts scan, so they are
