@@ -51,6 +51,11 @@ log = structlog.get_logger("orderwatch.store")
 _CHUNK = 20_000
 MIGRATION_LOCK = 74001  # pg_advisory_xact_lock key: replicas starting together migrate in turn
 POOL_MIN, POOL_MAX = 1, 4
+# The pool retries a lost connection after 1, 2, 4, 8... s with no cap, for as long as this:
+# after a long outage its next try could come a minute after the server was back. A short
+# give-up ends each chain within a few seconds, and the next store call starts a fresh one
+# from 1 s (an outage of 35 s: back 24 s after the server, then under 8 s; a test).
+RECONNECT_GIVE_UP_S = 10.0
 
 # libpq settings the DSN (or the PG* variable named) may override: fail fast on a dead host,
 # notice a silent network loss in seconds instead of the kernel's two hours.
@@ -125,7 +130,7 @@ class PostgresStore:
             open=False,
             timeout=10,
             configure=_configure,
-            reconnect_timeout=3600,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             name="orderwatch",
         )
         try:
