@@ -375,6 +375,24 @@ async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
             assert d._making_progress()  # the watchdog still sees the scheduler pass
 
 
+async def test_an_order_that_expires_leaves_no_file_a_crash_left(tmp_path: Path) -> None:
+    """A final's payload file is written before its commit. Killed between the two, the order
+    is polled again; if it then expires (the API failing past give_up_after), the crashed
+    attempt's file, with live payout links, stayed beside an order.expired event (crash
+    audit). An order that ends without a payload removes such a file."""
+    from orderwatch.payloads import write_payload
+
+    async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"give_up_after": "1s"})
+        left = b'{"id": "O-STRAY", "status": "COMPLETED", "items": []}'
+        async with running_daemon(settings) as d:
+            write_payload(settings.output_dir, "O-STRAY", left)  # what the crash left
+            await d.add_orders(["O-STRAY"])
+            await until(lambda: all_ended(d, ["O-STRAY"]))
+            assert await states(d, ["O-STRAY"]) == {"O-STRAY": "expired"}
+    assert not (settings.output_dir / "O-STRAY.json").exists()
+
+
 async def test_a_stop_while_the_store_hangs_ends_in_bounded_time(tmp_path: Path) -> None:
     """SIGTERM while every write waits out the store's own timeout (another process holds
     the SQLite write lock; PostgreSQL down is the same with its pool's timeout): the

@@ -57,6 +57,24 @@ def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
     return final
 
 
+def remove_payload(output_dir: Path, order_id: str) -> bool:
+    """Remove <order_id>.json if it is there; True when it was. For an order that ends without
+    a payload (expired, not found): a file there is from a final attempt killed before its
+    commit, and must not outlive the event that says otherwise."""
+    if not is_valid_order_id(order_id):
+        raise ValueError("refusing to remove a file for an invalid order id")
+    try:
+        (output_dir / f"{order_id}.json").unlink()
+    except FileNotFoundError:
+        return False
+    dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
 def restore_payload(output_dir: Path, order_id: str, body: bytes) -> bool:
     """Called once `body` is the committed payload: put it back if <order_id>.json holds other
     content, which only a writer whose lease ran out can have put there (it checked its lease,

@@ -24,7 +24,7 @@ from orderwatch.events import committed_payload, make_event, terminal_data
 from orderwatch.gate import Gate
 from orderwatch.limiter import RateLimiter
 from orderwatch.metrics import Metrics
-from orderwatch.payloads import restore_payload, write_payload
+from orderwatch.payloads import remove_payload, restore_payload, write_payload
 from orderwatch.policy import Finish, Release, Reschedule, decide
 from orderwatch.settings import PollingSettings
 from orderwatch.store.base import GOODBYE_S, Claim, Store
@@ -345,6 +345,12 @@ class Poller:
                 return
             data = answer.data
         else:
+            try:
+                if await asyncio.to_thread(remove_payload, d.output_dir, claim.order_id):
+                    log.warning("payload.removed", order_id=claim.order_id, state=fin.state)
+            except OSError as e:
+                await self._write_failed(claim, now, e, "cannot remove payload")
+                return
             last = answer.body or await d.store.last_body(claim.order_id)
             data = terminal_data(claim.order_id, fin.final_status, last)
         event = make_event(claim.order_id, fin.final_status, data, now)
@@ -380,8 +386,10 @@ class Poller:
                 error=f"cannot restore payload: {e.strerror or type(e).__name__}",
             )
 
-    async def _write_failed(self, claim: Claim, now: float, e: OSError) -> None:
-        reason = f"cannot write payload: {e.strerror or type(e).__name__}"
+    async def _write_failed(
+        self, claim: Claim, now: float, e: OSError, what: str = "cannot write payload"
+    ) -> None:
+        reason = f"{what}: {e.strerror or type(e).__name__}"
         log.error("payload.write_failed", order_id=claim.order_id, error=reason)
         streak = claim.error_streak + 1
         await self.d.store.reschedule(
