@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from harness import (
     spawn,
     states,
     until,
+    write_config,
 )
 
 
@@ -405,3 +407,49 @@ async def test_a_reload_names_every_change_it_cannot_apply(tmp_path: Path) -> No
             (reloaded,) = [e for e in logs if e["event"] == "config.reloaded"]
             assert reloaded["needs_restart"] == ["runa", "polling.lease", "logging"]
             assert d.gate.max_interval_s == 7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["hup", "term"])
+async def test_a_signal_during_start_up_is_not_fatal(tmp_path: Path, sig: signal.Signals) -> None:
+    """0.2 s after `orderwatch run` starts, its handlers were not installed yet (they came with
+    the event loop, after imports and the config), so a SIGHUP killed it and a SIGTERM was a
+    kill, not a clean stop (crash audit: 24 daemons of a torture run). A SIGHUP then is applied
+    once the daemon is ready; a SIGTERM stops it cleanly."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        proc = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        try:
+            await asyncio.sleep(0.2)
+            proc.send_signal(sig)
+            if sig == signal.SIGHUP:
+                await asyncio.sleep(1.5)
+                assert proc.returncode is None, f"died of a start-up SIGHUP ({proc.returncode})"
+                proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+@pytest.mark.slow
+async def test_sighups_during_the_stop_do_not_kill_it(tmp_path: Path) -> None:
+    """Reloads sent while the daemon stops are ignored, up to its last moment: once the
+    loop's handlers were removed a SIGHUP had its default action again, and killed the
+    process (exit -1 in 8 of 8 runs of the crash audit)."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        proc = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        try:
+            await asyncio.sleep(1.5)  # started
+            proc.send_signal(signal.SIGTERM)
+            while proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+                await asyncio.sleep(0.002)
+            assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -1,3 +1,19 @@
-from orderwatch.cli import main
+"""`python -m orderwatch` and the `orderwatch` command."""
 
-raise SystemExit(main())
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    if sys.argv[1:2] == ["run"]:  # before the imports: see orderwatch.signals
+        from orderwatch.signals import hold_early
+
+        hold_early()
+    from orderwatch.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

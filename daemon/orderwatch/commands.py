@@ -17,6 +17,7 @@ from orderwatch.cli import load, need_valid_ids, split_ids
 from orderwatch.daemon import Daemon, api_key_of
 from orderwatch.logs import configure_logging
 from orderwatch.settings import Settings
+from orderwatch.signals import take_early
 from orderwatch.store.open import daemon_running, open_store
 
 
@@ -73,11 +74,14 @@ async def run_daemon(daemon: Daemon, stop: asyncio.Event | None = None) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_stop)
     loop.add_signal_handler(signal.SIGINT, on_stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    for sig in take_early():  # arrived while the command started (orderwatch.signals)
+        (daemon.reload if sig == signal.SIGHUP else on_stop)()
     try:
         await daemon.run(stop)
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload this late has nothing to reload
     return 0
 
 
