@@ -333,3 +333,36 @@ async def test_the_store_is_back_soon_after_a_long_outage(pg_dsn: str) -> None:
         await store.close()
     print(f"\nafter a 35 s outage the store answered {idle:.1f}s after the database was back")
     assert idle < 8.0, f"the store answered {idle:.1f}s after the database was back"
+
+
+async def test_a_failed_write_is_named_as_the_write_it_was(pg_dsn: str) -> None:
+    """Errors say which call failed: a claim refused by a read-only database was reported as
+    "read: ... cannot execute UPDATE" (PostgreSQL audit), which sends an operator looking at
+    the wrong thing."""
+    store = await PostgresStore.open(pg_dsn)
+    try:
+        await store.add_orders(["A"], T0, T0)
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            name = pg_dsn.rsplit("/", 1)[1]
+            admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        errors: dict[str, str] = {}
+        for _ in range(20):  # the pool replaces the sessions it lost, now read-only
+            for what, call in (
+                ("claim", store.claim_due(T0, 1, "w", 30)),
+                ("add", store.add_orders(["B"], T0, T0)),
+            ):
+                try:
+                    await call
+                except StoreError as e:
+                    errors[what] = str(e)
+            if all("ReadOnly" in e for e in errors.values()) and len(errors) == 2:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await store.close()
+    assert "claim orders: ReadOnlySqlTransaction" in errors["claim"]
+    assert "add orders: ReadOnlySqlTransaction" in errors["add"]

@@ -190,8 +190,8 @@ class PostgresStore:
         row = await cur.fetchone()
         return int(row[0]) if row else None
 
-    async def _all(self, sql: str, *args: Any) -> list[Any]:
-        async with self._conn("read") as conn:
+    async def _all(self, sql: str, *args: Any, what: str = "read") -> list[Any]:
+        async with self._conn(what) as conn:
             cur = await conn.execute(sql, args)
             return await cur.fetchall()
 
@@ -220,6 +220,7 @@ class PostgresStore:
                 now,
                 first_poll_at,
                 sorted(set(chunk)),
+                what="add orders",
             )
             added += int(rows[0][0]) if rows else 0
         return added
@@ -238,6 +239,7 @@ class PostgresStore:
             limit,
             owner,
             until,
+            what="claim orders",
         )
         rows.sort(key=lambda r: (r[2], r[0]))
         return [Claim(r[0], r[1], r[2], r[3], r[4], r[5], r[6], lease_until=until) for r in rows]
@@ -402,6 +404,7 @@ class PostgresStore:
                 owner,
                 now + lease_s,
                 sink,
+                what="claim deliveries",
             )
             rows.sort(key=lambda r: (r[7], r[0]))
             claims += [
