@@ -33,3 +33,20 @@ async def wait_any(*events: asyncio.Event, timeout: float | None) -> bool:  # no
         for w in waiters:
             w.cancel()
     return bool(done)
+
+
+async def until_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` until it returns or `stop` is set; then cancel it. For loops whose every
+    pass ends with a look at `stop`, but whose store call may first wait out a timeout (a
+    database that is down): a stop need not wait for that."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+    if not task.cancelled():
+        task.result()  # its own error, if it raised one

@@ -230,7 +230,9 @@ class Daemon:
     async def _release_leases(self) -> None:
         """Leased work becomes due at once for whoever runs next; like the poller's hand-back
         a courtesy with a bound (the leases also run out by themselves)."""
-        assert self.store is not None
+        assert self.store is not None and self.poller is not None
+        if self.poller.store_failed_at_stop:
+            return  # the poller's hand-back just found the store gone: no second wait
         try:
             async with asyncio.timeout(GOODBYE_S):
                 await self.store.release_owner(self.owner, self.wall())

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from orderwatch.aio import wait_any
+from orderwatch.aio import until_stopped, wait_any
 from orderwatch.errors import StoreError, store_backoff
 from orderwatch.metrics import Metrics
 from orderwatch.sinks.base import AttemptResult, Sink
@@ -84,27 +84,38 @@ class Deliverer:
             inflight.discard(task)
             wake.set()  # a slot is free
 
-        backoff = 0.0
         try:
-            while not stop.is_set():
-                wake.clear()  # before looking: a wake() from now on is not lost
-                free = sink.max_concurrency - len(inflight)
-                try:
-                    claims = await self._claim(sink, free) if free > 0 else []
-                except StoreError as e:
-                    backoff = store_backoff(backoff)
-                    log.error("store.unavailable", sink=sink.id, error=str(e), retry_in_s=backoff)
-                    await wait_any(stop, timeout=backoff)
-                    continue
-                backoff = 0.0
-                for claim in claims:
-                    task = asyncio.create_task(self._attempt(sink, claim))
-                    inflight.add(task)
-                    task.add_done_callback(done)
-                # Fewer claims than free slots: nothing else is due. As many: we are full.
-                await self._idle(sink, stop, full=len(inflight) >= sink.max_concurrency)
+            await until_stopped(stop, self._look(sink, stop, inflight, done))
         finally:
             await _settle(inflight, grace_s)
+
+    async def _look(
+        self,
+        sink: Sink,
+        stop: asyncio.Event,
+        inflight: set[asyncio.Task[None]],
+        done: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        """Claim what is due while there are free slots; start an attempt for each."""
+        wake = self._wakes[sink.id]
+        backoff = 0.0
+        while not stop.is_set():
+            wake.clear()  # before looking: a wake() from now on is not lost
+            free = sink.max_concurrency - len(inflight)
+            try:
+                claims = await self._claim(sink, free) if free > 0 else []
+            except StoreError as e:
+                backoff = store_backoff(backoff)
+                log.error("store.unavailable", sink=sink.id, error=str(e), retry_in_s=backoff)
+                await wait_any(stop, timeout=backoff)
+                continue
+            backoff = 0.0
+            for claim in claims:
+                task = asyncio.create_task(self._attempt(sink, claim))
+                inflight.add(task)
+                task.add_done_callback(done)
+            # Fewer claims than free slots: nothing else is due. As many: we are full.
+            await self._idle(sink, stop, full=len(inflight) >= sink.max_concurrency)
 
     async def _idle(self, sink: Sink, stop: asyncio.Event, full: bool) -> None:
         """Wait for stop, a wake, a free slot, the next due time, or MAX_IDLE_WAIT_S."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from orderwatch.aio import wait_any
+from orderwatch.aio import until_stopped, wait_any
 from orderwatch.answers import Answer, Kind
 from orderwatch.client import RunaClient
 from orderwatch.errors import StoreError, store_backoff
@@ -77,6 +77,7 @@ class Poller:
         self._soonest = math.inf  # the soonest reschedule since the scheduler last looked
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
+        self.store_failed_at_stop = False  # the hand-back found the store gone
 
     def wake(self) -> None:
         """New orders were added in this process: look for due work now."""
@@ -90,7 +91,7 @@ class Poller:
             for i in range(self.d.max_concurrency)
         ]
         try:
-            await self._dispatch(stop)
+            await until_stopped(stop, self._dispatch(stop))
         finally:
             queued = self._take_queued()  # never started: no GET for them after a stop
             with contextlib.suppress(TimeoutError):
@@ -117,6 +118,7 @@ class Poller:
                 await asyncio.gather(*(self.d.store.release(c) for c in claims))
                 await self.d.store.flush()
         except (TimeoutError, StoreError) as e:
+            self.store_failed_at_stop = True
             log.warning(
                 "store.hand_back_failed",
                 claims=len(claims),
