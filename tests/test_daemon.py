@@ -343,14 +343,38 @@ async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_pat
             assert 1 <= len(errors) <= 8, len(errors)
 
 
+async def _claims_fail_while_work_looks_due(
+    store: Store, claim: str, next_due: str, seconds: float = 3.5
+) -> list[dict[str, object]]:
+    """For `seconds`, every `claim` call fails as on a full disk or a read-only database, while
+    `next_due` (a read, which still works there) says work is due now. The logs meanwhile."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.errors import StoreError
+
+    async def refused(*_a: object, **_k: object) -> list[object]:
+        raise StoreError("state database: cannot execute UPDATE in a read-only transaction")
+
+    async def due_now(*_a: object) -> float:
+        return 0.0
+
+    real = getattr(store, claim), getattr(store, next_due)
+    with capture_logs() as logs:
+        setattr(store, claim, refused)
+        setattr(store, next_due, due_now)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            setattr(store, claim, real[0])
+            setattr(store, next_due, real[1])
+    return logs
+
+
 async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
     tmp_path: Path,
 ) -> None:
     """On a full disk reads still work and show an order due, but every claim fails: the
     dispatcher waits longer after each failure (1 s, 2 s, ...) instead of asking again at once."""
-    from structlog.testing import capture_logs
-
-    from orderwatch.errors import StoreError
 
     async with running_simulator(sim_opts()) as rs:
         settings = settings_for(tmp_path, rs.base_url, polling={"initial_delay": "1h"})
@@ -358,17 +382,7 @@ async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
             store = store_of(d)
             await asyncio.sleep(0.2)
 
-            async def full_disk(*_a: object, **_k: object) -> list[object]:
-                raise StoreError("state database: database or disk is full")
-
-            async def due_now() -> float:
-                return 0.0
-
-            with capture_logs() as logs:
-                real = store.claim_due, store.next_due_at
-                store.claim_due, store.next_due_at = full_disk, due_now  # type: ignore[method-assign,assignment]
-                await asyncio.sleep(3.5)
-                store.claim_due, store.next_due_at = real  # type: ignore[method-assign]
+            logs = await _claims_fail_while_work_looks_due(store, "claim_due", "next_due_at")
             errors = [e for e in logs if e["event"] == "store.unavailable"]
             assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
             assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]
@@ -432,9 +446,6 @@ async def test_a_sink_whose_claims_fail_backs_off(tmp_path: Path) -> None:
     """The same for deliveries: reads say a retry is due, every claim fails (a read-only
     database, a full disk). Each sink waits longer after each failure; it asked again at once,
     355 times a second."""
-    from structlog.testing import capture_logs
-
-    from orderwatch.errors import StoreError
 
     hooks = [{"url": "http://127.0.0.1:9/hook", "secret": SECRET}]
     async with running_simulator(sim_opts()) as rs:
@@ -443,17 +454,9 @@ async def test_a_sink_whose_claims_fail_backs_off(tmp_path: Path) -> None:
             store = store_of(d)
             await asyncio.sleep(0.2)
 
-            async def read_only(*_a: object, **_k: object) -> list[object]:
-                raise StoreError("state database: cannot execute UPDATE in a read-only transaction")
-
-            async def due_now(*_a: object) -> float:
-                return 0.0
-
-            with capture_logs() as logs:
-                real = store.claim_deliveries, store.next_delivery_due_at
-                store.claim_deliveries, store.next_delivery_due_at = read_only, due_now  # type: ignore[method-assign,assignment]
-                await asyncio.sleep(3.5)
-                store.claim_deliveries, store.next_delivery_due_at = real  # type: ignore[method-assign]
+            logs = await _claims_fail_while_work_looks_due(
+                store, "claim_deliveries", "next_delivery_due_at"
+            )
             errors = [e for e in logs if e["event"] == "store.unavailable" and "sink" in e]
             assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
             assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]

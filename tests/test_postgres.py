@@ -14,6 +14,7 @@ from orderwatch.errors import StoreError
 from orderwatch.simulator import max_in_window
 
 from conftest import PG_ADMIN, REQUIRE_POSTGRES
+from harness import Proxy
 
 if not REQUIRE_POSTGRES:  # without the driver skip the module; CI makes it an import error
     pytest.importorskip("psycopg")
@@ -253,50 +254,6 @@ async def test_the_dsn_never_appears_in_errors(dsn: str) -> None:
     assert "s3cr3t" not in repr(err.value.__cause__) and err.value.__suppress_context__
 
 
-class _Outage:
-    """A TCP proxy in front of the test server that can play "the database is down":
-    connections are cut and new ones refused until it is back."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
-
-    async def up(self) -> None:
-        self.server = await asyncio.start_server(
-            self._pipe, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def down(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.writers):
-            w.close()
-        await self.server.wait_closed()
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection(*self.target)
-        except OSError:
-            w.close()
-            return
-        self.writers |= {w, uw}
-
-        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(copy(r, uw), copy(ur, w))
-
-
 @pytest.mark.slow
 async def test_the_store_is_back_soon_after_a_long_outage(pg_dsn: str) -> None:
     """The pool retried a lost server at 1, 2, 4, 8, 16, 32 s... with no cap, so after an
@@ -306,21 +263,21 @@ async def test_the_store_is_back_soon_after_a_long_outage(pg_dsn: str) -> None:
     from urllib.parse import urlsplit
 
     url = urlsplit(pg_dsn)
-    outage = _Outage((url.hostname or "127.0.0.1", url.port or 5432))
-    await outage.up()
+    outage = Proxy(url.port or 5432)
+    await outage.start()
     store = await PostgresStore.open(
         pg_dsn.replace(url.netloc, f"postgres@127.0.0.1:{outage.port}")
     )
     try:
         await store.counts()
-        await outage.down()
+        await outage.cut()
         loop = asyncio.get_running_loop()
         end = loop.time() + 35.0
         while loop.time() < end:  # the daemon keeps asking, as its loops do
             with contextlib.suppress(StoreError):
                 await store.counts()
             await asyncio.sleep(1.0)
-        await outage.up()
+        await outage.restore()
         back = loop.time()
         while True:
             try:

@@ -16,7 +16,7 @@ from orderwatch.receiver import Receiver, running_receiver
 from orderwatch.simulator import Faults, RunningSim, SimOptions, running_simulator
 
 from conftest import PG_ADMIN
-from harness import API_KEY, SECRET, spawn, until, write_config
+from harness import API_KEY, SECRET, Proxy, spawn, until, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 RATE = 40
@@ -154,51 +154,6 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
             if oid in ends and after < ts < ends[oid] - 0.2
         ]
         assert early == [], f"polled before the lease ended (s early): {early}"
-
-
-class Proxy:
-    """A TCP relay to PostgreSQL that can be cut (listener and live connections) and restored."""
-
-    def __init__(self, port: int = 5432) -> None:
-        self.target = port
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.links: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _link(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        try:
-            ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            w.close()
-            return
-        self.links |= {w, uw}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(r, uw), pump(ur, w))
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for w in list(self.links):
-            w.transport.abort()
-        self.links.clear()
-        await self.server.wait_closed()
-
-    async def restore(self) -> None:
-        await self.start()
 
 
 async def test_partitioned_replica_stops_within_lease_and_resumes(

@@ -49,11 +49,7 @@ def write_payload(output_dir: Path, order_id: str, body: bytes) -> Path:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # a failed rename too: no copy of the payload left behind
         raise
-    dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _sync_dir(output_dir)
     return final
 
 
@@ -67,12 +63,17 @@ def remove_payload(output_dir: Path, order_id: str) -> bool:
         (output_dir / f"{order_id}.json").unlink()
     except FileNotFoundError:
         return False
+    _sync_dir(output_dir)
+    return True
+
+
+def _sync_dir(output_dir: Path) -> None:
+    """fsync the directory: a rename or unlink in it survives a power loss."""
     dir_fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return True
 
 
 def restore_payload(output_dir: Path, order_id: str, body: bytes) -> bool:
