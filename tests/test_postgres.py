@@ -288,6 +288,7 @@ async def test_the_store_is_back_soon_after_a_long_outage(pg_dsn: str) -> None:
         idle = loop.time() - back
     finally:
         await store.close()
+        await outage.cut()
     print(f"\nafter a 35 s outage the store answered {idle:.1f}s after the database was back")
     assert idle < 8.0, f"the store answered {idle:.1f}s after the database was back"
 
