@@ -11,16 +11,6 @@ class OrderwatchError(Exception):
     exit_code = 1
 
 
-MAX_STORE_BACKOFF_S = 4.0  # a failing store is asked again at most this far apart
-
-
-def store_backoff(previous_s: float) -> float:
-    """The wait after a failed store call: 1 s, doubling while calls keep failing, capped.
-    (A full disk or a read-only database still answers reads, so whatever said "work is
-    due" says it again at once: without a wait the caller would spin on the error.)"""
-    return min(max(2 * previous_s, 1.0), MAX_STORE_BACKOFF_S)
-
-
 class UsageError(OrderwatchError):
     """The user asked for something that cannot be done as asked (exit 2)."""
 
@@ -59,3 +49,13 @@ class StateLockedError(UsageError):
 
 class StoreError(OrderwatchError):
     """The durable store failed (disk full, database unreachable, corrupt file)."""
+
+
+MAX_STORE_BACKOFF_S = 4.0  # a failing store is asked again at most this far apart
+
+
+def store_backoff(previous_s: float) -> float:
+    """The wait after a failed store call: 1 s, doubling while calls keep failing, capped.
+    (A full disk or a read-only database still answers reads, so whatever said "work is
+    due" says it again at once: without a wait the caller would spin on the error.)"""
+    return min(max(2 * previous_s, 1.0), MAX_STORE_BACKOFF_S)
