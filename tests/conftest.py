@@ -18,7 +18,8 @@ from orderwatch.store.base import Store
 from orderwatch.store.sqlite import SqliteStore
 
 PG_ADMIN = os.environ.get("ORDERWATCH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+# "sqlite-rows": SQLite as versions before 3.33 (or without JSON) run it, row by row.
+BACKENDS = ["sqlite", "sqlite-rows", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 REQUIRE_POSTGRES = os.environ.get("ORDERWATCH_REQUIRE_POSTGRES") == "1"
@@ -72,7 +73,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
         s: Store = await PostgresStore.open(request.getfixturevalue("pg_dsn"))
     else:
-        s = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
+        s = lite = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
+        lite.one_statement = request.param == "sqlite"
     try:
         yield s
     finally:

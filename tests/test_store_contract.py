@@ -85,6 +85,36 @@ async def test_reschedule_nowait_lands_by_flush_and_is_fenced(store: Store) -> N
     await store.flush()  # nothing queued: returns at once
 
 
+BODIES = [
+    b'{"id": "A", "status": "PROCESSING", "note": "caf\xc3\xa9 \xf0\x9f\x98\x80 \\u0000 \\"q\\""}\n',
+    b'{\t"id":\r\n"B"}',
+    '{"id": "C", "note": "not UTF-8"}'.encode("utf-16"),  # JSON a server may send, too
+    b"<html>\x00 NUL</html>",  # a 404 page's body is kept as well
+    b'<p>\x01\x1f\x7f \\ " \xe2\x80\xa8</p>',
+    b"",
+]
+
+
+async def test_queued_bodies_and_times_come_back_exactly(store: Store) -> None:
+    """What a queued reschedule stores comes back byte for byte and to the last bit of each
+    time, whatever the body's text (the SQLite store sends them as one JSON document)."""
+    ids = ["A", "B", "C", "D", "E", "F"]
+    awkward = [T0 + 0.1234567891, T0 + 1 / 3, T0 + 2**-20, T0 + 123.4567890123, T0 + 1e-6, T0]
+    await store.add_orders(ids, T0, T0)
+    claims = await store.claim_due(T0, 6, "w", 30)
+    for c, body, at in zip(sorted(claims, key=lambda c: c.order_id), BODIES, awkward, strict=True):
+        store.reschedule_nowait(
+            c, at, polls=3, error_streak=1, first_404_at=at - 1, last_error="e", last_body=body
+        )
+    await store.flush()
+    for oid, body in zip(ids, BODIES, strict=True):
+        assert await store.last_body(oid) == body
+    again = {c.order_id: c for c in await store.claim_due(T0 + 200, 6, "w", 30)}
+    for oid, at in zip(ids, awkward, strict=True):
+        c = again[oid]
+        assert (c.due_at, c.first_404_at, c.polls, c.error_streak) == (at, at - 1, 3, 1)
+
+
 async def test_close_writes_what_was_queued(tmp_path: Path) -> None:
     """Closing the store (as a clean shutdown does) commits queued writes first."""
     store = await SqliteStore.open(tmp_path, daemon=True, now=T0)
@@ -100,6 +130,36 @@ async def test_close_writes_what_was_queued(tmp_path: Path) -> None:
         assert (row.polls, row.next_poll_at) == (1, T0 + 3)
     finally:
         await store.close()
+
+
+async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
+    sqlite_store: SqliteStore,
+) -> None:
+    """A claim of 100 with 100 queued writes runs a handful of statements, not one per row:
+    the sqlite3 module lets go of the GIL at every row, and the event loop took it each time
+    (bench: 0.84 -> 0.25 thread switches per poll on the store thread)."""
+    now = 1_000.0
+    await sqlite_store.add_orders([f"O-{i:03d}" for i in range(200)], now, now)
+    first = await sqlite_store.claim_due(now, 100, "w", 30)
+    steps: list[str] = []
+    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    for c in first:
+        sqlite_store.reschedule_nowait(
+            c,
+            now + 60,
+            polls=1,
+            error_streak=0,
+            first_404_at=None,
+            last_error=None,
+            last_body=b'{"status": "PROCESSING"}',
+        )
+    second = await sqlite_store.claim_due(now, 100, "w", 30)
+    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    assert len(second) == 100 and not {c.order_id for c in first} & {c.order_id for c in second}
+    # the writes in their own transaction or in the claim's: 7 statements at most
+    assert len(steps) <= 7, [s[:40] for s in steps]
+    (row,) = await sqlite_store.get_orders([first[0].order_id])
+    assert (row.polls, row.next_poll_at) == (1, now + 60)
 
 
 @asynccontextmanager
@@ -243,6 +303,8 @@ async def two_stores(
     else:
         a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
         b = await SqliteStore.open(tmp_path / "state")
+        for lite in (a, b):
+            lite.one_statement = request.param == "sqlite"  # type: ignore[attr-defined]
     try:
         yield a, b
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +49,29 @@ _RESCHEDULE = (
     " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
     " lease_owner = NULL WHERE id = ? AND fence = ? AND state = 'pending'"
 )
+# The hot writes as one statement each. The sqlite3 module lets go of the GIL at every row
+# it steps through, and under load the event loop thread takes it each time: a claim of 128
+# rows cost about 128 thread switches each way (0.9 switches of the store thread per poll in
+# the overhead bench; 0.4 with these). Rows travel as one JSON parameter or result (SQLite
+# 3.33+ with JSON, checked at open; older versions go row by row). Times leave SQLite with
+# 17 digits: json_array's 15 would round them.
+_RESCHEDULE_ALL = (
+    "UPDATE orders SET next_poll_at = {}, polls = {}, error_streak = {}, first_404_at = {},"
+    " last_error = {}, last_body = COALESCE(CAST({} AS BLOB), last_body), lease_owner = NULL"
+    " FROM json_each(?) AS u WHERE orders.id = {} AND orders.fence = {}"
+    " AND orders.state = 'pending'"
+).format(*(f"json_extract(u.value, '$[{i}]')" for i in range(8)))  # _RESCHEDULE's order
+_TIME = "printf('%!.17g', {})"
+_DUE = "FROM orders WHERE state = 'pending' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?"
+_CLAIM_ROWS = (
+    f"SELECT id, fence + 1, next_poll_at, added_at, polls, error_streak, first_404_at {_DUE}"
+)
+_CLAIM_ALL = (
+    f"SELECT json_group_array(json_array(id, fence + 1, {_TIME.format('next_poll_at')},"
+    f" {_TIME.format('added_at')}, polls, error_streak,"
+    f" IIF(first_404_at IS NULL, NULL, {_TIME.format('first_404_at')})))"
+    f" FROM (SELECT * {_DUE})"
+)
 log = structlog.get_logger("orderwatch.store")
 
 
@@ -70,6 +94,7 @@ class SqliteStore:
         self._queued_writer: asyncio.Task[None] | None = None
         self._write_now = asyncio.Event()
         self._last_batch = 0  # how many queued writes the last one carried
+        self.one_statement = False  # hot writes as one statement (set at open; see _RESCHEDULE_ALL)
 
     @classmethod
     async def open(cls, state_dir: Path, *, daemon: bool = False, now: float = 0.0) -> SqliteStore:
@@ -99,6 +124,7 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
+        self.one_statement = sqlite3.sqlite_version_info >= (3, 33, 0) and _has_json(db)
         with self._tx(db):
             for ddl in (*TABLES, *SEED_COUNTS):
                 db.execute(ddl)
@@ -180,17 +206,33 @@ class SqliteStore:
     ) -> list[Claim]:
         with self._tx():
             if queued:
-                self.db.executemany(_RESCHEDULE, queued)
-            rows = self.db.execute(
-                "SELECT id, fence + 1, next_poll_at, added_at, polls, error_streak, first_404_at"
-                " FROM orders WHERE state = 'pending' AND next_poll_at <= ?"
-                " ORDER BY next_poll_at LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            self.db.executemany(
-                "UPDATE orders SET lease_owner = ?, fence = ?, next_poll_at = ? WHERE id = ?",
-                [(owner, r[1], now + lease_s, r[0]) for r in rows],
-            )
+                self._write_rows(queued)
+            if not self.one_statement:
+                rows = self.db.execute(_CLAIM_ROWS, (now, limit)).fetchall()
+                self.db.executemany(
+                    "UPDATE orders SET lease_owner = ?, fence = ?, next_poll_at = ? WHERE id = ?",
+                    [(owner, r[1], now + lease_s, r[0]) for r in rows],
+                )
+            else:
+                (found,) = self.db.execute(_CLAIM_ALL, (now, limit)).fetchone()
+                rows = [
+                    (
+                        r[0],
+                        r[1],
+                        float(r[2]),
+                        float(r[3]),
+                        r[4],
+                        r[5],
+                        None if r[6] is None else float(r[6]),
+                    )
+                    for r in json.loads(found)
+                ]
+                if rows:
+                    self.db.execute(
+                        "UPDATE orders SET lease_owner = ?, fence = fence + 1, next_poll_at = ?"
+                        " WHERE id IN (SELECT json_extract(value, '$[0]') FROM json_each(?))",
+                        (owner, now + lease_s, found),
+                    )
         until = now + lease_s
         return [Claim(r[0], r[1], r[2], r[3], r[4], r[5], r[6], lease_until=until) for r in rows]
 
@@ -265,13 +307,12 @@ class SqliteStore:
                     fut.set_result(ok)
 
     # Queued writes (`reschedule_nowait`): nobody waits for them, so they gather and go as one
-    # `executemany` (no Python per row on the store thread), or in the next claim's
-    # transaction if a claim comes first. While writes come in company (the last batch had
-    # more than one) they wait up to QUEUED_WRITE_DELAY_S for more: at 1,000 polls/s that
-    # took the steady cost from 45% to 33% of a core. A lone write goes at once: at 5/s a
-    # timer per write was one more wakeup per poll (1.7% of a core against 0.8%). `flush`
-    # cuts the wait short. A failure is logged as `store.write_failed`: the orders stay
-    # leased and are polled again.
+    # statement (`_write_rows`), or in the next claim's transaction if a claim comes first.
+    # While writes come in company (the last batch had more than one) they wait up to
+    # QUEUED_WRITE_DELAY_S for more: at 1,000 polls/s that took the steady cost from 45% to
+    # 33% of a core. A lone write goes at once: at 5/s a timer per write was one more wakeup
+    # per poll (1.7% of a core against 0.8%). `flush` cuts the wait short. A failure is
+    # logged as `store.write_failed`: the orders stay leased and are polled again.
     async def _write_queued(self) -> None:
         if self._last_batch > 1:
             with contextlib.suppress(TimeoutError):
@@ -281,13 +322,35 @@ class SqliteStore:
             queued, self._queued = self._queued, []
             self._last_batch = len(queued)
             try:
-                await self._run(self._write_many, _RESCHEDULE, queued)
+                await self._run(self._write_queued_rows, queued)
             except StoreError as e:
                 log.error("store.write_failed", writes=len(queued), error=str(e))
 
-    def _write_many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _write_queued_rows(self, rows: list[tuple[Any, ...]]) -> None:
         with self._tx():
-            self.db.executemany(sql, rows)
+            self._write_rows(rows)
+
+    def _write_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Queued reschedules: one statement over a JSON array where SQLite can, bodies as
+        UTF-8 text (they are JSON); a body that is not UTF-8 text goes row by row."""
+        if not self.one_statement:
+            self.db.executemany(_RESCHEDULE, rows)
+            return
+        as_text: list[tuple[Any, ...]] = []
+        as_bytes: list[tuple[Any, ...]] = []
+        for r in rows:
+            try:
+                text = None if r[5] is None else r[5].decode()
+            except UnicodeDecodeError:
+                as_bytes.append(r)
+                continue
+            if text is not None and "\0" in text:  # SQLite's text functions stop at NUL
+                as_bytes.append(r)
+            else:
+                as_text.append((*r[:5], text, *r[6:]))
+        self.db.execute(_RESCHEDULE_ALL, (json.dumps(as_text, ensure_ascii=False),))
+        if as_bytes:
+            self.db.executemany(_RESCHEDULE, as_bytes)
 
     async def flush(self) -> None:
         for task in (self._queued_writer, self._flusher):
@@ -586,3 +649,11 @@ class SqliteStore:
             self._pool.shutdown(wait=False, cancel_futures=True)
             return
         self._pool.shutdown(wait=True)
+
+
+def _has_json(db: sqlite3.Connection) -> bool:
+    try:
+        db.execute("SELECT json_array(1)")
+    except sqlite3.OperationalError:
+        return False
+    return True
