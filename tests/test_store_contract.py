@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from orderwatch.errors import StoreError
 from orderwatch.events import make_event
 from orderwatch.store.base import Claim, Store
-from orderwatch.store.sqlite import SqliteStore
+from orderwatch.store.sqlite import QUEUED_WRITE_DELAY_S, SqliteStore
 
 from conftest import BACKENDS
 from harness import until
@@ -160,6 +160,38 @@ async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
     assert len(steps) <= 7, [s[:40] for s in steps]
     (row,) = await sqlite_store.get_orders([first[0].order_id])
     assert (row.polls, row.next_poll_at) == (1, now + 60)
+
+
+async def test_sqlite_writes_in_company_gather_for_each_batch(sqlite_store: SqliteStore) -> None:
+    """A steady stream of queued writes commits about once per QUEUED_WRITE_DELAY_S, not once
+    per write: every batch waits for company, not only the first."""
+    now = 1_000.0
+    await sqlite_store.add_orders([f"O-{i:03d}" for i in range(300)], now, now)
+    claims = await sqlite_store.claim_due(now, 300, "w", 30)
+    steps: list[str] = []
+    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    i = 0
+    while loop.time() - start < 0.3:  # writes as fast as the loop goes, for 0.3 s
+        sqlite_store.reschedule_nowait(
+            claims[i % len(claims)],
+            now + 60,
+            polls=1,
+            error_streak=0,
+            first_404_at=None,
+            last_error=None,
+            last_body=None,
+        )
+        i += 1
+        await asyncio.sleep(0)
+    spent = loop.time() - start
+    await sqlite_store.flush()
+    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    commits = steps.count("COMMIT")
+    assert commits <= spent / QUEUED_WRITE_DELAY_S + 3, (commits, spent)
+    rows = await sqlite_store.get_orders([c.order_id for c in claims])
+    assert {r.polls for r in rows} == {1}
 
 
 @asynccontextmanager
