@@ -27,7 +27,8 @@ async def test_add_is_idempotent_and_counts_new(store: Store) -> None:
     """Adding an order twice tracks it once; the return value counts only new ones."""
     assert await store.add_orders(["A", "B"], T0, T0 + 2) == 2
     assert await store.add_orders(["B", "C"], T0, T0 + 2) == 1
-    assert (await store.counts())["pending"] == 3
+    assert await store.add_orders(["D", "D", "C"], T0, T0 + 2) == 1  # twice in one call
+    assert (await store.counts())["pending"] == 4
 
 
 async def test_claim_due_earliest_first_and_leases(store: Store) -> None:
