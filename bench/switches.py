@@ -1,0 +1,77 @@
+"""Thread switches per poll in the overhead bench's orderwatch loop: how often each thread of
+the daemon gave up its core (voluntary: waiting, the GIL included; involuntary: preempted).
+A diagnostic for the store thread's GIL traffic, not part of the table.
+
+    python -m bench.switches [--seconds 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bench import overhead
+from bench.common import simulator_process
+from orderwatch import aio
+
+Counts = dict[int, tuple[int, int]]  # native thread id -> (voluntary, involuntary)
+
+
+def switches() -> Counts:
+    out: Counts = {}
+    for tid in os.listdir("/proc/self/task"):
+        fields = dict(
+            line.split(":", 1)
+            for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines()
+        )
+        out[int(tid)] = (
+            int(fields["voluntary_ctxt_switches"]),
+            int(fields["nonvoluntary_ctxt_switches"]),
+        )
+    return out
+
+
+async def one_round(base: str, seconds: float) -> None:
+    measured = overhead.measured  # orderwatch_loop looks it up when it runs: wrap it
+
+    async def counting(seconds: float, count: Callable[[], Awaitable[int]]) -> overhead.Run:
+        before = switches()
+        run = await measured(seconds, count)
+        after = switches()
+        polls = run.per_s * seconds
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for tid, (vol, invol) in sorted(after.items()):
+            if tid not in before:
+                continue
+            dv, di = vol - before[tid][0], invol - before[tid][1]
+            if dv + di > 10:
+                name = names.get(tid, f"thread {tid}")
+                print(
+                    f"  {name:24} voluntary {dv / polls:.3f}  involuntary {di / polls:.3f} per poll"
+                )
+        print(f"  {run.per_s:,.0f} polls/s, {run.cpu_s * 1000:.3f} ms CPU per poll")
+        return run
+
+    overhead.measured = counting
+    try:
+        await overhead.orderwatch_loop(base, seconds)
+    finally:
+        overhead.measured = measured
+
+
+async def main(seconds: float, rounds: int) -> None:
+    async with simulator_process("--complete-after", "100d") as base:
+        for i in range(rounds):
+            print(f"round {i + 1}:")
+            await one_round(base, seconds)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    aio.run(main(args.seconds, args.rounds))
