@@ -51,10 +51,11 @@ _RESCHEDULE = (
 )
 # The hot writes as one statement each. The sqlite3 module lets go of the GIL at every row
 # it steps through, and under load the event loop thread takes it each time: a claim of 128
-# rows cost about 128 thread switches each way (0.9 switches of the store thread per poll in
-# the overhead bench; 0.4 with these). Rows travel as one JSON parameter or result (SQLite
-# 3.33+ with JSON, checked at open; older versions go row by row). Times leave SQLite with
-# 17 digits: json_array's 15 would round them.
+# rows cost about 128 thread switches each way (the store thread switched 0.9 times per poll
+# in the overhead bench; 0.2 with these and the batch wait of _write_queued, as counted by
+# bench.switches). Rows travel as one JSON parameter or result (SQLite 3.33+ with JSON,
+# checked at open; older versions go row by row). Times leave SQLite with 17 digits:
+# json_array's 15 would round them.
 _RESCHEDULE_ALL = (
     "UPDATE orders SET next_poll_at = {}, polls = {}, error_streak = {}, first_404_at = {},"
     " last_error = {}, last_body = COALESCE(CAST({} AS BLOB), last_body), lease_owner = NULL"
@@ -361,7 +362,8 @@ class SqliteStore:
                 as_bytes.append(r)
             else:
                 as_text.append((*r[:5], text, *r[6:]))
-        self.db.execute(_RESCHEDULE_ALL, (json.dumps(as_text, ensure_ascii=False),))
+        if as_text:
+            self.db.execute(_RESCHEDULE_ALL, (json.dumps(as_text, ensure_ascii=False),))
         if as_bytes:
             self.db.executemany(_RESCHEDULE, as_bytes)
 
