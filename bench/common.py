@@ -119,7 +119,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _status(pid: int, key: str, tid: int | None = None) -> int | None:
+def proc_status(pid: int, key: str, tid: int | None = None) -> int | None:
     """A number from /proc/PID/status (of thread TID with `tid`): kB for Vm*, else a count."""
     path = f"/proc/{pid}/status" if tid is None else f"/proc/{pid}/task/{tid}/status"
     with open(path) as f:
@@ -130,18 +130,18 @@ def _status(pid: int, key: str, tid: int | None = None) -> int | None:
 
 
 def rss_mb(pid: int) -> float:
-    kb = _status(pid, "VmRSS")
+    kb = proc_status(pid, "VmRSS")
     return float("nan") if kb is None else kb / 1024
 
 
 def peak_rss_mb(pid: int) -> float:
-    kb = _status(pid, "VmHWM")
+    kb = proc_status(pid, "VmHWM")
     return float("nan") if kb is None else kb / 1024
 
 
 def wakeups(pid: int) -> int:
     """How often the main thread (the event loop) has gone to sleep and been woken."""
-    return _status(pid, "voluntary_ctxt_switches", tid=pid) or 0
+    return proc_status(pid, "voluntary_ctxt_switches", tid=pid) or 0
 
 
 def cpu_seconds(pid: int) -> float:

@@ -11,27 +11,23 @@ import argparse
 import os
 import threading
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from bench import overhead
-from bench.common import simulator_process
+from bench.common import proc_status, simulator_process
 from orderwatch import aio
 
 Counts = dict[int, tuple[int, int]]  # native thread id -> (voluntary, involuntary)
 
 
 def switches() -> Counts:
-    out: Counts = {}
-    for tid in os.listdir("/proc/self/task"):
-        fields = dict(
-            line.split(":", 1)
-            for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines()
+    pid = os.getpid()
+    return {
+        tid: (
+            proc_status(pid, "voluntary_ctxt_switches", tid=tid) or 0,
+            proc_status(pid, "nonvoluntary_ctxt_switches", tid=tid) or 0,
         )
-        out[int(tid)] = (
-            int(fields["voluntary_ctxt_switches"]),
-            int(fields["nonvoluntary_ctxt_switches"]),
-        )
-    return out
+        for tid in map(int, os.listdir(f"/proc/{pid}/task"))
+    }
 
 
 async def one_round(base: str, seconds: float) -> None:
