@@ -119,3 +119,74 @@ async def test_order_urls_under_the_base_path(slash: str) -> None:
         answer = await client.get_order("O-url_1")
     assert answer.kind is Kind.PROCESSING
     assert [oid for _, oid in rs.sim.requests] == ["O-url_1"]
+
+
+async def test_a_body_that_arrives_in_pieces_is_read_whole() -> None:
+    """A final payload larger than one read (TLS records, TCP segments) comes in pieces;
+    the client reads to the end of the body, not what the first piece held."""
+    import json
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    items = [{"id": f"I-{i}", "redemption_url": f"https://x/{i}"} for i in range(200)]
+    body = json.dumps({"id": "O-big", "status": "COMPLETED", "items": items}).encode()
+
+    async def order(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:100])
+        await asyncio.sleep(0.05)
+        await resp.write(body[100:])
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        RunaClient(
+            f"http://127.0.0.1:{server.port}/v2",
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=5,
+            max_connections=1,
+        ) as client,
+    ):
+        answer = await client.get_order("O-big")
+    assert answer.kind is Kind.FINAL, answer.detail
+    assert answer.body == body
+
+
+async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
+    """A streamed answer (no Content-Length) larger than MAX_BODY is an invalid answer,
+    not a truncated one: the cap counts every piece."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from orderwatch.client import MAX_BODY
+
+    piece = b" " * 65536
+
+    async def order(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"id": "O-huge", "status": "COMPLETED"}')
+        for _ in range(MAX_BODY // len(piece) + 1):
+            await resp.write(piece)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        RunaClient(
+            f"http://127.0.0.1:{server.port}/v2",
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=5,
+            max_connections=1,
+        ) as client,
+    ):
+        answer = await client.get_order("O-huge")
+    assert answer.kind is Kind.INVALID and answer.detail == "body too large"

@@ -40,6 +40,21 @@ class _ConfirmingConnector(aiohttp.TCPConnector):
         return conn
 
 
+async def _read_capped(content: aiohttp.StreamReader) -> bytes | None:
+    """The whole body, or None when it is larger than MAX_BODY. `read(n)` returns what has
+    arrived so far, so a body that comes in pieces (TLS records, TCP segments) takes more
+    than one; on loopback and for small answers the first read nearly always holds it all."""
+    body = await content.read(MAX_BODY + 1)
+    if content.at_eof():
+        return body if len(body) <= MAX_BODY else None
+    parts = [body]
+    size = len(body)
+    while size <= MAX_BODY and (part := await content.read(MAX_BODY + 1 - size)):
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts) if size <= MAX_BODY else None
+
+
 class RunaClient:
     def __init__(
         self,
@@ -108,8 +123,8 @@ class RunaClient:
         assert self._session is not None, "use `async with RunaClient(...)`"
         try:
             async with self._session.get(url) as resp:
-                body = await resp.content.read(MAX_BODY + 1)
-                if len(body) > MAX_BODY:
+                body = await _read_capped(resp.content)
+                if body is None:
                     return Answer(Kind.INVALID, resp.status, detail="body too large")
                 return classify(
                     resp.status, body, order_id, resp.headers.get("Retry-After"), self._wall()
