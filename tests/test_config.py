@@ -380,6 +380,20 @@ def test_a_webhook_secret_in_the_wrong_key_is_not_echoed(tmp_path: Path) -> None
     assert "./ow.yaml:2: polling.max_interval: invalid duration 'whsec_***'" in text
 
 
+def test_a_runa_key_in_the_wrong_key_is_not_echoed(tmp_path: Path) -> None:
+    """A Runa API key (`wg.`, `xx.` or `XX.` and its secret, API-NOTES) written where it does
+    not belong is masked by its shape, prefix kept; api_version must look like a version."""
+    got = problems(
+        tmp_path,
+        "polling:\n  max_interval: wg.9fK2mQ7xLp3RtV8s\n"
+        "runa:\n  api_version: XX.Qa7_Zr-4Lm0Pz8Nw\n",
+    )
+    text = "\n".join(got)
+    assert "9fK2mQ7xLp3RtV8s" not in text and "Qa7_Zr-4Lm0Pz8Nw" not in text
+    assert "./ow.yaml:2: polling.max_interval: invalid duration 'wg.***'" in text
+    assert "./ow.yaml:4: runa.api_version: should be an API version like 2024-02-05" in text
+
+
 def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:
     """A variable that holds a secret, expanded into the wrong key by mistake, is shown by its
     name in the error, never by its value (the loader cannot know which variables are secret)."""

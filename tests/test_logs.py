@@ -87,6 +87,23 @@ def test_registered_secrets_removed_from_values_and_nested_containers() -> None:
     assert line["error"] == f"bad {REDACTED}"
 
 
+def test_values_shaped_like_secrets_are_masked_unregistered() -> None:
+    """A Runa key or a webhook secret that nobody registered (pasted into the wrong setting,
+    quoted by an exception) is masked by its shape; the key's prefix stays, as API-NOTES
+    allows, and names that merely start alike are kept."""
+    out = json_stream()
+    structlog.get_logger("t").info(
+        "x",
+        note="api_version=wg.9fK2mQ7xLp3RtV8s, hook whsec_MfKQ9r8GKYqrTwjU",
+        error=ValueError("bad version xx.Qa7_Zr-4Lm0Pz8Nw"),
+        kept="xx.example.com wg.short",
+    )
+    (line,) = lines(out)
+    assert line["note"] == f"api_version=wg.{REDACTED}, hook whsec_{REDACTED}"
+    assert line["error"] == f"bad version xx.{REDACTED}"
+    assert line["kept"] == "xx.example.com wg.short"
+
+
 def test_sensitive_keys_have_their_whole_value_redacted() -> None:
     """api_key, x-api-key, *_secret, token, password, authorization, payload, body, data."""
     out = json_stream()

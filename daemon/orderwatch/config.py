@@ -25,13 +25,11 @@ from orderwatch.config_keys import allowed_keys, section_model, unknown_key, wan
 from orderwatch.config_source import Collector, Loc, parse, parse_value, read_config, reason
 from orderwatch.errors import ConfigError, Problem
 from orderwatch.files import read_capped
+from orderwatch.logs import mask_secret_shapes
 from orderwatch.settings import Settings
 
 DEFAULT_PATH = Path("/etc/orderwatch/orderwatch.yaml")
 MAX_SECRET = 64 * 1024
-# A Standard Webhooks secret has a shape of its own: masked wherever it appears, even in a key
-# that holds no secret (a wrong indent, a slip of the paste).
-WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=_-]+")
 MIN_MASKED = 6  # shorter values from ${NAME} ("info", "5m") are shown: they hold no secret
 SECRET_FILES = {
     "api_key_file": "api_key",
@@ -288,7 +286,7 @@ def _message(err: Mapping[str, Any]) -> str:
 def _mask_secrets(problems: list[Problem], data: Any, expanded: dict[str, str]) -> list[Problem]:
     """Secrets become ***; then any other value that came from ${NAME} is shown as ${NAME}, as
     such a variable may hold a secret expanded into the wrong key; then whatever still looks
-    like a webhook secret becomes whsec_***."""
+    like a webhook secret or a Runa key becomes whsec_*** or wg.*** (logs.SECRET_SHAPES)."""
     secrets = sorted({s for s in _secret_strings(data, False) if len(s) >= 4}, key=len)
     from_env = sorted(expanded, key=len)
     out = []
@@ -298,7 +296,7 @@ def _mask_secrets(problems: list[Problem], data: Any, expanded: dict[str, str]) 
             message = message.replace(secret, "***")
         for value in reversed(from_env):
             message = message.replace(value, expanded[value])
-        message = WEBHOOK_SECRET.sub("whsec_***", message)
+        message = mask_secret_shapes(message, "***")
         out.append(dataclasses.replace(p, message=message) if message != p.message else p)
     return out
 

@@ -41,12 +41,26 @@ SENSITIVE_KEYS = frozenset(
         "headers",
     }
 )
+# Values shaped like a secret are masked wherever they turn up, registered or not (pasted into
+# the wrong setting, quoted by an exception): a Runa API key, `<wg|xx|XX>.<secret>`, whose
+# prefix is safe to show (API-NOTES), and a Standard Webhooks secret, `whsec_<base64>`.
+# Twelve characters at least, so that names like `xx.example.com` stay readable.
+SECRET_SHAPES = re.compile(r"\b(wg|xx|XX)\.[A-Za-z0-9_+/=-]{12,}|(whsec)_[A-Za-z0-9+/=_-]+")
 MIN_SECRET_LEN = 4  # shorter "secrets" would blank out ordinary words in every line
 _MAX_DEPTH = 16
 _KEY_CACHE_MAX = 4096
 _URL = re.compile(r"https?://[^\s\"'<>\\`]+", re.IGNORECASE)
 _URL_BOUNDARY = ("/", "?", "#")
 _HANDLER_MARK = "_orderwatch_handler"
+
+
+def mask_secret_shapes(text: str, mask: str = REDACTED) -> str:
+    """`text` with every value shaped like a secret masked, its prefix kept."""
+    if "." not in text and "whsec_" not in text:
+        return text
+    return SECRET_SHAPES.sub(
+        lambda m: f"{m.group(1)}.{mask}" if m.group(1) else f"whsec_{mask}", text
+    )
 
 
 def _sensitive(key: str) -> bool:
@@ -109,6 +123,7 @@ class Redactor:
         pattern = self._secret_re
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
+        value = mask_secret_shapes(value)
         if "://" in value:
             value = _URL.sub(self._url, value)
         return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -77,6 +78,14 @@ def _http_url(cls: type, v: str) -> str:
     return v
 
 
+def _api_version(cls: type, v: str) -> str:
+    # Runa's versions are dates (API-NOTES); anything else is answered 400, and this value
+    # is logged, so a key pasted here by mistake would be too.
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", v):
+        raise ValueError("should be an API version like 2024-02-05")
+    return v
+
+
 class RunaSettings(_Section):
     base_url: str = "https://playground.runa.io/v2"
     api_key: SecretStr | None = None
@@ -86,6 +95,7 @@ class RunaSettings(_Section):
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
     _http = field_validator("base_url")(_http_url)
+    _version = field_validator("api_version")(_api_version)
 
 
 class RateLimitSettings(_Section):
