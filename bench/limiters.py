@@ -18,7 +18,7 @@ RATE = 100
 
 
 def _throttle(rate: int) -> Callable[[], Awaitable[Any]]:
-    from asyncio_throttle import Throttler
+    from asyncio_throttle.throttler import Throttler
 
     t = Throttler(rate_limit=rate, period=1.0)
 

@@ -31,7 +31,7 @@ def heap_store() -> Iterator[None]:
     async def claim_due(
         self: SqliteStore, now: float, limit: int, owner: str, lease_s: float
     ) -> list[Claim]:
-        out = []
+        out: list[Claim] = []
         while due and due[0][0] <= now and len(out) < limit:
             at, i = heapq.heappop(due)
             row = rows[i]
