@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.errors import Problem
 from orderwatch.watchlist import (
     MAX_PROBLEMS,
+    ReadState,
     iter_watchlist,
     read_watchlist,
 )
@@ -127,12 +127,12 @@ def test_large_file_streams_in_bounded_memory(tmp_path: Path) -> None:
         f.writelines(f"O-01H5WQGHKCBB85MQFM{i:08d}\n" for i in range(200_000))
     tracemalloc.start()
     try:
-        problems: list[Problem] = []
-        count = sum(1 for _ in iter_watchlist(path, problems))
+        state = ReadState()
+        count = sum(1 for _ in iter_watchlist(path, state))
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert count == 200_000 and problems == []
+    assert count == 200_000 and state.problems == []
     assert peak < 4 * 1024 * 1024  # the full list of 200,000 such strings is ~18 MiB
 
 
@@ -141,10 +141,10 @@ def test_iter_watchlist_is_lazy(tmp_path: Path) -> None:
     store)."""
     path = tmp_path / "wl"
     path.write_text("O-1\nbad/1\nO-2\n")
-    problems: list[Problem] = []
-    it = iter_watchlist(path, problems)
-    assert next(it) == "O-1" and problems == []
-    assert list(it) == ["O-2"] and len(problems) == 1
+    state = ReadState()
+    it = iter_watchlist(path, state)
+    assert next(it) == "O-1" and state.problems == []
+    assert list(it) == ["O-2"] and len(state.problems) == 1
 
 
 def test_example_watchlist_is_clean() -> None:

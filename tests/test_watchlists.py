@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -132,3 +133,129 @@ async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_pa
             await until(all_in, timeout=60)
     assert after_stop < total  # the first run stopped part-way and did not finish the file
     assert stopped_at <= after_stop
+
+
+def _collector() -> tuple[list[str], Callable[[Iterable[str]], Awaitable[int]]]:
+    got: list[str] = []
+
+    async def ingest(ids: Iterable[str]) -> int:
+        ids = list(ids)
+        got.extend(ids)
+        return len(ids)
+
+    return got, ingest
+
+
+class _MetaStore:
+    """The two calls the watcher makes on its store."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, str] = {}
+
+    async def get_meta(self, key: str) -> str | None:
+        return self.meta.get(key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        self.meta[key] = value
+
+
+async def test_a_half_written_last_line_waits_for_its_end(tmp_path: Path) -> None:
+    """A scan that lands between two writes of an append ("O-12", then "3456\\n") must not
+    take "O-12" for an ID; a last line without a newline is read once the file has stayed
+    as it was for a scan."""
+    wl = tmp_path / "w.txt"
+    wl.write_bytes(b"O-1\n")
+    got, ingest = _collector()
+    watcher = WatchlistWatcher([wl], ingest)
+    await watcher.scan()
+    with wl.open("ab") as f:
+        f.write(b"O-12")
+        f.flush()
+        await watcher.scan()
+        f.write(b"3456\n")
+    await watcher.scan()
+    assert "O-12" not in got and "O-123456" in got
+    with wl.open("ab") as f:
+        f.write(b"O-END")  # and nothing more: a file that simply lacks its last newline
+    await watcher.scan()
+    assert "O-END" not in got
+    await watcher.scan()
+    assert got[-1] == "O-END"
+    assert await watcher.scan() == 0 and got.count("O-END") == 1
+
+
+async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that leaves the file as it was (EMFILE at open, EIO part-way) is not taken
+    for a read: the next scan reads the file, the store's memory of it is not written, and
+    the error is logged once, not at every scan."""
+    import errno
+
+    import orderwatch.watchlist as wlmod
+
+    wl = tmp_path / "w.txt"
+    wl.write_text("O-1\nO-2\n")
+    got, ingest = _collector()
+    store = _MetaStore()
+    watcher = WatchlistWatcher([wl], ingest)
+    watcher.store = store  # type: ignore[assignment]
+    real = wlmod.open_regular
+
+    def emfile(path: Path) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(wlmod, "open_regular", emfile)
+    with capture_logs() as logs:
+        await watcher.scan()
+        await watcher.scan()
+    assert got == [] and store.meta == {}
+    assert [e["problem"] for e in logs] == [f"{wl}: cannot read watchlist: Too many open files"]
+    monkeypatch.setattr(wlmod, "open_regular", real)
+    await watcher.scan()
+    assert got == ["O-1", "O-2"] and store.meta
+
+
+async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's stop cancels the watcher while a worker thread is inside the file's
+    generator (a slow disk): the task ends cancelled, with no "generator already executing"
+    error, and the file is closed once the thread lets go of it."""
+    import asyncio
+    import threading
+
+    import orderwatch.watch as watch
+
+    wl = tmp_path / "w.txt"
+    wl.write_text("O-1\nO-2\n")
+    in_thread, release, closed = threading.Event(), threading.Event(), threading.Event()
+    real_iter = watch.iter_watchlist
+
+    def slow_iter(path: Path, state: Any, **kw: Any) -> Iterator[str]:
+        try:
+            for order_id in real_iter(path, state, **kw):
+                in_thread.set()
+                release.wait(5)
+                yield order_id
+        finally:
+            closed.set()
+
+    monkeypatch.setattr(watch, "iter_watchlist", slow_iter)
+    _, ingest = _collector()
+    stop = asyncio.Event()
+    watcher = WatchlistWatcher([wl], ingest)
+    with capture_logs() as logs:
+        task = asyncio.create_task(watcher.run(stop))
+        await asyncio.to_thread(in_thread.wait, 5)
+        stop.set()
+        task.cancel()
+        await asyncio.wait([task])
+        release.set()
+
+        async def is_closed() -> bool:
+            return closed.is_set()
+
+        await until(is_closed, timeout=5)
+    assert task.cancelled()
+    assert not [e for e in logs if e["log_level"] == "error"]

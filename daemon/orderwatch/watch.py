@@ -7,15 +7,14 @@ import asyncio
 import itertools
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
 
 from orderwatch.aio import wait_any
-from orderwatch.errors import Problem
 from orderwatch.store.base import Store
-from orderwatch.watchlist import iter_watchlist
+from orderwatch.watchlist import ReadState, iter_watchlist
 
 log = structlog.get_logger("orderwatch.watch")
 
@@ -41,6 +40,8 @@ class WatchlistWatcher:
         # million-line watchlist is not read and re-inserted at every start.
         self.store: Store | None = None
         self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
+        self._held: dict[Path, tuple[int, int, int, int] | None] = {}  # unread last lines
+        self._reported: dict[Path, tuple[str, ...]] = {}  # the problems last logged
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""
@@ -55,10 +56,18 @@ class WatchlistWatcher:
                 self._seen[path] = sig
             if not force and self._seen.get(path, ()) == sig:
                 continue
-            n, whole = await self._read(path)
+            # An unterminated last line is read once the file has stayed as it was for a
+            # scan: then its writer is done with it, not half-way through an append.
+            settled = sig is not None and self._held.pop(path, None) == sig
+            n, state = await self._read(path, hold_tail=not settled)
             added += n
-            if not whole:
+            if state is None:
                 break  # stopping: the file stays unread, to be read again at the next start
+            if state.held_tail:
+                self._held[path] = sig
+                continue
+            if state.failed and sig is not None:
+                continue  # it exists but could not be read (EMFILE, EIO): the next scan tries
             self._seen[path] = sig  # only now: a failed read is tried again at the next scan
             if self.store is not None and sig is not None:
                 await self.store.set_meta(f"watchlist:{path}", json.dumps(sig))
@@ -71,27 +80,43 @@ class WatchlistWatcher:
             return False
         return await self.store.get_meta(f"watchlist:{path}") == json.dumps(sig)
 
-    async def _read(self, path: Path) -> tuple[int, bool]:
-        """(IDs added, whether the whole file was read). The file streams in chunks, each
-        parsed on a worker thread and stored by its own call: a million-line file is never
-        one list, nor one store call that everyone else waits behind."""
-        problems: list[Problem] = []
-        ids = iter_watchlist(path, problems)
+    async def _read(self, path: Path, hold_tail: bool) -> tuple[int, ReadState | None]:
+        """(IDs added, what the read met; None if it stopped part-way for a stop). The file
+        streams in chunks, each parsed on a worker thread and stored by its own call: a
+        million-line file is never one list, nor one store call that everyone else waits
+        behind."""
+        state = ReadState()
+        ids = iter_watchlist(path, state, hold_tail=hold_tail)
         read = added = 0
+        parsing: asyncio.Future[list[str]] | None = None
         try:
-            while chunk := await asyncio.to_thread(_take, ids, CHUNK):
+            while True:
+                parsing = asyncio.ensure_future(asyncio.to_thread(_take, ids, CHUNK))
+                if not (chunk := await asyncio.shield(parsing)):
+                    break
                 read += len(chunk)
                 added += await self._ingest(chunk)
                 if self._stop is not None and self._stop.is_set():
                     log.info("watchlist.interrupted", file=str(path), ids=read, new=added)
-                    return added, False
+                    return added, None
         finally:
-            ids.close()
-        for problem in problems:
-            log.warning("watchlist.problem", problem=str(problem))
+            if parsing is None or parsing.done():
+                ids.close()
+            else:  # cancelled while the thread is inside the generator: close it after
+                parsing.add_done_callback(lambda f: _close_after(f, ids))
+        self._report(path, state)
         if read:
             log.info("watchlist.read", file=str(path), ids=read, new=added)
-        return added, True
+        return added, state
+
+    def _report(self, path: Path, state: ReadState) -> None:
+        """A file's problems, when they differ from what was last said about it: a file
+        that cannot be read is tried every scan, and says so once."""
+        said = tuple(str(p) for p in state.problems)
+        if said != self._reported.get(path, ()):
+            for problem in said:
+                log.warning("watchlist.problem", problem=problem)
+        self._reported[path] = said
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -105,3 +130,9 @@ class WatchlistWatcher:
 
 def _take(it: Iterator[str], n: int) -> list[str]:
     return list(itertools.islice(it, n))
+
+
+def _close_after(parsing: asyncio.Future[list[str]], ids: Generator[str, None, None]) -> None:
+    if not parsing.cancelled():
+        parsing.exception()  # retrieved: nobody else waits for it now
+    ids.close()

@@ -22,6 +22,15 @@ _PLAIN_LINE = re.compile(rb"[ \t]*(" + ORDER_ID_RE.pattern.encode() + rb")[ \t]*
 
 
 @dataclass
+class ReadState:
+    """What a read met besides IDs."""
+
+    problems: list[Problem] = field(default_factory=list)
+    failed: bool = False  # the file could not be read to its end
+    held_tail: bool = False  # a last line without a newline was left unread (`hold_tail`)
+
+
+@dataclass
 class WatchlistResult:
     ids: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -30,18 +39,24 @@ class WatchlistResult:
 def read_watchlist(path: Path) -> WatchlistResult:
     """The valid IDs of a watchlist in file order, and its problems; never raises for bad
     content or an unreadable file."""
-    result = WatchlistResult()
-    result.ids.extend(iter_watchlist(path, result.problems))
-    return result
+    state = ReadState()
+    return WatchlistResult(list(iter_watchlist(path, state)), state.problems)
 
 
-def iter_watchlist(path: Path, problems: list[Problem]) -> Generator[str, None, None]:
-    """The valid IDs of a watchlist, one at a time; problems are appended to `problems` as
-    they are met (at most MAX_PROBLEMS lines each, then a count)."""
-    name, reported, skipped = str(path), 0, 0
+def iter_watchlist(
+    path: Path, state: ReadState, *, hold_tail: bool = False
+) -> Generator[str, None, None]:
+    """The valid IDs of a watchlist, one at a time; problems are appended to
+    `state.problems` as they are met (at most MAX_PROBLEMS lines each, then a count).
+    `hold_tail`: a last line without a newline may be an append caught half-way ("O-12" of
+    "O-123456\n"), so it is left unread and `state.held_tail` says so."""
+    name, reported, skipped, problems = str(path), 0, 0, state.problems
     try:
         with open_regular(path) as f:
             for lineno, (raw, whole) in enumerate(_lines(f), 1):
+                if hold_tail and whole and not raw.endswith(b"\n"):
+                    state.held_tail = True
+                    break
                 if whole and (m := _PLAIN_LINE.fullmatch(raw)):
                     yield m.group(1).decode("ascii")
                     continue
@@ -54,6 +69,7 @@ def iter_watchlist(path: Path, problems: list[Problem]) -> Generator[str, None, 
                 elif message:
                     skipped += 1
     except OSError as e:
+        state.failed = True
         problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror or e}"))
     if skipped:
         problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
