@@ -158,10 +158,13 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")  # inside: a BEGIN that fails must restore NORMAL too
             try:
                 yield
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (SQLITE_FULL, I/O errors); a
+                # second ROLLBACK would fail and its error would hide the real one.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
         finally:
             if durable:
                 db.execute("PRAGMA synchronous=NORMAL")
