@@ -57,5 +57,10 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:30 GMT", NOW) == 10.0
     assert parse_retry_after("soon", NOW) is None
     assert parse_retry_after(None, NOW) is None
+    # Digits to str.isdigit() that float() refuses: they raised, and a 429 carrying one
+    # never paused polling (the client's call failed instead of classifying the answer).
+    assert parse_retry_after("\u00b2", NOW) is None
+    assert parse_retry_after("\u0663", NOW) is None
+    assert classify(429, b"", "O-1", "\u00b2", NOW).kind is Kind.RATE_LIMITED
     a = classify(429, b"", "O-1", "12", NOW)
     assert a.retry_after_s == 12.0

@@ -43,7 +43,7 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²" and "٣" are digits to isdigit, not to float
         return float(value)
     try:
         when = parsedate_to_datetime(value)
