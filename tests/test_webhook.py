@@ -5,6 +5,7 @@ what never reaches an outcome or a log line."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -252,7 +253,11 @@ def test_sink_id_is_stable_and_hides_path_query_and_userinfo() -> None:
 def test_secret_that_is_not_base64_is_a_usage_error() -> None:
     """A secret the Standard Webhooks library cannot use is a UsageError naming the sink, not
     the secret."""
-    for bad in ("whsec_", "whsec_NOTBASE6X"):
+    # The last two decode, leniently, to another key: "-" and "_" (URL-safe base64, what
+    # secrets.token_urlsafe makes) are dropped, so a 24-byte secret signed with 18 bytes
+    # and no receiver holding the real key could verify a single delivery.
+    urlsafe = "whsec_" + base64.urlsafe_b64encode(bytes([0xFB, 0xFF, 0xBF] * 8)).decode()
+    for bad in ("whsec_", "whsec_NOTBASE6X", "whsec_abc-def_ghij", urlsafe):
         with pytest.raises(UsageError) as info:
             sink("https://hooks.example/h", secret=bad)
         assert str(info.value).startswith("webhook webhook:hooks.example:")

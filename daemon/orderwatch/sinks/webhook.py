@@ -8,6 +8,7 @@ Nothing here logs: outcomes name a status or an error class, never the URL, secr
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import math
 import time
@@ -108,8 +109,12 @@ def _secrets(settings: WebhookSettings) -> list[SecretStr]:
 
 def _signer(secret: str, sink_id: str) -> Webhook:
     try:
+        # Strictly first: the library's decoder skips what is not base64 ("-" and "_" of
+        # URL-safe base64 among it) and would sign with another key than the receiver's.
+        if not base64.b64decode(secret.removeprefix("whsec_"), validate=True):
+            raise ValueError("empty")
         return Webhook(secret)
-    except Exception as e:  # binascii.Error, EmptyWebhookSecretError, RuntimeError
+    except Exception as e:  # binascii.Error, ValueError, EmptyWebhookSecretError
         # the message names the endpoint by its id only: never the secret or the URL's query
         raise UsageError(
             f"webhook {sink_id}: secret is not a Standard Webhooks secret"
