@@ -432,6 +432,38 @@ async def test_a_callback_that_raises_cancelled_error_is_a_failed_attempt(
     assert await row(store, "O-CX") == ("pending", 1, "raised CancelledError")
 
 
+async def test_a_callback_that_exits_is_a_failed_attempt(store: SqliteStore) -> None:
+    """A callback that calls sys.exit() (argparse does on bad input) is a failed attempt; it
+    went through asyncio as SystemExit and ended the whole daemon, its delivery still
+    leased and never counted."""
+
+    async def on_final(event: dict[str, Any]) -> None:
+        sys.exit(0)
+
+    sinks = build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final])
+    await queue_final(store, "O-EXIT", sinks, time.time())
+    await Deliverer(store, sinks, owner="t").run_until_idle()
+    assert await row(store, "O-EXIT") == ("pending", 1, "raised SystemExit")
+
+
+async def test_a_callback_error_is_redacted_before_any_log_chain(store: SqliteStore) -> None:
+    """A callback's error may quote the payout link. An application that embeds orderwatch
+    logs through its own processors, which know nothing of our redactor (capture_logs
+    stands in for them): the link must not reach them."""
+    link = "https://spend.example/redeem/l1nk-s3cret"
+
+    async def on_final(event: dict[str, Any]) -> None:
+        raise RuntimeError(f"downstream refused {link}")
+
+    sinks = build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final])
+    await queue_final(store, "O-LINK", sinks, time.time())
+    with structlog.testing.capture_logs() as logs:
+        await Deliverer(store, sinks, owner="t").run_until_idle()
+    (raised,) = [e for e in logs if e["event"] == "callback.raised"]
+    assert "l1nk-s3cret" not in repr(raised)
+    assert "RuntimeError: downstream refused [REDACTED-URL]" in raised["error"]
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -14,6 +14,10 @@
 A callback that raises is retried on the command/callback schedule like any sink; give it an
 idempotent body (the event id is stable). Callbacks are identified by module and qualified
 name, so a pending delivery survives a restart of your application.
+
+orderwatch logs through your structlog configuration. Its lines hold no payload, and a
+callback's error is redacted before it is logged; to keep the redactor as a backstop for
+everything, put `orderwatch.logs.REDACTOR` in your processor chain before the renderer.
 """
 
 from __future__ import annotations

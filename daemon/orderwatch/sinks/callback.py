@@ -13,12 +13,14 @@ import asyncio
 import importlib
 import inspect
 import json
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
 from orderwatch.errors import UsageError
+from orderwatch.logs import REDACTOR
 from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, callback_sink_id
 from orderwatch.store.base import EventRecord
 
@@ -99,13 +101,15 @@ class CallbackSink:
                 raise  # we are being stopped
             # The callback's own (it awaited a task that someone else cancelled): a failure.
             return self._raised(event, e)
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # sys.exit() in a callback must not end us
             return self._raised(event, e)
         return AttemptResult(True, "ok")
 
     def _raised(self, event: EventRecord, e: BaseException) -> AttemptResult:
-        # the traceback is the user's to debug; the log chain redacts URLs and secrets
-        log.warning("callback.raised", order_id=event.order_id, sink=self.id, exc_info=e)
+        # The traceback is the user's to debug, and it may quote the payout link: redacted
+        # here, not only by our log chain, which an embedding application does not use.
+        trace = REDACTOR.text("".join(traceback.format_exception(e)).rstrip())
+        log.warning("callback.raised", order_id=event.order_id, sink=self.id, error=trace)
         return AttemptResult(False, f"raised {type(e).__name__}")
 
     async def close(self) -> None:
