@@ -18,6 +18,13 @@ RUN pip install --prefix=/install ".[postgres]"
 
 FROM python:3.12-slim
 COPY --from=build /install /usr/local
+# tini as PID 1: it reaps what hook commands leave behind (`cmd &`, a group killed at its
+# timeout), which would otherwise stay zombies of the daemon, and passes SIGTERM on.
+# DL3008: Debian's stable tini; pinning its version would break with every point release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 orderwatch \
     && useradd --system --no-log-init --uid 10001 --gid 10001 \
         --home-dir /var/lib/orderwatch --shell /usr/sbin/nologin orderwatch \
@@ -34,5 +41,5 @@ EXPOSE 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status != 200)"]
-ENTRYPOINT ["orderwatch"]
+ENTRYPOINT ["/usr/bin/tini", "--", "orderwatch"]
 CMD ["run"]

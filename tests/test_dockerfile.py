@@ -52,12 +52,17 @@ def test_hadolint_clean() -> None:
 
 
 def test_image_contract() -> None:
-    """slim base, non-root 10001, exec-form `orderwatch run`, volume, port, config path."""
+    """slim base, non-root 10001, exec-form `orderwatch run` under tini, volume, port,
+    config path. tini is PID 1 because the daemon, as PID 1, inherited every orphan of a
+    hook command and reaped none of them: zombies piled up until the pid limit."""
     steps = final_stage()
     assert steps[0] == ("FROM", "python:3.12-slim")
     got = {word: args for word, args in steps if word != "RUN"}
     assert got["USER"] == "10001:10001"
-    assert (got["ENTRYPOINT"], got["CMD"]) == ('["orderwatch"]', '["run"]')
+    assert (got["ENTRYPOINT"], got["CMD"]) == ('["/usr/bin/tini", "--", "orderwatch"]', '["run"]')
+    assert any(
+        "apt-get install" in args and " tini" in args for word, args in steps if word == "RUN"
+    )
     assert got["VOLUME"] == '["/var/lib/orderwatch"]'
     assert (got["EXPOSE"], got["STOPSIGNAL"]) == ("9464", "SIGTERM")
     assert "ORDERWATCH_CONFIG=/etc/orderwatch/orderwatch.yaml" in got["ENV"]
