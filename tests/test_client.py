@@ -190,3 +190,39 @@ async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
     ):
         answer = await client.get_order("O-huge")
     assert answer.kind is Kind.INVALID and answer.detail == "body too large"
+
+
+async def test_a_redirect_is_not_followed() -> None:
+    """A redirect (a gateway, a wrong base URL) is an invalid answer, not a second GET: that
+    GET would pass no limiter, and aiohttp sends X-Api-Key on to whatever host it names."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    elsewhere: list[str | None] = []
+
+    async def other(request: web.Request) -> web.Response:
+        elsewhere.append(request.headers.get("X-Api-Key"))
+        return web.json_response({"id": request.match_info["id"], "status": "PROCESSING"})
+
+    other_app = web.Application()
+    other_app.router.add_get("/v2/order/{id}", other)
+    async with TestServer(other_app, host="127.0.0.1") as target:
+
+        async def order(request: web.Request) -> web.Response:
+            raise web.HTTPFound(f"http://localhost:{target.port}/v2/order/O-R")
+
+        app = web.Application()
+        app.router.add_get("/v2/order/{id}", order)
+        async with (
+            TestServer(app, host="127.0.0.1") as server,
+            RunaClient(
+                f"http://127.0.0.1:{server.port}/v2",
+                "xx.k",
+                api_version="2024-02-05",
+                timeout_s=5,
+                max_connections=1,
+            ) as client,
+        ):
+            answer = await client.get_order("O-R")
+    assert answer.kind is Kind.INVALID and answer.http_status == 302
+    assert elsewhere == []

@@ -122,7 +122,9 @@ class RunaClient:
         url = self._order_base.with_path(self._order_path + order_id, encoded=True)
         assert self._session is not None, "use `async with RunaClient(...)`"
         try:
-            async with self._session.get(url) as resp:
+            # A redirect is an answer, not a second GET: that one would pass no limiter,
+            # and aiohttp would send X-Api-Key on to whatever host it names.
+            async with self._session.get(url, allow_redirects=False) as resp:
                 body = await _read_capped(resp.content)
                 if body is None:
                     return Answer(Kind.INVALID, resp.status, detail="body too large")
@@ -140,7 +142,7 @@ class RunaClient:
         """GET {base}/ping: a cheap start-up check of the key (counts against the rate)."""
         assert self._session is not None
         try:
-            async with self._session.get(f"{self.base_url}/ping") as r:
+            async with self._session.get(f"{self.base_url}/ping", allow_redirects=False) as r:
                 await r.read()
                 kind = Kind.AUTH if r.status in (401, 403) else Kind.PROCESSING
                 return Answer(kind, r.status, detail=f"http {r.status}")
