@@ -62,5 +62,18 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("\u00b2", NOW) is None
     assert parse_retry_after("\u0663", NOW) is None
     assert classify(429, b"", "O-1", "\u00b2", NOW).kind is Kind.RATE_LIMITED
+    # A date whose zone overflows: it raised OverflowError, and the 429 paused nothing.
+    huge = "Tue, 14 Nov 2023 22:13:30 +99999999999999999999"
+    assert parse_retry_after(huge, NOW) is None
+    assert classify(429, b"", "O-1", huge, NOW).kind is Kind.RATE_LIMITED
+
+
+def test_json_nested_past_the_parser_is_an_invalid_answer() -> None:
+    """A body nested deeper than the parser's recursion limit raised RecursionError out of
+    classify: the policy never ran, so the order was polled again at every lease, past
+    give_up_after, forever."""
+    deep = b"[" * 100_000
+    assert kind(200, deep) is Kind.INVALID
+    assert classify(404, deep, "O-1", None, NOW).kind is Kind.NOT_FOUND
     a = classify(429, b"", "O-1", "12", NOW)
     assert a.retry_after_s == 12.0

@@ -47,7 +47,7 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -101,7 +101,7 @@ def classify(
         return Answer(Kind.INVALID, http_status, detail=f"unexpected http {http_status}")
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return Answer(Kind.INVALID, 200, detail="body is not JSON")
     problem = _order_problem(data, order_id)
     if problem is not None:
@@ -114,6 +114,6 @@ def classify(
 def _json_or_none(body: bytes) -> bytes | None:
     try:
         json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     return body

@@ -128,9 +128,14 @@ class RunaClient:
                 body = await _read_capped(resp.content)
                 if body is None:
                     return Answer(Kind.INVALID, resp.status, detail="body too large")
-                return classify(
-                    resp.status, body, order_id, resp.headers.get("Retry-After"), self._wall()
-                )
+                try:
+                    return classify(
+                        resp.status, body, order_id, resp.headers.get("Retry-After"), self._wall()
+                    )
+                except Exception as e:  # a parser's surprise costs one answer, not the order
+                    return Answer(
+                        Kind.INVALID, resp.status, detail=f"unreadable: {type(e).__name__}"
+                    )
         except TimeoutError:
             return Answer(Kind.TRANSPORT, detail="timeout")
         except aiohttp.ClientError as e:
