@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -407,6 +408,33 @@ async def test_a_reload_names_every_change_it_cannot_apply(tmp_path: Path) -> No
             (reloaded,) = [e for e in logs if e["event"] == "config.reloaded"]
             assert reloaded["needs_restart"] == ["runa", "polling.lease", "logging"]
             assert d.gate.max_interval_s == 7
+
+
+async def test_a_reload_that_fails_in_any_way_keeps_the_old_config(tmp_path: Path) -> None:
+    """A reload is rejected, the old config kept and READY=1 sent again, whatever goes wrong:
+    a config without an API key (which check-config and a start reject; a reload took it),
+    or an error that is not a config error. Before, the second escaped the SIGHUP handler
+    and left systemd waiting in "reloading" until `systemctl reload` timed out."""
+    from structlog.testing import capture_logs
+
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url)
+        no_key = settings.model_copy(
+            update={"runa": settings.runa.model_copy(update={"api_key": None})}
+        )
+
+        def broken() -> Any:
+            raise ValueError("Port out of range 0-65535")
+
+        for attempt in (lambda: no_key, broken):
+            notifier = RecordingNotifier()
+            async with running_daemon(settings, reload=attempt, notifier=notifier) as d:
+                with capture_logs() as logs:
+                    assert d.reload() is False
+                assert d.settings is settings
+                assert notifier.sent[-2:] == ["RELOADING=1", "READY=1"]
+                (rejected,) = [e for e in logs if e["event"] == "config.reload_rejected"]
+                assert rejected["problems"]
 
 
 @pytest.mark.slow

@@ -352,11 +352,13 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = self._reload()
-        except UsageError as e:
-            log.error("config.reload_rejected", problems=str(e).splitlines())
+            api_key_of(new)  # required, as at start
+            self._apply(new)
+        except Exception as e:  # whatever it is, the old config stays and systemd hears so
+            problems = str(e).splitlines() if isinstance(e, UsageError) else [repr(e)]
+            log.error("config.reload_rejected", problems=problems)
             self.notifier.ready()
             return False
-        self._apply(new)
         self.notifier.ready()
         return True
 
