@@ -394,6 +394,34 @@ def test_a_runa_key_in_the_wrong_key_is_not_echoed(tmp_path: Path) -> None:
     assert "./ow.yaml:4: runa.api_version: should be an API version like 2024-02-05" in text
 
 
+def test_paths_urls_and_keys_that_would_fail_later_are_located_errors(tmp_path: Path) -> None:
+    """Values that passed validation and then failed with a traceback (a NUL byte in a
+    path, a port out of range, an IPv6 host without its bracket), or kept the daemon
+    failing on 401s (a blank key), or crashed every poll (a key with a line break)."""
+    got = problems(
+        tmp_path,
+        'state_dir: "a\\0b"\n'
+        'watchlists: ["nul\\0x", w.txt]\n'
+        "runa:\n  base_url: http://127.0.0.1:abc/v2\n"
+        '  api_key: "xx.one\\ntwo"\n'
+        "webhooks:\n  - {url: 'https://hooks.example:99999/x', secret: whsec_dGVzdA==}\n"
+        "  - {url: 'http://[::1/x', secret: whsec_dGVzdA==}\n",
+    )
+    assert sorted(got) == [
+        "./ow.yaml:1: state_dir: contains a NUL byte",
+        "./ow.yaml:2: watchlists[0]: contains a NUL byte",
+        "./ow.yaml:4: runa.base_url: should be a URL with a host and a port up to 65535",
+        "./ow.yaml:5: runa.api_key: contains a control character (a line break?)",
+        "./ow.yaml:7: webhooks[0].url: should be a URL with a host and a port up to 65535",
+        "./ow.yaml:8: webhooks[1].url: should be a URL with a host and a port up to 65535",
+    ]
+    got = problems(tmp_path, 'runa:\n  api_key_file: "a\\0b"\n')
+    assert got == ["./ow.yaml:2: runa.api_key_file: contains a NUL byte"]
+    for blank in ("", "   "):
+        got = problems(tmp_path, "runa:\n  api_key: ${K}\n", {"K": blank})
+        assert got == ["./ow.yaml:2: runa.api_key: is empty"]
+
+
 def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:
     """A variable that holds a secret, expanded into the wrong key by mistake, is shown by its
     name in the error, never by its value (the loader cannot know which variables are secret)."""

@@ -22,7 +22,15 @@ import yaml
 from pydantic import SecretStr, ValidationError
 
 from orderwatch.config_keys import allowed_keys, section_model, unknown_key, wants_text
-from orderwatch.config_source import Collector, Loc, parse, parse_value, read_config, reason
+from orderwatch.config_source import (
+    Collector,
+    Loc,
+    dotted,
+    parse,
+    parse_value,
+    read_config,
+    reason,
+)
 from orderwatch.errors import ConfigError, Problem
 from orderwatch.files import read_capped
 from orderwatch.logs import mask_secret_shapes
@@ -198,7 +206,7 @@ def _secret_file(
         c.add(at, f"give {key} or {file_key}, not both")
         return
     path = _rebase(mapping[file_key], at, base, c)
-    if isinstance(path, Path):
+    if isinstance(path, Path) and "\0" not in str(path):  # NUL: validation says so
         mapping[file_key] = path
         secret = _read_secret(path, at, c)
         if secret is not None:
@@ -251,8 +259,11 @@ def _validate(data: dict[str, Any], c: Collector) -> Settings | None:
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
+        said = {p.key for p in c.problems}  # an earlier step's word on a key is the one kept
         for err in e.errors(include_url=False):
             loc: Loc = tuple(err["loc"])
+            if dotted(loc) in said:
+                continue
             if err["type"] == "extra_forbidden":
                 _unknown(loc, c)
             else:

@@ -6,6 +6,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -51,6 +52,15 @@ def _argv(v: tuple[str, ...]) -> tuple[str, ...]:
 Argv = Annotated[tuple[str, ...], AfterValidator(_argv)]
 
 
+def _no_nul(v: Path) -> Path:
+    if "\0" in str(v):  # os calls refuse it later, with a traceback
+        raise ValueError("contains a NUL byte")
+    return v
+
+
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets; no host means 127.0.0.1) as (host, port)."""
     host, sep, port = listen.rpartition(":")
@@ -75,6 +85,13 @@ class _Section(BaseModel):
 def _http_url(cls: type, v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError("must start with https:// (or http:// on a trusted network)")
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 (it raises for a port out of range or not a number)
+    except ValueError:
+        parts = None
+    if parts is None or not parts.hostname:
+        raise ValueError("should be a URL with a host and a port up to 65535")
     return v
 
 
@@ -90,12 +107,24 @@ class RunaSettings(_Section):
     base_url: str = "https://playground.runa.io/v2"
     api_key: SecretStr | None = None
     # Where api_key was read from, if a file: the loader reads it and rejects giving both.
-    api_key_file: Path | None = None
+    api_key_file: FilePath | None = None
     api_version: str = "2024-02-05"
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
     _http = field_validator("base_url")(_http_url)
     _version = field_validator("api_version")(_api_version)
+
+    @field_validator("api_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        key = v.get_secret_value().strip()
+        if not key:
+            raise ValueError("is empty")  # an unset ${VAR}, as often as not
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+            raise ValueError("contains a control character (a line break?)")
+        return SecretStr(key)
 
 
 class RateLimitSettings(_Section):
@@ -118,7 +147,7 @@ class PollingSettings(_Section):
 class WebhookSettings(_Section):
     url: str
     secret: SecretStr | None = None
-    secret_file: Path | None = None
+    secret_file: FilePath | None = None
     secrets: tuple[SecretStr, ...] = ()  # extra secrets during rotation: every one signs
     timeout_s: PositiveSeconds = Field(15.0, alias="timeout")
     retry_schedule_s: tuple[Seconds, ...] = Field(
@@ -138,7 +167,7 @@ class WebhookSettings(_Section):
 class AdminSettings(_Section):
     listen: str | None = "127.0.0.1:9464"
     token: SecretStr | None = None  # bearer token for the admin API; or token_file
-    token_file: Path | None = None  # where token was read from, if a file
+    token_file: FilePath | None = None  # where token was read from, if a file
 
     @field_validator("listen")
     @classmethod
@@ -176,11 +205,11 @@ class Settings(_Section):
     runa: RunaSettings = RunaSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     polling: PollingSettings = PollingSettings()
-    watchlists: tuple[Path, ...] = ()
-    state_dir: Path = Path("/var/lib/orderwatch")
+    watchlists: tuple[FilePath, ...] = ()
+    state_dir: FilePath = Path("/var/lib/orderwatch")
     state_dsn: SecretStr | None = None
-    state_dsn_file: Path | None = None  # where state_dsn was read from, if a file
-    output_dir: Path = Path("/var/lib/orderwatch/orders")
+    state_dsn_file: FilePath | None = None  # where state_dsn was read from, if a file
+    output_dir: FilePath = Path("/var/lib/orderwatch/orders")
     webhooks: tuple[WebhookSettings, ...] = ()
     commands: tuple[Argv, ...] = ()
     command_timeout_s: PositiveSeconds = Field(30.0, alias="command_timeout")
