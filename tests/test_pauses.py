@@ -112,3 +112,31 @@ async def test_a_claim_whose_lease_ran_short_in_a_pause_is_not_polled(tmp_path: 
             await asyncio.gather(poller.poll_one(claim), time_passes())
         await store.close()
     assert len(rs.sim.arrivals) == 0
+
+
+async def test_the_scheduler_waits_quietly_while_the_key_is_rejected(tmp_path: Path) -> None:
+    """While auth-paused, a probe holds the one claim there is; other orders stay due. The
+    scheduler saw them due, waited 1 ms and asked the store again: hundreds of queries a
+    second for as long as the key was wrong. It now looks once a second."""
+    async with running_simulator(SimOptions(faults=Faults(bad_key=True))) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"max_interval": "5m"})
+        async with running_daemon(settings) as d:
+            store = d.store
+            assert store is not None
+            await d.add_orders([f"O-Q{i}" for i in range(20)])
+
+            async def auth_failed() -> bool:
+                return d.gate.auth_failed
+
+            await until(auth_failed)
+            calls = 0
+            real = store.next_due_at
+
+            async def counted() -> float | None:
+                nonlocal calls
+                calls += 1
+                return await real()
+
+            store.next_due_at = counted  # type: ignore[method-assign]
+            await asyncio.sleep(2.0)
+    assert calls <= 6, calls

@@ -218,6 +218,10 @@ class Poller:
         pause = self.d.gate.rate_paused_for()
         if pause > 0:
             timeout = min(pause, MAX_IDLE_WAIT_S)
+        elif self.d.gate.auth_failed:
+            # One probe at a time holds the one claim there is; what is due waits for it.
+            # Looking when the next order is due would be looking again at once, and again.
+            timeout = MAX_IDLE_WAIT_S
         if self._queue.full():
             timeout = min(timeout, 0.05)
         self._wake_at = self.d.wall() + timeout
