@@ -21,6 +21,10 @@ def test_429_pauses_at_least_5s_and_grows() -> None:
     g = Gate(max_interval_s=30, clock=c)
     assert [g.on_rate_limited(None) for _ in range(5)] == [5, 10, 20, 30, 30]
     assert g.rate_paused_for() == 30
+    # With max_interval at 5 s or less every pause was 5 s, where Runa (and SPEC) ask for
+    # longer while 429s continue: a pause can always grow to four times the least.
+    g = Gate(max_interval_s=2, clock=Clock())
+    assert [g.on_rate_limited(None) for _ in range(4)] == [5, 10, 20, 20]
 
 
 def test_success_resets_429_streak() -> None:

@@ -18,6 +18,7 @@ from orderwatch.aio import wait_any
 log = structlog.get_logger("orderwatch.gate")
 
 MIN_429_PAUSE_S = 5.0
+MIN_GROWN_429_CAP_S = 4 * MIN_429_PAUSE_S  # however short polling.max_interval is
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond an hour is a server bug, not a plan
 
 
@@ -85,11 +86,13 @@ class Gate:
             self._changed.set()
 
     def on_rate_limited(self, retry_after_s: float | None) -> float:
-        """A 429: pause everyone at least 5 s, doubling while 429s continue; honour Retry-After."""
+        """A 429: pause everyone at least 5 s, doubling while 429s continue up to
+        polling.max_interval (20 s at least); honour Retry-After."""
         self.streak_429 += 1
         grown = MIN_429_PAUSE_S * 2.0 ** min(self.streak_429 - 1, 32)
         honoured = min(retry_after_s or 0.0, MAX_RETRY_AFTER_S)
-        pause = max(min(grown, self.max_interval_s), MIN_429_PAUSE_S, honoured)
+        cap = max(self.max_interval_s, MIN_GROWN_429_CAP_S)  # longer while they continue
+        pause = max(min(grown, cap), MIN_429_PAUSE_S, honoured)
         self.paused_until = max(self.paused_until, self._clock() + pause)
         log.warning("api.rate_limited", pause_s=round(pause, 3), streak=self.streak_429)
         return pause
