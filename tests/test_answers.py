@@ -74,6 +74,18 @@ def test_json_nested_past_the_parser_is_an_invalid_answer() -> None:
     give_up_after, forever."""
     deep = b"[" * 100_000
     assert kind(200, deep) is Kind.INVALID
-    assert classify(404, deep, "O-1", None, NOW).kind is Kind.NOT_FOUND
+    assert classify(404, deep, "O-1", None, NOW).kind is Kind.INVALID
+
+
+def test_a_404_is_an_unknown_order_only_when_runa_says_so() -> None:
+    """API-NOTES: branch on the error's `type`. A 404 from anything else (a base_url
+    without /v2, a proxy's page) counted as "no such order", and after not_found_grace every
+    order ended not_found, for good, with a webhook each. It is now a bad answer, retried
+    on the error back-off (give_up_after bounds it), and its detail points at the cause."""
+    assert kind(404, b'{"type": "not_found", "message": "Order not found"}') is Kind.NOT_FOUND
+    for body in (b"<html>404 Not Found</html>", b"", b'{"type": "route_not_found"}', b"[]"):
+        answer = classify(404, body, "O-1", None, NOW)
+        assert answer.kind is Kind.INVALID, body
+        assert "base_url" in answer.detail
     a = classify(429, b"", "O-1", "12", NOW)
     assert a.retry_after_s == 12.0

@@ -94,7 +94,11 @@ def classify(
     if http_status in (401, 403):
         return Answer(Kind.AUTH, http_status, detail=f"http {http_status}")
     if http_status == 404:
-        return Answer(Kind.NOT_FOUND, 404, body=_json_or_none(body), detail="http 404")
+        if _error_type(body) == "not_found":  # Runa's word: no such order
+            return Answer(Kind.NOT_FOUND, 404, body=body, detail="http 404")
+        return Answer(
+            Kind.INVALID, 404, detail="http 404 without type not_found (is runa.base_url right?)"
+        )
     if http_status >= 500:
         return Answer(Kind.SERVER_ERROR, http_status, detail=f"http {http_status}")
     if http_status != 200:
@@ -111,9 +115,10 @@ def classify(
     return Answer(Kind.FINAL, 200, data["status"], body=body, data=data, detail=data["status"])
 
 
-def _json_or_none(body: bytes) -> bytes | None:
+def _error_type(body: bytes) -> object:
+    """The `type` of a Runa error body, or None."""
     try:
-        json.loads(body)
+        data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return body
+    return data.get("type") if isinstance(data, dict) else None
