@@ -422,6 +422,13 @@ def test_paths_urls_and_keys_that_would_fail_later_are_located_errors(tmp_path: 
         assert got == ["./ow.yaml:2: runa.api_key: is empty"]
 
 
+def test_a_state_dsn_postgresql_cannot_read_is_a_located_error(tmp_path: Path) -> None:
+    """It passed check-config and failed at the first store call, exit 1, unlocated."""
+    pytest.importorskip("psycopg")
+    got = problems(tmp_path, 'state_dsn: "mysql://u:pw-9x@db/x"\n')
+    assert got == ["./ow.yaml:1: state_dsn: is not a valid PostgreSQL connection string"]
+
+
 def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:
     """A variable that holds a secret, expanded into the wrong key by mistake, is shown by its
     name in the error, never by its value (the loader cannot know which variables are secret)."""

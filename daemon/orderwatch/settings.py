@@ -218,6 +218,22 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     shutdown_timeout_s: PositiveSeconds = Field(5.0, alias="shutdown_timeout")
 
+    @field_validator("state_dsn")
+    @classmethod
+    def _dsn(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        try:
+            from psycopg import Error
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError:  # without the postgres extra, opening the store says so
+            return v
+        try:
+            conninfo_to_dict(v.get_secret_value())
+        except Error:
+            raise ValueError("is not a valid PostgreSQL connection string") from None
+        return v
+
     @model_validator(mode="after")
     def _lease_outlives_a_request(self) -> Settings:
         if self.polling.lease_s < 2 * self.runa.timeout_s + 1:
