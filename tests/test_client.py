@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orderwatch.answers import Kind
+from orderwatch.answers import Answer, Kind
 from orderwatch.client import RunaClient
 from orderwatch.limiter import SpacedLimiter
 from orderwatch.simulator import SimOptions, max_in_window, running_simulator
@@ -127,7 +127,6 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole() -> None:
     import json
 
     from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     items = [{"id": f"I-{i}", "redemption_url": f"https://x/{i}"} for i in range(200)]
     body = json.dumps({"id": "O-big", "status": "COMPLETED", "items": items}).encode()
@@ -141,19 +140,7 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole() -> None:
         await resp.write(body[100:])
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v2/order/{id}", order)
-    async with (
-        TestServer(app, host="127.0.0.1") as server,
-        RunaClient(
-            f"http://127.0.0.1:{server.port}/v2",
-            "xx.k",
-            api_version="2024-02-05",
-            timeout_s=5,
-            max_connections=1,
-        ) as client,
-    ):
-        answer = await client.get_order("O-big")
+    answer = await answer_from(order, "O-big")
     assert answer.kind is Kind.FINAL, answer.detail
     assert answer.body == body
 
@@ -162,7 +149,6 @@ async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
     """A streamed answer (no Content-Length) larger than MAX_BODY is an invalid answer,
     not a truncated one: the cap counts every piece."""
     from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     from orderwatch.client import MAX_BODY
 
@@ -176,19 +162,7 @@ async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
             await resp.write(piece)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v2/order/{id}", order)
-    async with (
-        TestServer(app, host="127.0.0.1") as server,
-        RunaClient(
-            f"http://127.0.0.1:{server.port}/v2",
-            "xx.k",
-            api_version="2024-02-05",
-            timeout_s=5,
-            max_connections=1,
-        ) as client,
-    ):
-        answer = await client.get_order("O-huge")
+    answer = await answer_from(order, "O-huge")
     assert answer.kind is Kind.INVALID and answer.detail == "body too large"
 
 
@@ -211,18 +185,26 @@ async def test_a_redirect_is_not_followed() -> None:
         async def order(request: web.Request) -> web.Response:
             raise web.HTTPFound(f"http://localhost:{target.port}/v2/order/O-R")
 
-        app = web.Application()
-        app.router.add_get("/v2/order/{id}", order)
-        async with (
-            TestServer(app, host="127.0.0.1") as server,
-            RunaClient(
-                f"http://127.0.0.1:{server.port}/v2",
-                "xx.k",
-                api_version="2024-02-05",
-                timeout_s=5,
-                max_connections=1,
-            ) as client,
-        ):
-            answer = await client.get_order("O-R")
+        answer = await answer_from(order, "O-R")
     assert answer.kind is Kind.INVALID and answer.http_status == 302
     assert elsewhere == []
+
+
+async def answer_from(order: Any, order_id: str) -> Answer:
+    """One get_order against a loopback server whose order route is `order`."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    async with (
+        TestServer(app, host="127.0.0.1") as server,
+        RunaClient(
+            f"http://127.0.0.1:{server.port}/v2",
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=5,
+            max_connections=1,
+        ) as client,
+    ):
+        return await client.get_order(order_id)
