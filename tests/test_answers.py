@@ -89,3 +89,12 @@ def test_a_404_is_an_unknown_order_only_when_runa_says_so() -> None:
         assert "base_url" in answer.detail
     a = classify(429, b"", "O-1", "12", NOW)
     assert a.retry_after_s == 12.0
+
+
+def test_numbers_json_cannot_carry_on_are_an_invalid_answer() -> None:
+    """1e400 parses as inf and NaN as nan, and the event built from them said Infinity and
+    NaN, which no JSON parser downstream accepts: the order's one webhook body was broken."""
+    for number in (b"1e400", b"-1e400", b"NaN", b"Infinity"):
+        body = b'{"id": "O-1", "status": "COMPLETED", "x": ' + number + b"}"
+        assert kind(200, body) is Kind.INVALID, number
+    assert kind(200, b'{"id": "O-1", "status": "COMPLETED", "x": 1e300}') is Kind.FINAL
