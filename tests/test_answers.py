@@ -98,3 +98,19 @@ def test_numbers_json_cannot_carry_on_are_an_invalid_answer() -> None:
         body = b'{"id": "O-1", "status": "COMPLETED", "x": ' + number + b"}"
         assert kind(200, body) is Kind.INVALID, number
     assert kind(200, b'{"id": "O-1", "status": "COMPLETED", "x": 1e300}') is Kind.FINAL
+
+
+def test_errors_that_refuse_every_order_are_told_apart() -> None:
+    """API-NOTES: a retired API version answers 410 version_removed, an unknown one 400
+    invalid_version, plain HTTP 400 insecure_protocol. They refuse every request alike, so
+    they pause polling as a rejected key does; as bad answers of single orders they ran every
+    order out to EXPIRED. Other 400s and 410s stay bad answers of that order."""
+    for status, kind_ in (
+        (410, "version_removed"),
+        (400, "invalid_version"),
+        (400, "insecure_protocol"),
+    ):
+        answer = classify(status, f'{{"type": "{kind_}"}}'.encode(), "O-1", None, NOW)
+        assert answer.kind is Kind.REFUSED and kind_ in answer.detail
+    assert kind(400, b'{"type": "invalid_request"}') is Kind.INVALID
+    assert kind(410, b"<html>gone</html>") is Kind.INVALID

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from orderwatch.client import RunaClient
 from orderwatch.gate import Gate
@@ -72,6 +73,42 @@ async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
 
             await until(done, timeout=20)
             assert d.readiness() == (True, "ok")
+
+
+async def test_a_retired_api_version_pauses_polling_and_fails_no_order(tmp_path: Path) -> None:
+    """410 version_removed for every order: polling pauses and probes, the daemon says
+    why it is not ready, and no order is failed or expired. It resumes when the API
+    answers again (here the simulator stops refusing; in life, a restart with a new
+    api_version)."""
+    opts = SimOptions(api_key=API_KEY, complete_after=0, faults=Faults(version_removed=True))
+    async with running_simulator(opts) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, polling={"max_interval": "300ms", "give_up_after": "2s"}
+        )
+        ids = [f"O-V{i}" for i in range(10)]
+        with capture_logs() as logs:
+            async with running_daemon(settings) as d:
+                await d.add_orders(ids)
+
+                async def probing() -> bool:
+                    return len(rs.sim.arrivals) >= 8
+
+                await until(probing, timeout=10)
+                await asyncio.sleep(2.5)  # past give_up_after: still nothing may expire
+                ready, reason = d.readiness()
+                assert not ready and "api_version" in reason
+                rows = await d.store.get_orders(ids)  # type: ignore[union-attr]
+                assert all(r.state == "pending" for r in rows)
+                assert len(rs.sim.arrivals) <= settings.rate_limit.max_concurrency + 15
+                rs.sim.set_faults(Faults())
+
+                async def done() -> bool:
+                    return (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
+
+                await until(done, timeout=20)
+                assert d.readiness() == (True, "ok")
+    (refused,) = [e for e in logs if e["event"] == "api.refused"]
+    assert refused["reason"] == "http 410 version_removed"
 
 
 async def test_a_claim_whose_lease_ran_short_in_a_pause_is_not_polled(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ class Kind(Enum):
     FINAL = "final"
     NOT_FOUND = "not_found"
     AUTH = "auth"
+    REFUSED = "refused"  # every request refused for the config's sake (API version, HTTP)
     RATE_LIMITED = "rate_limited"
     SERVER_ERROR = "server_error"
     TRANSPORT = "transport"
@@ -36,6 +37,8 @@ class Answer:
 
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
+# Error types that refuse every request alike, not one order (API-NOTES).
+REFUSALS = frozenset({"version_removed", "invalid_version", "insecure_protocol"})
 _TEXT = (str,)
 
 
@@ -94,6 +97,8 @@ def classify(
         )
     if http_status in (401, 403):
         return Answer(Kind.AUTH, http_status, detail=f"http {http_status}")
+    if http_status in (400, 410) and (kind := _error_type(body)) in REFUSALS:
+        return Answer(Kind.REFUSED, http_status, detail=f"http {http_status} {kind}")
     if http_status == 404:
         if _error_type(body) == "not_found":  # Runa's word: no such order
             return Answer(Kind.NOT_FOUND, 404, body=body, detail="http 404")

@@ -315,12 +315,12 @@ class Daemon:
         if deliveries:
             dcounts = await self.store.delivery_counts()
             self.metrics.dead_deliveries.set(dcounts.get("dead", 0))
-        ready, _ = self.readiness()
+        ready, why = self.readiness()
         self.metrics.ready.set(1 if ready else 0)
         self.notifier.status(
             f"pending {counts['pending']}, final {counts['final']}, "
             f"expired {counts['expired']}, not_found {counts['not_found']}"
-            + ("" if ready else " - NOT READY: API key rejected, probing")
+            + ("" if ready else f" - NOT READY: {why}")
         )
         return counts
 
@@ -331,7 +331,7 @@ class Daemon:
         if not self.ready.is_set():
             return False, "starting"
         if self.gate.auth_failed:
-            return False, "the Runa API rejects the API key (401/403); probing"
+            return False, self.gate.refusal
         if self.gate.rate_paused_for() > 60:
             return False, "rate limited by the Runa API (429) for more than a minute"
         return True, "ok"

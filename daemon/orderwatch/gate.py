@@ -28,7 +28,8 @@ class Gate:
         self.max_interval_s = max_interval_s
         self.paused_until = 0.0
         self.streak_429 = 0
-        self.auth_failed = False
+        self.auth_failed = False  # every request refused: the key, or the API version
+        self.refusal = ""  # why, for /readyz and systemd's STATUS
         self._probe_backoff_s = 1.0
         self._next_probe_at = 0.0
         self._probe = asyncio.Lock()
@@ -97,16 +98,31 @@ class Gate:
         log.warning("api.rate_limited", pause_s=round(pause, 3), streak=self.streak_429)
         return pause
 
-    def on_auth_failure(self, http_status: int) -> None:
-        """A 401/403: pause everything; probe one request at a time with back-off."""
+    def on_auth_failure(self, http_status: int, detail: str = "") -> None:
+        """A 401/403, or an answer that refuses every request alike (a retired API version,
+        plain HTTP): pause everything; probe one request at a time with back-off."""
         if not self.auth_failed:
             self.auth_failed = True
-            log.error(
-                "api.auth_failed",
-                http_status=http_status,
-                hint="the Runa API key is invalid or lacks access; polling paused, "
-                "probing until it works (a reload with a new key resumes at once)",
-            )
+            if http_status in (401, 403):
+                self.refusal = "the Runa API rejects the API key (401/403); probing"
+                log.error(
+                    "api.auth_failed",
+                    http_status=http_status,
+                    hint="the Runa API key is invalid or lacks access; polling paused, "
+                    "probing until it works (a reload with a new key resumes at once)",
+                )
+            else:
+                self.refusal = (
+                    f"the Runa API refuses every request ({detail}): check runa.api_version"
+                    " and runa.base_url; probing"
+                )
+                log.error(
+                    "api.refused",
+                    http_status=http_status,
+                    reason=detail,
+                    hint="check runa.api_version and that runa.base_url is https://; polling"
+                    " paused, probing until it works (a restart applies a new api_version)",
+                )
         else:
             self._probe_backoff_s = min(self._probe_backoff_s * 2.0, self.max_interval_s)
         self._next_probe_at = self._clock() + self._probe_backoff_s

@@ -59,7 +59,7 @@ def decide(
     if kind is Kind.FINAL:
         assert answer.order_status is not None
         return Finish("final", answer.order_status)
-    if kind in (Kind.RATE_LIMITED, Kind.AUTH):
+    if kind in (Kind.RATE_LIMITED, Kind.AUTH, Kind.REFUSED):
         return Release()
     deadline = claim.added_at + p.give_up_after_s
     if kind is Kind.NOT_FOUND:

@@ -300,8 +300,8 @@ class Poller:
         elif answer.kind is Kind.RATE_LIMITED:
             self.d.metrics.rate_limited.inc()
             return self.d.gate.on_rate_limited(answer.retry_after_s)
-        elif answer.kind is Kind.AUTH:
-            self.d.gate.on_auth_failure(answer.http_status or 401)
+        elif answer.kind in (Kind.AUTH, Kind.REFUSED):
+            self.d.gate.on_auth_failure(answer.http_status or 401, answer.detail)
         return 0.0
 
     async def _apply(self, claim: Claim, answer: Answer) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from orderwatch.durations import parse_duration
 
+API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
 FAULT_NAMES = ("reset", "timeout", "429", "500", "504", "malformed", "401", "404", "ok")
 
 
@@ -39,6 +40,7 @@ class Faults:
     rate_malformed: float = 0.0
     rate_reset: float = 0.0
     bad_key: bool = False
+    version_removed: bool = False  # every order request: 410 version_removed (a retired version)
     hang_s: float = 30.0  # how long a "timeout" answer hangs (the client gives up first)
 
 
@@ -214,6 +216,10 @@ class Simulator:
         )
         if fault == "401" or self.faults.bad_key or not key_ok:
             return _error(401, "unauthorized", "Invalid API key")
+        if self.faults.version_removed:
+            return _error(410, "version_removed", "This API version has been removed")
+        if request.headers.get("X-Api-Version", API_VERSION) != API_VERSION:
+            return _error(400, "invalid_version", "Unknown API version")
         if fault == "429":
             headers = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None
             return web.json_response({"error": "rate exceeded"}, status=429, headers=headers)
