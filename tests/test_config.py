@@ -311,7 +311,7 @@ def test_missing_or_bad_secret_files_are_located(tmp_path: Path) -> None:
         tmp_path,
         "runa:\n  api_key_file: /nonexistent/key\nstate_dsn_file: .\n"
         "webhooks:\n  - url: https://h\n    secret_file: empty\n"
-        "  - url: https://h\n    secret_file: big\n",
+        "  - url: https://h2\n    secret_file: big\n",
     )
     assert got == [
         "./ow.yaml:2: runa.api_key_file: cannot read api_key_file /nonexistent/key: No such file or directory",
@@ -419,6 +419,25 @@ def test_a_state_dsn_postgresql_cannot_read_is_a_located_error(tmp_path: Path) -
     pytest.importorskip("psycopg")
     got = problems(tmp_path, 'state_dsn: "mysql://u:pw-9x@db/x"\n')
     assert got == ["./ow.yaml:1: state_dsn: is not a valid PostgreSQL connection string"]
+
+
+def test_a_malformed_callback_or_a_sink_named_twice_is_a_located_error(tmp_path: Path) -> None:
+    """They were found only when the sinks were built: `orderwatch: callback 'x': ...`, with
+    no file, line or key. An import that fails still is (it needs the user's code)."""
+    got = problems(
+        tmp_path,
+        "webhooks:\n"
+        "  - {url: 'https://h/x', secret: whsec_dGVzdA==}\n"
+        "  - {url: 'https://h/x', secret: whsec_dGVzdA==}\n"
+        "commands: [[notify, a], [notify, a]]\n"
+        "callbacks: [no_colon_here, 'pkg.mod:f', 'pkg.mod:f']\n",
+    )
+    assert got == [
+        "./ow.yaml:3: webhooks[1]: the same sink as webhooks[0]",
+        "./ow.yaml:4: commands[1]: the same sink as commands[0]",
+        "./ow.yaml:5: callbacks[0]: expected 'package.module:function'",
+        "./ow.yaml:5: callbacks[2]: the same sink as callbacks[1]",
+    ]
 
 
 def test_values_from_the_environment_are_not_echoed(tmp_path: Path) -> None:

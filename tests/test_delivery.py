@@ -485,7 +485,8 @@ def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`callbacks: [pkg.mod:func]` loads the async function, names the sink
-    `callback:pkg.mod:func`, and the same sink twice is a UsageError."""
+    `callback:pkg.mod:func`, and the same sink twice is a UsageError: located by the config
+    loader when the config names it twice, from build_sinks when code passes it twice."""
     (tmp_path / "ow_test_hooks.py").write_text("async def on_final(event):\n    return None\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "ow_test_hooks", raising=False)
@@ -493,5 +494,8 @@ def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
     assert [s.id for s in sinks] == ["callback:ow_test_hooks:on_final"]
     assert isinstance(sinks[0], CallbackSink)
     twice = {"callbacks": ["ow_test_hooks:on_final", "ow_test_hooks:on_final"]}
-    with pytest.raises(UsageError, match="configured twice"):
+    with pytest.raises(UsageError, match=r"callbacks\[1\]: the same sink as callbacks\[0\]"):
         build_sinks(load_settings_from_mapping(twice))
+    on_final = sinks[0].func  # type: ignore[attr-defined]
+    with pytest.raises(UsageError, match="configured twice"):
+        build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final, on_final])

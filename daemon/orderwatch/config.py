@@ -35,6 +35,12 @@ from orderwatch.errors import ConfigError, Problem
 from orderwatch.files import read_capped
 from orderwatch.logs import mask_secret_shapes
 from orderwatch.settings import Settings
+from orderwatch.sink_ids import (
+    callback_sink_id,
+    callback_spec_problem,
+    command_sink_id,
+    webhook_sink_id,
+)
 
 DEFAULT_PATH = Path("/etc/orderwatch/orderwatch.yaml")
 MAX_SECRET = 64 * 1024
@@ -88,11 +94,35 @@ def _build(data: Any, c: Collector, environ: Mapping[str, str], base: Path | Non
     _read_secret_files(data, base, c)
     _rebase_paths(data, base, c)
     settings = _validate(data, c)
+    if settings is not None:
+        _check_sinks(settings, c)
     if c.problems or settings is None:
         problems = _mask_secrets(c.problems, data, c.expanded)
         problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
         raise ConfigError(problems)
     return settings
+
+
+def _check_sinks(s: Settings, c: Collector) -> None:
+    """What can be said of the sinks without importing anyone's code: a callback spec's
+    shape, and two entries that would be the same sink (the same id: one would never be
+    told). Importing a callback waits for the sinks to be built."""
+    seen: dict[str, Loc] = {}
+    named: list[tuple[Loc, str, str | None]] = [
+        *((("webhooks", i), webhook_sink_id(w.url), None) for i, w in enumerate(s.webhooks)),
+        *((("commands", i), command_sink_id(a), None) for i, a in enumerate(s.commands)),
+        *(
+            (("callbacks", i), callback_sink_id(spec), callback_spec_problem(spec))
+            for i, spec in enumerate(s.callbacks)
+        ),
+    ]
+    for loc, sink_id, problem in named:
+        if problem:
+            c.add(loc, problem)
+        elif sink_id in seen:
+            c.add(loc, f"the same sink as {dotted(seen[sink_id])}")
+        else:
+            seen[sink_id] = loc
 
 
 def _overrides(data: dict[str, Any], environ: Mapping[str, str], c: Collector) -> None:

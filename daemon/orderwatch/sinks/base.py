@@ -1,21 +1,15 @@
-"""What every sink is: a stable id, a retry schedule, a concurrency bound, one attempt.
-
-Sink ids are stored with every queued delivery, so they must stay the same across restarts
-and must not carry secrets (they appear in logs and `status`):
-`webhook:<host>:<sha256(url)[:16]>`, `command:<basename of argv[0]>:<sha256(argv)[:16]>`,
-`callback:<package.module:function>`."""
+"""What every sink is: a stable id (orderwatch.sink_ids), a retry schedule, a concurrency
+bound, one attempt."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
+from orderwatch.sink_ids import callback_sink_id, command_sink_id, webhook_sink_id
 from orderwatch.store.base import EventRecord
+
+__all__ = ["callback_sink_id", "command_sink_id", "webhook_sink_id"]  # where sinks import them
 
 # Commands and callbacks have no per-sink schedule key: the webhook default, like Svix's.
 DEFAULT_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -42,20 +36,3 @@ class Sink(Protocol):
     async def attempt(self, event: EventRecord) -> AttemptResult: ...
 
     async def close(self) -> None: ...
-
-
-def short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def webhook_sink_id(url: str) -> str:
-    """Host for readability, a hash for identity: no path, query or userinfo in logs."""
-    return f"webhook:{urlsplit(url).hostname or '?'}:{short_hash(url)}"
-
-
-def command_sink_id(argv: Sequence[str]) -> str:
-    return f"command:{os.path.basename(argv[0])}:{short_hash(json.dumps(list(argv)))}"
-
-
-def callback_sink_id(name: str) -> str:
-    return f"callback:{name}"

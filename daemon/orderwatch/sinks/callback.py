@@ -21,6 +21,7 @@ import structlog
 
 from orderwatch.errors import UsageError
 from orderwatch.logs import REDACTOR
+from orderwatch.sink_ids import callback_spec_problem
 from orderwatch.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, callback_sink_id
 from orderwatch.store.base import EventRecord
 
@@ -31,9 +32,9 @@ log = structlog.get_logger("orderwatch.sinks.callback")
 def load_callable(spec: str) -> Callback:
     """Import "package.module:function" (the function part may be dotted: "mod:Class.method").
     Raises UsageError naming the spec when it is malformed, missing or not async."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name.strip() or not attr.strip():
-        raise UsageError(f"callback {spec!r}: expected 'package.module:function'")
+    if problem := callback_spec_problem(spec):
+        raise UsageError(f"callback {spec!r}: {problem}")
+    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any error importing user code is a config problem
