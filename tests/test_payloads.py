@@ -137,6 +137,76 @@ async def test_a_stale_writer_never_leaves_its_body_over_the_committed_one(
     assert on_disk == committed
 
 
+async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose lease ran out while it wrote the payload renames its file after the
+    new holder ended the order EXPIRED; its own commit is refused. There was no committed
+    payload to put back, so the file, payout links and all, stayed beside an order that
+    SPEC says has none. The refused writer now removes it."""
+    import orderwatch.poller as poller_module
+
+    wall = FakeClock()
+    store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
+    out = tmp_path / "orders"
+    prepare_output_dir(out)
+    a_may_write = threading.Event()
+    calls: list[bytes] = []
+    real = poller_module.write_payload
+
+    def gated(output_dir: Path, order_id: str, body: bytes) -> None:
+        calls.append(body)
+        a_may_write.wait(10)  # A stalls past its lease
+        real(output_dir, order_id, body)
+
+    monkeypatch.setattr(poller_module, "write_payload", gated)
+    settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", polling={"give_up_after": "30s"})
+
+    def poller(client: RunaClient, owner: str) -> Poller:
+        deps = PollerDeps(
+            store=store,
+            client=client,
+            limiter=SpacedLimiter(1000, start_full=True),
+            gate=Gate(max_interval_s=1.0),
+            polling=settings.polling,
+            output_dir=out,
+            sinks=[],
+            owner=owner,
+            max_concurrency=1,
+            rate=1000,
+            request_timeout_s=2.0,
+            wall=wall,
+        )
+        return Poller(deps)
+
+    def client(url: str) -> RunaClient:
+        return RunaClient(url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1)
+
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as one,
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=1e9)) as two,
+        client(one.base_url) as ca,
+        client(two.base_url) as cb,
+    ):
+        await store.add_orders(["O-RACE"], wall(), wall())
+        (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
+        task_a = asyncio.create_task(poller(ca, "a").poll_one(claim_a))
+
+        async def a_is_writing() -> bool:
+            return len(calls) == 1
+
+        await until(a_is_writing)
+        wall.now += 61.0  # A's lease ran out, and give_up_after (30 s) has passed
+        (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
+        await poller(cb, "b").poll_one(claim_b)  # still PROCESSING past the deadline: expired
+        a_may_write.set()
+        await task_a  # A's rename lands; its commit is refused
+        (row,) = await store.get_orders(["O-RACE"])
+    await store.close()
+    assert row.state == "expired"
+    assert not (out / "O-RACE.json").exists()
+
+
 def test_a_failed_rename_leaves_no_temp_copy(tmp_path: Path) -> None:
     """When the rename fails (here <ID>.json is a directory; a full disk does the same), the
     temp copy, payout links and all, is removed: each retry used to leave one more."""

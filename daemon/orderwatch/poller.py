@@ -373,12 +373,29 @@ class Poller:
             if fin.state == "final":
                 assert answer.body is not None
                 await self._restore_payload(claim.order_id, answer.body)
+            else:  # a stale writer's rename may have come between our removal and commit
+                await self._remove_stray_payload(claim.order_id)
         elif fin.state == "final":
             # Refused after writing: our lease ran out while we wrote, and the holder may have
             # committed before our rename landed on its file.
-            body = committed_payload(await d.store.get_event(claim.order_id))
+            committed = await d.store.get_event(claim.order_id)
+            body = committed_payload(committed)
             if body is not None:
                 await self._restore_payload(claim.order_id, body)
+            elif committed is not None:  # it ended without a payload (expired, not_found)
+                await self._remove_stray_payload(claim.order_id)
+
+    async def _remove_stray_payload(self, order_id: str) -> None:
+        """The order ended without a payload: no file may hold payout links for it."""
+        try:
+            if await asyncio.to_thread(remove_payload, self.d.output_dir, order_id):
+                log.warning("payload.removed", order_id=order_id, state="ended without payload")
+        except OSError as e:
+            log.error(
+                "payload.write_failed",
+                order_id=order_id,
+                error=f"cannot remove payload: {e.strerror or type(e).__name__}",
+            )
 
     async def _restore_payload(self, order_id: str, body: bytes) -> None:
         """Leave the committed payload in the file, whoever renamed last (see payloads)."""
