@@ -56,8 +56,13 @@ ORDER_STATES = ("pending", "final", "expired", "not_found")
 
 # order_counts is kept in step by add_orders and finish, in their own transactions, so counting
 # a million orders is one small read, not a scan (status, metrics and systemd STATUS ask often).
+# A missing row is seeded from the orders themselves (a file from before the table existed
+# has orders); a row that exists costs no count.
 SEED_COUNTS = [
-    f"INSERT INTO order_counts(state, n) VALUES ('{s}', 0) ON CONFLICT(state) DO NOTHING"
+    f"INSERT INTO order_counts(state, n)"
+    f" SELECT '{s}', (SELECT COUNT(*) FROM orders WHERE state = '{s}')"
+    f" WHERE NOT EXISTS (SELECT 1 FROM order_counts WHERE state = '{s}')"
+    f" ON CONFLICT(state) DO NOTHING"
     for s in ORDER_STATES
 ]
 # "disabled" (a 410 answer, before 410 became an ordinary failure) is only in older databases;

@@ -90,6 +90,19 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def _refuse_newer(db: sqlite3.Connection) -> None:
+    """A file written by a newer orderwatch (a downgrade) is not written with this schema."""
+    has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+    if not has_meta:
+        return
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is not None and int(row[0]) > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {row[0]} is newer than this orderwatch understands"
+            f" ({SCHEMA_VERSION}): upgrade orderwatch"
+        )
+
+
 class SqliteStore:
     """Store over one SQLite file. Open with `await SqliteStore.open(state_dir)`."""
 
@@ -135,6 +148,7 @@ class SqliteStore:
         db.execute("PRAGMA busy_timeout=10000")
         self.one_statement = sqlite3.sqlite_version_info >= (3, 33, 0) and _has_json(db)
         with self._tx(db):
+            _refuse_newer(db)
             for ddl in (*TABLES, *SEED_COUNTS):
                 db.execute(ddl)
             db.execute(
