@@ -172,3 +172,33 @@ def test_unusable_directories_are_one_line(tmp_path: Path) -> None:
         r = ow("run", "-c", str(cfg))
         assert r.returncode == 1 and "Traceback" not in r.stderr
         assert f"{key} {blocker / 'sub'}: Not a directory" in r.stderr
+
+
+async def test_ctrl_c_during_the_demo_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C stopped the demo's daemon, which closed its store while the demo still read
+    it: a traceback (RuntimeError: cannot schedule new futures after shutdown), exit 1."""
+    import asyncio
+    import signal
+
+    from harness import spawn
+
+    proc = await spawn(
+        "demo",
+        "--orders",
+        "3",
+        env={"TMPDIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"following" not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, seen
+        seen += line
+    await asyncio.sleep(1.5)  # the demo's daemon is polling
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = (seen + err).decode()
+    assert proc.returncode == 130, text
+    assert "Traceback" not in text and "demo: interrupted" in text

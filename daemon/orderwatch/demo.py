@@ -56,23 +56,42 @@ async def run_demo(n_orders: int) -> int:
         ids = [demo_order_id() for _ in range(n_orders)]
         print(f"demo: state in {tmp}; following {len(ids)} orders", file=sys.stderr)
         code = await _drive(settings, ids)
+    if code is None:
+        print(f"demo: interrupted; state in {tmp}", file=sys.stderr)
+        return 130
     return _summary(tmp / "orders", ids, receiver, code)
 
 
-async def _drive(settings: object, ids: list[str]) -> int:
+async def _drive(settings: object, ids: list[str]) -> int | None:
+    """The run's code; None when Ctrl-C (or SIGTERM) stopped the daemon first: its store is
+    closed then, so following it must end with it."""
     daemon = Daemon(settings)  # type: ignore[arg-type]
     stop = asyncio.Event()
     task = asyncio.create_task(run_daemon(daemon, stop))
     await daemon.ready.wait()
     await daemon.add_orders(ids)
-    assert daemon.store is not None
+    store = daemon.store
+    assert store is not None
+
+    async def show() -> int:
+        code = await asyncio.wait_for(follow(store, ids, limit_s=60), 90)
+        await _settle_deliveries(store, ids, 10)
+        return code
+
+    shown = asyncio.create_task(show())
     try:
-        code = await asyncio.wait_for(follow(daemon.store, ids, limit_s=60), 90)
-        await _settle_deliveries(daemon.store, ids, 10)
+        await asyncio.wait({shown, task}, return_when=asyncio.FIRST_COMPLETED)
+        interrupted = stop.is_set()  # only a signal sets it before this point
     finally:
         stop.set()
+        shown.cancel()
+        results = await asyncio.gather(shown, return_exceptions=True)
         await task
-    return code
+    if interrupted:
+        return None
+    if isinstance(results[0], BaseException):
+        raise results[0]
+    return results[0]
 
 
 def _summary(out: Path, ids: list[str], receiver: Receiver, code: int) -> int:
