@@ -179,3 +179,31 @@ async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> Non
             1,
             "orderwatch: stopped with orders still pending\n",
         )
+
+
+async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) -> None:
+    """The daemon `wait` handed over to stops: `wait` leaves it 10 s to restart, but not past
+    its own --timeout (it waited the whole grace, then started a daemon of its own only to
+    say the order was pending: --timeout 2s took 12 s)."""
+    import time
+
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        rs.sim.create(["O-SLOW"], complete_after=3600)
+        cfg = write_config(tmp_path, rs.base_url)
+        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+
+        async def locked() -> bool:
+            return DaemonLock(tmp_path / "state").is_held_elsewhere()
+
+        await until(locked)
+        t0 = time.monotonic()
+        waiter = await spawn(
+            "wait", "-c", str(cfg), "--timeout", "3s", "O-SLOW", stderr=asyncio.subprocess.PIPE
+        )
+        await asyncio.sleep(1.0)  # it has handed the order over and follows the store
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 15) == 0
+        _, err = await asyncio.wait_for(waiter.communicate(), 30)
+        elapsed = time.monotonic() - t0
+    assert waiter.returncode == 1 and b"1 order(s) still pending" in err
+    assert elapsed < 3.0 + 2.5, elapsed  # the timeout, and a start's worth of slack

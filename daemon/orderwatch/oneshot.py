@@ -49,15 +49,19 @@ async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | N
             # daemon that was stopped) while ours are pending: poll them here, or hand over
             # to whoever took the state meanwhile.
             await asyncio.sleep(FOLLOW_INTERVAL_S)
-            await _let_a_daemon_restart(settings)
+            await _let_a_daemon_restart(settings, deadline)
     finally:
         progress.close()
 
 
-async def _let_a_daemon_restart(settings: Settings) -> None:
+async def _let_a_daemon_restart(settings: Settings, deadline: float | None) -> None:
+    """Leave a stopped `run` daemon RESTART_GRACE_S to come back, never past `deadline`."""
     if last_holder_role(settings) != "run":
         return  # another `wait`, which is not coming back
-    for _ in range(round(RESTART_GRACE_S / FOLLOW_INTERVAL_S)):
+    end = time.monotonic() + RESTART_GRACE_S
+    if deadline is not None:
+        end = min(end, deadline)
+    while time.monotonic() < end:
         if daemon_running(settings):
             return
         await asyncio.sleep(FOLLOW_INTERVAL_S)
