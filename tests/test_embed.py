@@ -39,3 +39,18 @@ async def test_watcher_with_callback(tmp_path: Path) -> None:
         (event,) = got
         assert event["id"] == "evt_completed_O-EMB" and event["type"] == "order.completed"
         assert event["data"] == rs.sim.payload("O-EMB")
+
+
+async def test_a_watcher_that_is_not_running_says_so(tmp_path: Path) -> None:
+    """add and status before `async with` or after it ended raised an AssertionError or
+    "RuntimeError: cannot schedule new futures after shutdown"; now a UsageError that says
+    what is wrong."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        w = Watcher(config_dict(tmp_path, rs.base_url))
+        with pytest.raises(UsageError, match="not running"):
+            await w.add(["O-E1"])
+        async with w:
+            assert await w.add(["O-E1"]) == 1
+        for call in (w.add(["O-E2"]), w.status(["O-E1"])):
+            with pytest.raises(UsageError, match="not running"):
+                await call

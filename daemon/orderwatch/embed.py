@@ -30,7 +30,7 @@ from orderwatch.daemon import Daemon
 from orderwatch.errors import UsageError
 from orderwatch.ids import is_valid_order_id
 from orderwatch.settings import Settings
-from orderwatch.store.base import OrderRow
+from orderwatch.store.base import OrderRow, Store
 
 Callback = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -63,6 +63,7 @@ class Watcher:
 
     async def add(self, order_ids: Iterable[str]) -> int:
         """Track these orders (durably); returns how many were new."""
+        self._running()
         ids = list(order_ids)
         bad = [i for i in ids if not is_valid_order_id(i)]
         if bad:
@@ -70,5 +71,11 @@ class Watcher:
         return await self.daemon.add_orders(ids)
 
     async def status(self, order_ids: Sequence[str]) -> list[OrderRow]:
-        assert self.daemon.store is not None
-        return await self.daemon.store.get_orders(order_ids)
+        return await self._running().get_orders(order_ids)
+
+    def _running(self) -> Store:
+        """The open store, or a UsageError outside `async with Watcher(...)`."""
+        store = self.daemon.store
+        if self._task is None or self._task.done() or self._stop.is_set() or store is None:
+            raise UsageError("the Watcher is not running: use it inside `async with`")
+        return store
