@@ -8,6 +8,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,32 @@ def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
     assert stat.S_IMODE(final.stat().st_mode) == 0o600
     assert theirs.read_bytes() == b'{"half": '
     assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "O-P1.json"]
+
+
+def _one_worker(
+    store: SqliteStore, client: RunaClient, owner: str, out: Path, polling: Any, wall: FakeClock
+) -> Poller:
+    """A poller of one worker for `owner` (a replica), for driving races by hand."""
+    return Poller(
+        PollerDeps(
+            store=store,
+            client=client,
+            limiter=SpacedLimiter(1000, start_full=True),
+            gate=Gate(max_interval_s=1.0),
+            polling=polling,
+            output_dir=out,
+            sinks=[],
+            owner=owner,
+            max_concurrency=1,
+            rate=1000,
+            request_timeout_s=2.0,
+            wall=wall,
+        )
+    )
+
+
+def _client(base_url: str) -> RunaClient:
+    return RunaClient(base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1)
 
 
 async def _stale_writer_race(
@@ -68,33 +95,13 @@ async def _stale_writer_race(
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")
 
     def poller(client: RunaClient, owner: str) -> Poller:
-        return Poller(
-            PollerDeps(
-                store=store,
-                client=client,
-                limiter=SpacedLimiter(1000, start_full=True),
-                gate=Gate(max_interval_s=1.0),
-                polling=settings.polling,
-                output_dir=out,
-                sinks=[],
-                owner=owner,
-                max_concurrency=1,
-                rate=1000,
-                request_timeout_s=2.0,
-                wall=wall,
-            )
-        )
-
-    def client(base_url: str) -> RunaClient:
-        return RunaClient(
-            base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
-        )
+        return _one_worker(store, client, owner, out, settings.polling, wall)
 
     async with (
         running_simulator(opts) as one,
         running_simulator(opts) as two,
-        client(one.base_url) as ca,
-        client(two.base_url) as cb,
+        _client(one.base_url) as ca,
+        _client(two.base_url) as cb,
     ):
         await store.add_orders(["O-RACE"], wall(), wall())
         (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
@@ -163,30 +170,13 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", polling={"give_up_after": "30s"})
 
     def poller(client: RunaClient, owner: str) -> Poller:
-        deps = PollerDeps(
-            store=store,
-            client=client,
-            limiter=SpacedLimiter(1000, start_full=True),
-            gate=Gate(max_interval_s=1.0),
-            polling=settings.polling,
-            output_dir=out,
-            sinks=[],
-            owner=owner,
-            max_concurrency=1,
-            rate=1000,
-            request_timeout_s=2.0,
-            wall=wall,
-        )
-        return Poller(deps)
-
-    def client(url: str) -> RunaClient:
-        return RunaClient(url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1)
+        return _one_worker(store, client, owner, out, settings.polling, wall)
 
     async with (
         running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as one,
         running_simulator(SimOptions(api_key=API_KEY, complete_after=1e9)) as two,
-        client(one.base_url) as ca,
-        client(two.base_url) as cb,
+        _client(one.base_url) as ca,
+        _client(two.base_url) as cb,
     ):
         await store.add_orders(["O-RACE"], wall(), wall())
         (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
