@@ -12,6 +12,8 @@ import struct
 import termios
 from pathlib import Path
 
+import pytest
+
 from orderwatch.receiver import Receiver, running_receiver
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.lock import DaemonLock
@@ -207,3 +209,32 @@ async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) ->
         elapsed = time.monotonic() - t0
     assert waiter.returncode == 1 and b"1 order(s) still pending" in err
     assert elapsed < 3.0 + 2.5, elapsed  # the timeout, and a start's worth of slack
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Handing over to a running daemon, `wait` ended on SIGINT with exit 130 and nothing
+    said, and SIGTERM killed it; polling itself it says one line and exits 1. Now both."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        rs.sim.create(["O-HELD"], complete_after=3600)
+        cfg = write_config(tmp_path, rs.base_url)
+        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        try:
+
+            async def locked() -> bool:
+                return DaemonLock(tmp_path / "state").is_held_elsewhere()
+
+            await until(locked)
+            waiter = await spawn("wait", "-c", str(cfg), "O-HELD", stderr=asyncio.subprocess.PIPE)
+            await asyncio.sleep(1.5)  # it has handed the order over and follows the store
+            waiter.send_signal(sig)
+            _, err = await asyncio.wait_for(waiter.communicate(), 15)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(daemon.wait(), 15)
+    assert (waiter.returncode, err.decode()) == (
+        1,
+        "orderwatch: stopped with orders still pending\n",
+    )

@@ -9,14 +9,17 @@ the cluster-wide limiter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 
 from tqdm import tqdm
 
+from orderwatch.aio import wait_any
 from orderwatch.daemon import Daemon
 from orderwatch.delivery import Deliverer
 from orderwatch.errors import StateLockedError, UsageError
@@ -34,10 +37,12 @@ RESTART_GRACE_S = 10.0
 async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | None) -> int:
     deadline = _deadline(limit_s)
     progress = _Progress(len(ids))
+    stopped = asyncio.Event()  # SIGINT or SIGTERM while no daemon of ours runs
     try:
         while True:
             if daemon_running(settings):
-                code = await _hand_over(settings, ids, deadline, progress)
+                with _stop_on_signals(stopped):
+                    code = await _hand_over(settings, ids, deadline, progress, stopped)
             else:
                 try:
                     code = await _poll_here(settings, ids, deadline, progress)
@@ -48,34 +53,65 @@ async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | N
             # Whoever held the state stopped (another `wait` whose own orders ended, or a
             # daemon that was stopped) while ours are pending: poll them here, or hand over
             # to whoever took the state meanwhile.
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
-            await _let_a_daemon_restart(settings, deadline)
+            with _stop_on_signals(stopped):
+                if not stopped.is_set():
+                    await wait_any(stopped, timeout=FOLLOW_INTERVAL_S)
+                    await _let_a_daemon_restart(settings, deadline, stopped)
+            if stopped.is_set():  # as `_poll_here` says it when a signal stops its daemon
+                print("orderwatch: stopped with orders still pending", file=sys.stderr)
+                return 1
     finally:
         progress.close()
 
 
-async def _let_a_daemon_restart(settings: Settings, deadline: float | None) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(stopped: asyncio.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set `stopped` (a daemon of our own installs its own handlers)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _let_a_daemon_restart(
+    settings: Settings, deadline: float | None, stopped: asyncio.Event
+) -> None:
     """Leave a stopped `run` daemon RESTART_GRACE_S to come back, never past `deadline`."""
     if last_holder_role(settings) != "run":
         return  # another `wait`, which is not coming back
     end = time.monotonic() + RESTART_GRACE_S
     if deadline is not None:
         end = min(end, deadline)
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stopped.is_set():
         if daemon_running(settings):
             return
-        await asyncio.sleep(FOLLOW_INTERVAL_S)
+        await wait_any(stopped, timeout=FOLLOW_INTERVAL_S)
 
 
 async def _hand_over(
-    settings: Settings, ids: list[str], deadline: float | None, progress: _Progress
+    settings: Settings,
+    ids: list[str],
+    deadline: float | None,
+    progress: _Progress,
+    stopped: asyncio.Event,
 ) -> int | None:
-    """Enqueue for the process that holds the state and follow the store while it does."""
+    """Enqueue for the process that holds the state and follow the store while it does (and
+    until a signal stops us)."""
     async with AsyncExitStack() as stack:
         store = await open_store(settings, stack, daemon=False, now=time.time())
         now = time.time()
         await store.add_orders(ids, now, now + settings.polling.initial_delay_s)
-        return await _follow(store, ids, deadline, progress, lambda: daemon_running(settings))
+        return await _follow(
+            store,
+            ids,
+            deadline,
+            progress,
+            lambda: daemon_running(settings) and not stopped.is_set(),
+        )
 
 
 async def _poll_here(
