@@ -18,6 +18,7 @@ from orderwatch.limiter import SpacedLimiter
 from orderwatch.payloads import TMP_PREFIX, prepare_output_dir, write_payload
 from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.store.base import Claim
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, FakeClock, settings_for, until
@@ -62,6 +63,25 @@ def _client(base_url: str) -> RunaClient:
     return RunaClient(base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1)
 
 
+async def _a_stalls_then_b_claims(
+    store: SqliteStore, a: Poller, calls: list[bytes], wall: FakeClock
+) -> tuple[asyncio.Task[None], Claim]:
+    """Worker A claims O-RACE and polls it until its payload write stalls (the test's gated
+    write_payload records `calls`); then 61 s pass, A's lease runs out and B claims the
+    order. Returns A's task and B's claim."""
+    await store.add_orders(["O-RACE"], wall(), wall())
+    (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
+    task_a = asyncio.create_task(a.poll_one(claim_a))
+
+    async def a_is_writing() -> bool:
+        return len(calls) == 1
+
+    await until(a_is_writing)
+    wall.now += 61.0
+    (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
+    return task_a, claim_b
+
+
 async def _stale_writer_race(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
 ) -> tuple[object, object, object]:
@@ -103,16 +123,7 @@ async def _stale_writer_race(
         _client(one.base_url) as ca,
         _client(two.base_url) as cb,
     ):
-        await store.add_orders(["O-RACE"], wall(), wall())
-        (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
-        task_a = asyncio.create_task(poller(ca, "a").poll_one(claim_a))
-
-        async def a_is_writing() -> bool:
-            return len(calls) == 1
-
-        await until(a_is_writing)
-        wall.now += 61.0  # A's lease has run out
-        (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
         task_b = asyncio.create_task(poller(cb, "b").poll_one(claim_b))
         await asyncio.to_thread(b_wrote.wait, 10)
         if holder_commits_first:
@@ -178,16 +189,8 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
         _client(one.base_url) as ca,
         _client(two.base_url) as cb,
     ):
-        await store.add_orders(["O-RACE"], wall(), wall())
-        (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
-        task_a = asyncio.create_task(poller(ca, "a").poll_one(claim_a))
-
-        async def a_is_writing() -> bool:
-            return len(calls) == 1
-
-        await until(a_is_writing)
-        wall.now += 61.0  # A's lease ran out, and give_up_after (30 s) has passed
-        (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
+        # A's lease runs out, and give_up_after (30 s) passes with it
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
         await poller(cb, "b").poll_one(claim_b)  # still PROCESSING past the deadline: expired
         a_may_write.set()
         await task_a  # A's rename lands; its commit is refused

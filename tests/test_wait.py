@@ -21,6 +21,17 @@ from orderwatch.store.lock import DaemonLock
 from harness import API_KEY, SECRET, spawn, until, write_config
 
 
+async def spawn_holder(cfg: Path, state: Path) -> asyncio.subprocess.Process:
+    """`orderwatch run` as a child process, returned once it holds the state's lock."""
+    daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+
+    async def locked() -> bool:
+        return DaemonLock(state).is_held_elsewhere()
+
+    await until(locked)
+    return daemon
+
+
 async def run_cli(*args: str) -> tuple[int, str, str]:
     p = await spawn(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(p.communicate(), 60)
@@ -45,13 +56,8 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
     sees the daemon's rate, never two pollers."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.5)) as rs:
         cfg = write_config(tmp_path, rs.base_url, rate_limit={"requests_per_second": 20})
-        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
         try:
-
-            async def locked() -> bool:
-                return DaemonLock(tmp_path / "state").is_held_elsewhere()
-
-            await until(locked)
             code, out, _ = await run_cli("wait", "-c", str(cfg), *[f"O-H{i}" for i in range(30)])
             assert code == 0 and out.count("COMPLETED") == 30
             assert rs.sim.max_in_window(1.0) <= 20
@@ -133,12 +139,7 @@ async def test_a_wait_leaves_a_restarting_daemon_its_state(tmp_path: Path) -> No
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
         rs.sim.create(["O-RESTART"], complete_after=4.0)
         cfg = write_config(tmp_path, rs.base_url)
-        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
-
-        async def locked() -> bool:
-            return DaemonLock(tmp_path / "state").is_held_elsewhere()
-
-        await until(locked)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
         waiter = await spawn(
             "wait", "-c", str(cfg), "--timeout", "60s", "O-RESTART", stdout=asyncio.subprocess.PIPE
         )
@@ -192,12 +193,7 @@ async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) ->
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
         rs.sim.create(["O-SLOW"], complete_after=3600)
         cfg = write_config(tmp_path, rs.base_url)
-        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
-
-        async def locked() -> bool:
-            return DaemonLock(tmp_path / "state").is_held_elsewhere()
-
-        await until(locked)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
         t0 = time.monotonic()
         waiter = await spawn(
             "wait", "-c", str(cfg), "--timeout", "3s", "O-SLOW", stderr=asyncio.subprocess.PIPE
@@ -220,13 +216,8 @@ async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
         rs.sim.create(["O-HELD"], complete_after=3600)
         cfg = write_config(tmp_path, rs.base_url)
-        daemon = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
         try:
-
-            async def locked() -> bool:
-                return DaemonLock(tmp_path / "state").is_held_elsewhere()
-
-            await until(locked)
             waiter = await spawn("wait", "-c", str(cfg), "O-HELD", stderr=asyncio.subprocess.PIPE)
             await asyncio.sleep(1.5)  # it has handed the order over and follows the store
             waiter.send_signal(sig)
