@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,9 @@ async def spawn(
 class Proxy:
     """A TCP relay to PostgreSQL that can be cut (listener and live connections) and restored."""
 
-    def __init__(self, port: int = 5432) -> None:
+    def __init__(self, port: int = 5432, reply_delay: Callable[[], float] | None = None) -> None:
         self.target = port
+        self.reply_delay = reply_delay  # seconds to hold each piece of the server's answers
         self.server: asyncio.Server | None = None
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
@@ -135,9 +136,13 @@ class Proxy:
             return
         self.links |= {w, uw}
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: Callable[[], float]
+        ) -> None:
             try:
                 while data := await src.read(65536):
+                    if (seconds := delay()) > 0:
+                        await asyncio.sleep(seconds)  # in order: later pieces wait behind it
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -145,7 +150,9 @@ class Proxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pump(r, uw), pump(ur, w))
+        await asyncio.gather(
+            pump(r, uw, lambda: 0.0), pump(ur, w, self.reply_delay or (lambda: 0.0))
+        )
 
     async def cut(self) -> None:
         assert self.server is not None

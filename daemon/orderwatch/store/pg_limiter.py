@@ -9,7 +9,10 @@ server's view within the rate:
 - restart safety: a new limiter's first slot is at least one window after the last slot anyone
   reserved, because a process that was killed cannot tell what it sent in its last second;
 - lateness: a replica that wakes more than half the spacing margin after its slot could bunch
-  with the next replicas' sends, so it leaves that slot unused and takes a new one;
+  with the next replicas' sends, so it leaves that slot unused and takes a new one. An answer
+  that took longer than the network's usual round trip (beyond what the server spent waiting
+  for the row lock, which it reports) may have been held on its way back: the slot may then
+  lie that much earlier than this replica places it, so that much counts as late already;
 - a local hard log (as `SpacedLimiter`'s): never more than floor(rate) sends from this process
   in any window, whatever the database said;
 - late sends: a send whose connection was ready only after that same lateness limit (the
@@ -52,7 +55,8 @@ INSERT INTO rate_limiter AS r (name, next_slot)
 SELECT %(name)s, extract(epoch FROM clock_timestamp()) + %(step)s FROM c
 ON CONFLICT (name) DO UPDATE SET next_slot =
     GREATEST(r.next_slot + %(lead)s, extract(epoch FROM clock_timestamp())) + %(step)s
-RETURNING next_slot - %(step)s, extract(epoch FROM clock_timestamp())
+RETURNING next_slot - %(step)s, extract(epoch FROM clock_timestamp()),
+    extract(epoch FROM clock_timestamp() - statement_timestamp())
 """
 
 
@@ -151,13 +155,14 @@ class PostgresLimiter:
 
     async def acquire(self) -> None:
         while True:
-            slot_at = await self._reserve()
+            slot_at, unsure = await self._reserve()
             await self._sleep_until(slot_at)
             await self._wait_local_log()
             now = self._clock()
-            if now - slot_at <= self.late_limit_s:
+            earliest = slot_at - unsure  # where the slot may really lie
+            if now - earliest <= self.late_limit_s:
                 self._log.append(now)
-                GRANTED.set(slot_at)
+                GRANTED.set(earliest)
                 return
             self.late_slots += 1
 
@@ -181,8 +186,9 @@ class PostgresLimiter:
         async with pooled(self.pool, "rate limiter hold") as conn:
             await conn.execute(_HOLD, {"name": self.name, "pause": seconds})
 
-    async def _reserve(self) -> float:
-        """Take the next slot; return it on this process's monotonic clock. The first one
+    async def _reserve(self) -> tuple[float, float]:
+        """Take the next slot; return the latest time it may lie at on this process's
+        monotonic clock, and how much earlier it may lie (see `_reserve_once`). The first one
         (after start-up) is taken alone and carries the restart lead."""
         if self._first:
             async with self._first_lock:
@@ -192,7 +198,7 @@ class PostgresLimiter:
                     return slot
         return await self._reserve_once(0.0)
 
-    async def _reserve_once(self, lead_s: float) -> float:
+    async def _reserve_once(self, lead_s: float) -> tuple[float, float]:
         params = {"name": self.name, "step": self.step_s, "lead": lead_s}
         async with pooled(self.pool, "rate limiter") as conn:
             sent = self._clock()
@@ -200,12 +206,17 @@ class PostgresLimiter:
             row = await cur.fetchone()
             received = self._clock()
         assert row is not None
-        self._rtts.append(received - sent)
-        # The database read its clock just before answering: about half the network's round
-        # trip before we got the answer. The smallest recent round trip is the network's;
-        # larger ones waited for the row lock, which happened before the clock was read.
-        slot, db_now = float(row[0]), float(row[1])
-        return received - min(self._rtts) / 2 + (slot - db_now)
+        slot, db_now, locked = float(row[0]), float(row[1]), max(0.0, float(row[2]))
+        travel = max(0.0, received - sent - locked)  # the round trip less the row lock's wait
+        self._rtts.append(travel)
+        net = min(self._rtts)  # the network's own round trip, as recently seen
+        # The database read its clock after the lock, before answering. It did so at least
+        # half the network's round trip before we got the answer (the latest it can have
+        # been), and at least that long after we asked plus the lock's wait (the earliest).
+        # The two differ by the travel time beyond the usual: an answer held on its way
+        # back. Sleeping to the latest is never early; the difference counts as lateness.
+        latest = received - net / 2 + (slot - db_now)
+        return latest, travel - net
 
     async def _sleep_until(self, t: float) -> None:
         # A timer may fire a clock tick early: sleep again for the rest (one timer, no polling).
