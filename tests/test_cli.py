@@ -54,15 +54,44 @@ def test_check_config_ok_and_broken(tmp_path: Path) -> None:
 
 def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     """No API key and a callback that cannot be imported: check-config said ok and `run`
-    then exited 2; both are now check-config's errors, located at the config file."""
+    then exited 2; both are now check-config's errors, located at the config file (the
+    callback first: it is found while the config is read, the key after)."""
     cfg = tmp_path / "nokey.yaml"
     cfg.write_text(yaml.safe_dump({"callbacks": ["orderwatch_no_such_module:on_final"]}))
     r = ow("check-config", "-c", str(cfg))
     assert r.returncode == 2, r.stdout
+    assert r.stderr.startswith(f"{cfg}:2: callbacks[0]: cannot import orderwatch_no_such_module")
+    cfg.write_text(yaml.safe_dump({"callbacks": ["asyncio:sleep"]}))
+    r = ow("check-config", "-c", str(cfg))
+    assert r.returncode == 2, r.stdout
     assert r.stderr.splitlines() == [f"{cfg}: runa.api_key: is required (or runa.api_key_file)"]
-    good = config(tmp_path, callbacks=["orderwatch_no_such_module:on_final"])
-    r = ow("check-config", "-c", str(good))
-    assert r.returncode == 2 and "cannot import orderwatch_no_such_module" in r.stderr
+
+
+def test_callbacks_that_cannot_be_loaded_are_located(tmp_path: Path) -> None:
+    """Each callback that cannot be loaded is its own located line, as other config problems
+    are (it was one unlocated line for the first of them, from check-config, run, wait and
+    replay alike)."""
+    cfg = tmp_path / "cb.yaml"
+    cfg.write_text(
+        f"runa:\n  base_url: http://127.0.0.1:9/v2\n  api_key: {API_KEY}\n"
+        f"state_dir: {tmp_path / 'state'}\noutput_dir: {tmp_path / 'orders'}\n"
+        "admin:\n  listen: null\n"
+        "callbacks:\n"
+        "  - asyncio:sleep\n"
+        "  - json:dumps\n"
+        "  - orderwatch_no_such_module:on_final\n"
+        "  - os.path:nothing\n"
+    )
+    expected = [
+        f"{cfg}:10: callbacks[1]: must be an async function (async def)",
+        f"{cfg}:11: callbacks[2]: cannot import orderwatch_no_such_module:"
+        " ModuleNotFoundError: No module named 'orderwatch_no_such_module'",
+        f"{cfg}:12: callbacks[3]: module os.path has no nothing",
+    ]
+    for command in (["check-config"], ["run"], ["replay", "O-1"], ["wait", "O-1"]):
+        r = ow(*command, "-c", str(cfg))
+        assert (r.returncode, r.stderr.splitlines()) == (2, expected), command
+    assert ow("add", "-c", str(cfg), "O-1").returncode == 0  # it runs nobody's code
 
 
 def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:

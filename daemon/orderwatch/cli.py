@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(args: argparse.Namespace) -> Settings:
+def load(args: argparse.Namespace, *, delivers: bool = False) -> Settings:
+    """The config; `delivers` (commands that build the sinks) also imports the callbacks."""
     from orderwatch.config import load_settings, resolve_config_path
 
-    return load_settings(resolve_config_path(args.config, os.environ), os.environ)
+    path = resolve_config_path(args.config, os.environ)
+    return load_settings(path, os.environ, import_callbacks=delivers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

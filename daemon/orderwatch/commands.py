@@ -36,9 +36,9 @@ def _setup_logging(settings: Settings, one_shot: bool = False) -> None:
 def check_config(args: argparse.Namespace) -> int:
     from orderwatch.sinks import build_sinks
 
-    settings = load(args)
+    settings = load(args, delivers=True)
     api_key_of(settings, _source(args))
-    build_sinks(settings)  # imports every callback: a missing module fails here, not at start
+    build_sinks(settings)
     print(
         f"{_source(args)}: ok ({len(settings.watchlists)} watchlists,"
         f" {len(settings.webhooks)} webhooks)"
@@ -53,7 +53,7 @@ def _source(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load(args)
+    settings = load(args, delivers=True)
     api_key_of(settings, _source(args))
     _setup_logging(settings)
     return aio.run(run_daemon(Daemon(settings, reload=lambda: load(args))))
@@ -125,7 +125,7 @@ def status(args: argparse.Namespace) -> int:
 def replay(args: argparse.Namespace) -> int:
     from orderwatch.oneshot import replay_orders
 
-    settings = load(args)
+    settings = load(args, delivers=True)
     ids = need_valid_ids(args.ids)
     _setup_logging(settings, one_shot=True)
     return asyncio.run(replay_orders(settings, ids))
@@ -134,7 +134,7 @@ def replay(args: argparse.Namespace) -> int:
 def wait(args: argparse.Namespace) -> int:
     from orderwatch.oneshot import wait_for_orders
 
-    settings = load(args)
+    settings = load(args, delivers=True)
     ids = need_valid_ids(args.ids)
     _setup_logging(settings, one_shot=True)
     return aio.run(wait_for_orders(settings, ids, args.timeout))

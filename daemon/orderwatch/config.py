@@ -66,12 +66,15 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Pat
     return Path(cli_path or environ.get("ORDERWATCH_CONFIG") or DEFAULT_PATH)
 
 
-def load_settings(path: Path, environ: Mapping[str, str]) -> Settings:
+def load_settings(
+    path: Path, environ: Mapping[str, str], *, import_callbacks: bool = False
+) -> Settings:
     """The settings in `path`, ${ENV} expanded and overrides applied; ConfigError holds every
-    problem found."""
+    problem found. `import_callbacks` also imports each callback (commands that deliver):
+    one that cannot be loaded is then a located problem like any other."""
     c = Collector(str(path))
     data = parse(read_config(path), c)
-    return _build(data, c, environ, path.absolute().parent)
+    return _build(data, c, environ, path.absolute().parent, import_callbacks)
 
 
 def load_settings_from_mapping(
@@ -84,7 +87,13 @@ def load_settings_from_mapping(
 # --- the steps -----------------------------------------------------------------------------
 
 
-def _build(data: Any, c: Collector, environ: Mapping[str, str], base: Path | None) -> Settings:
+def _build(
+    data: Any,
+    c: Collector,
+    environ: Mapping[str, str],
+    base: Path | None,
+    import_callbacks: bool = False,
+) -> Settings:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -95,7 +104,7 @@ def _build(data: Any, c: Collector, environ: Mapping[str, str], base: Path | Non
     _rebase_paths(data, base, c)
     settings = _validate(data, c)
     if settings is not None:
-        _check_sinks(settings, c)
+        _check_sinks(settings, c, import_callbacks)
     if c.problems or settings is None:
         problems = _mask_secrets(c.problems, data, c.expanded)
         problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
@@ -103,10 +112,9 @@ def _build(data: Any, c: Collector, environ: Mapping[str, str], base: Path | Non
     return settings
 
 
-def _check_sinks(s: Settings, c: Collector) -> None:
-    """What can be said of the sinks without importing anyone's code: a callback spec's
-    shape, and two entries that would be the same sink (the same id: one would never be
-    told). Importing a callback waits for the sinks to be built."""
+def _check_sinks(s: Settings, c: Collector, import_callbacks: bool) -> None:
+    """A callback spec's shape, and two entries that would be the same sink (the same id: one
+    would never be told); with `import_callbacks`, whether each callback can be loaded."""
     seen: dict[str, Loc] = {}
     named: list[tuple[Loc, str, str | None]] = [
         *((("webhooks", i), webhook_sink_id(w.url), None) for i, w in enumerate(s.webhooks)),
@@ -123,6 +131,12 @@ def _check_sinks(s: Settings, c: Collector) -> None:
             c.add(loc, f"the same sink as {dotted(seen[sink_id])}")
         else:
             seen[sink_id] = loc
+    if import_callbacks and s.callbacks:
+        from orderwatch.sinks.callback import load_problem  # imports aiohttp: only when asked
+
+        for i, spec in enumerate(s.callbacks):
+            if not callback_spec_problem(spec) and (problem := load_problem(spec)):
+                c.add(("callbacks", i), problem)
 
 
 def _overrides(data: dict[str, Any], environ: Mapping[str, str], c: Collector) -> None:

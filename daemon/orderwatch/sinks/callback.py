@@ -32,23 +32,33 @@ log = structlog.get_logger("orderwatch.sinks.callback")
 def load_callable(spec: str) -> Callback:
     """Import "package.module:function" (the function part may be dotted: "mod:Class.method").
     Raises UsageError naming the spec when it is malformed, missing or not async."""
-    if problem := callback_spec_problem(spec):
+    func, problem = _load(spec)
+    if problem:
         raise UsageError(f"callback {spec!r}: {problem}")
+    return func  # type: ignore[return-value]
+
+
+def load_problem(spec: str) -> str | None:
+    """Why `spec` cannot be loaded (imports it), or None: for the config's located errors."""
+    return _load(spec)[1]
+
+
+def _load(spec: str) -> tuple[Callback | None, str | None]:
+    if problem := callback_spec_problem(spec):
+        return None, problem
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # any error importing user code is a config problem
-        raise UsageError(
-            f"callback {spec!r}: cannot import {module_name}: {type(e).__name__}: {e}"
-        ) from None
+        return None, f"cannot import {module_name}: {type(e).__name__}: {e}"
     func: Any = module
     for part in attr.split("."):
         func = getattr(func, part, None)
         if func is None:
-            raise UsageError(f"callback {spec!r}: module {module_name} has no {attr}")
+            return None, f"module {module_name} has no {attr}"
     if not is_async_callable(func):
-        raise UsageError(f"callback {spec!r}: must be an async function (async def)")
-    return func  # type: ignore[no-any-return]
+        return None, "must be an async function (async def)"
+    return func, None
 
 
 def is_async_callable(func: Any) -> bool:
