@@ -522,6 +522,21 @@ def test_bad_overrides(tmp_path: Path) -> None:
     ]
 
 
+def test_a_section_check_names_the_override_it_saw(tmp_path: Path) -> None:
+    """A check of a whole section (admin: listen off loopback needs a token) that only an
+    override made fail names the variable: it blamed the file's `admin:` line alone, where
+    nothing is wrong."""
+    env = {"ORDERWATCH_ADMIN__LISTEN": "0.0.0.0:9464"}
+    assert problems(tmp_path, "admin:\n  listen: null\n", env) == [
+        "./ow.yaml:1: admin: 0.0.0.0:9464 is not loopback: set admin.token or admin.token_file"
+        " to protect it (with ORDERWATCH_ADMIN__LISTEN from the environment)"
+    ]
+    assert problems(tmp_path, "runa: {}\n", env) == [  # no admin section in the file
+        "./ow.yaml: admin: 0.0.0.0:9464 is not loopback: set admin.token or admin.token_file"
+        " to protect it (with ORDERWATCH_ADMIN__LISTEN from the environment)"
+    ]
+
+
 # --- the file itself ------------------------------------------------------------------------------
 
 

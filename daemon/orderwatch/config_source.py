@@ -49,7 +49,20 @@ class Collector:
         source = source or self.origin(loc)
         if source is None:
             source, line = self.source, line or self.line_of(loc)
+            if inside := self._overrides_inside(loc):  # a section's check saw them too
+                message += f" (with {', '.join(inside)} from the environment)"
         self.problems.append(Problem(source, line, dotted(loc) or None, message))
+
+    def _overrides_inside(self, loc: Loc) -> list[str]:
+        """The variables that set keys under `loc` (not the whole config's: too broad)."""
+        if not loc:
+            return []
+        n = len(loc)
+        return sorted(
+            name.removeprefix("env:")
+            for at, name in self.env.items()
+            if len(at) > n and at[:n] == loc
+        )
 
     def fail(self, line: int | None, message: str) -> ConfigError:
         return ConfigError([Problem(self.source, line, None, message)])
