@@ -7,18 +7,21 @@ import json
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orderwatch.client import RunaClient
+from orderwatch.errors import OrderwatchError, StoreError
 from orderwatch.gate import Gate
 from orderwatch.limiter import SpacedLimiter
-from orderwatch.payloads import TMP_PREFIX, prepare_output_dir, write_payload
+from orderwatch.payloads import TMP_PREFIX, TMP_STALE_S, prepare_output_dir, write_payload
 from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Claim
+from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, FakeClock, settings_for, until
@@ -209,3 +212,49 @@ def test_a_failed_rename_leaves_no_temp_copy(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             write_payload(tmp_path, "O-P2", b'{"id": "O-P2"}')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["O-P2.json"]
+
+
+def test_directories_others_could_write_are_tightened_or_refused(tmp_path: Path) -> None:
+    """An existing output_dir others could list or write was left as it was (state_dir was
+    tightened): another local user could swap a finished payload for one with their own
+    payout links. Ours are tightened to 0700; a shared sticky directory such as /tmp is not
+    ours to tighten (as root, chmod would have broken it for everyone) and is refused."""
+    for prepare, error in ((prepare_output_dir, OrderwatchError), (prepare_state_dir, StoreError)):
+        loose = tmp_path / f"loose-{prepare.__name__}"
+        loose.mkdir()
+        loose.chmod(0o777)
+        prepare(loose)
+        assert stat.S_IMODE(loose.stat().st_mode) == 0o700
+        shared = tmp_path / f"sticky-{prepare.__name__}"
+        shared.mkdir()
+        shared.chmod(0o1777)
+        with pytest.raises(error, match="writable by other users"):
+            prepare(shared)
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory of another user")
+def test_a_directory_of_another_user_is_used_only_if_others_cannot_write(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    theirs.chmod(0o755)  # listable, files 0600: only the order ids show, as before
+    prepare_output_dir(theirs)
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
+    theirs.chmod(0o777)
+    with pytest.raises(OrderwatchError, match="writable by other users"):
+        prepare_output_dir(theirs)
+
+
+def test_a_shared_output_dir_keeps_the_temp_files_of_live_writers(tmp_path: Path) -> None:
+    """Replicas share output_dir: one that starts removed every temp file, a live replica's
+    half-written payload among them, whose rename then failed. With `shared`, only temp files
+    older than TMP_STALE_S (a crash's) go; alone, every one is a crash's and goes."""
+    fresh, old = tmp_path / f"{TMP_PREFIX}O-1.1.a", tmp_path / f"{TMP_PREFIX}O-2.1.b"
+    for f in (fresh, old):
+        f.write_bytes(b"{")
+    os.utime(old, (time.time() - TMP_STALE_S - 1,) * 2)
+    prepare_output_dir(tmp_path, shared=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name]
+    prepare_output_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -135,7 +135,8 @@ class Daemon:
         async with AsyncExitStack() as stack:
             self.store = await open_store(s, stack, daemon=True, now=self.wall(), role=self.role)
             self.watcher.store = self.store
-            await asyncio.to_thread(prepare_output_dir, s.output_dir)
+            shared = s.state_dsn is not None  # replicas may write it too
+            await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)
             limiter = self._limiter(s.rate_limit.requests_per_second)
             client = await stack.enter_async_context(
                 RunaClient(

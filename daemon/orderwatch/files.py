@@ -1,6 +1,6 @@
 """Reading the files a user names (config, secrets, watchlists): regular files only, since a
 FIFO or a device would block the reader (and a reload reads on the event loop), and never more
-than a cap."""
+than a cap. And the directories that hold payout links: private to us."""
 
 from __future__ import annotations
 
@@ -31,3 +31,22 @@ def read_capped(path: Path, cap: int) -> bytes:
     """The file's first cap + 1 bytes at most: more than cap means it is too large."""
     with open_regular(path) as f:
         return f.read(cap + 1)
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` 0700, or tighten an existing one of ours. One that other users can write
+    and that is not ours to tighten (another owner's, or a shared sticky directory like /tmp,
+    which chmod would break for everyone when run as root) is refused: anyone could replace
+    what we write there. Another owner's that others can only read is used as it is."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if not st.st_mode & 0o077:
+        return
+    if st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX:
+        os.chmod(path, 0o700)
+    elif st.st_mode & 0o022:
+        raise PermissionError(
+            errno.EPERM,
+            f"writable by other users (mode {stat.S_IMODE(st.st_mode):o}) and not ours to"
+            " tighten: use a directory of its own",
+        )

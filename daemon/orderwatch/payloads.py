@@ -5,24 +5,30 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from orderwatch.errors import OrderwatchError
-from orderwatch.files import open_regular
+from orderwatch.files import open_regular, private_dir
 from orderwatch.ids import is_valid_order_id
 
 TMP_PREFIX = ".tmp-"
+TMP_STALE_S = 600.0  # a temp file this old in a shared output_dir is a crash's, not a writer's
 
 
-def prepare_output_dir(output_dir: Path) -> None:
-    """Create output_dir 0700 and remove temp files a crash left behind."""
+def prepare_output_dir(output_dir: Path, *, shared: bool = False) -> None:
+    """Create output_dir 0700 (or tighten ours, see `private_dir`) and remove the temp files a
+    crash left behind. `shared` (replicas writing the same directory): only those older than
+    TMP_STALE_S, since a younger one may be a live replica's write in progress."""
     try:
-        output_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(output_dir)
         if not os.access(output_dir, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
+        stale_before = time.time() - TMP_STALE_S
         for leftover in output_dir.glob(f"{TMP_PREFIX}*"):
             with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+                if not shared or leftover.lstat().st_mtime < stale_before:
+                    leftover.unlink()
     except OSError as e:
         raise OrderwatchError(f"output_dir {output_dir}: {e.strerror or e}") from None
 

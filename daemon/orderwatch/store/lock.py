@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from orderwatch.errors import StateLockedError, StoreError
+from orderwatch.files import private_dir
 
 LOCK_NAME = "daemon.lock"
 CONTENDED_S = 1.0  # how long acquire() retries: a probe holds the lock for microseconds
@@ -17,9 +18,7 @@ CONTENDED_S = 1.0  # how long acquire() retries: a probe holds the lock for micr
 def prepare_state_dir(state_dir: Path) -> None:
     """Create state_dir 0700 (it holds payout links) or tighten an existing one we own."""
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if state_dir.stat().st_mode & 0o077:
-            os.chmod(state_dir, 0o700)
+        private_dir(state_dir)
     except OSError as e:
         raise StoreError(f"state_dir {state_dir}: {e.strerror or e}") from e
 
