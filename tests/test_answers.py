@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from orderwatch.answers import Kind, classify, parse_retry_after
+from orderwatch.events import make_event, terminal_data
 
 NOW = 1_700_000_000.0
 
@@ -114,3 +115,22 @@ def test_errors_that_refuse_every_order_are_told_apart() -> None:
         assert answer.kind is Kind.REFUSED and kind_ in answer.detail
     assert kind(400, b'{"type": "invalid_request"}') is Kind.INVALID
     assert kind(410, b"<html>gone</html>") is Kind.INVALID
+
+
+def test_a_404_body_with_numbers_json_cannot_carry_is_not_quoted_in_its_event() -> None:
+    """A not_found or expired event quotes the API's last body. A 404 body was parsed
+    leniently, so NaN and 1e400 came out as NaN and Infinity: an event body that strict
+    receivers (JavaScript's JSON.parse, Go) reject on every retry and replay."""
+    body = b'{"type":"not_found","message":"Order not found","trace":1e400,"x":NaN}'
+    answer = classify(404, body, "O-1", None, 0.0)
+    assert answer.kind is Kind.NOT_FOUND
+    event = make_event("O-1", "NOT_FOUND", terminal_data("O-1", "NOT_FOUND", body), 0.0)
+    strict = json.loads(event.body, parse_constant=_refuse)
+    assert strict["data"] == {"id": "O-1", "status": "NOT_FOUND", "last_response": None}
+    ok = b'{"type":"not_found","message":"Order not found"}'
+    data = terminal_data("O-1", "NOT_FOUND", ok)
+    assert data["last_response"] == {"type": "not_found", "message": "Order not found"}
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")

@@ -110,8 +110,8 @@ def classify(
     if http_status != 200:
         return Answer(Kind.INVALID, http_status, detail=f"unexpected http {http_status}")
     try:
-        data = _ORDER_JSON.decode(body.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        data = strict_json(body)
+    except NOT_JSON:
         return Answer(Kind.INVALID, 200, detail="body is not JSON")
     problem = _order_problem(data, order_id)
     if problem is not None:
@@ -135,6 +135,13 @@ def _no_constant(name: str) -> float:
 # One decoder, built once (json.loads with these hooks builds one per call: 3.7 µs a body
 # against 1.1 µs).
 _ORDER_JSON = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+NOT_JSON = (ValueError, UnicodeDecodeError, RecursionError)  # what strict_json raises
+
+
+def strict_json(body: bytes) -> Any:
+    """A UTF-8 JSON body as RFC 8259 has it: no NaN or Infinity, no number beyond a float,
+    so whatever is built from it serializes as JSON again. Raises one of NOT_JSON."""
+    return _ORDER_JSON.decode(body.decode("utf-8"))
 
 
 def _error_type(body: bytes) -> object:

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from orderwatch.answers import NOT_JSON, strict_json
 from orderwatch.store.base import EventRecord
 
 EVENT_TYPES = {
@@ -55,7 +56,7 @@ def terminal_data(order_id: str, status: str, last_body: bytes | None) -> dict[s
     last: Any = None
     if last_body:
         try:
-            last = json.loads(last_body)
-        except ValueError:
+            last = strict_json(last_body)  # json.loads would let NaN through into the event
+        except NOT_JSON:
             last = None
     return {"id": order_id, "status": status, "last_response": last}
