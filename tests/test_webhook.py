@@ -262,3 +262,18 @@ def test_secret_that_is_not_base64_is_a_usage_error() -> None:
             sink("https://hooks.example/h", secret=bad)
         assert str(info.value).startswith("webhook webhook:hooks.example:")
         assert "NOTBASE6X" not in str(info.value)
+
+
+def test_a_secret_without_its_base64_padding_is_the_same_key() -> None:
+    """Secrets pasted without their trailing '=' were refused ("Error"), though they name
+    the same key and the Standard Webhooks library pads them itself."""
+    key = bytes(range(32))
+    padded = "whsec_" + base64.b64encode(key).decode()
+    assert padded.endswith("=")
+    unpadded = padded.rstrip("=")
+    a = sink("https://hooks.example/h", secret=padded)
+    b = sink("https://hooks.example/h", secret=unpadded)
+    event = make_event("O-1", "COMPLETED", {"id": "O-1", "status": "COMPLETED"}, 0.0)
+    assert a.headers(event, 1_700_000_000.0) == b.headers(event, 1_700_000_000.0)
+    with pytest.raises(UsageError, match="base64"):
+        sink("https://hooks.example/h", secret=unpadded[:-2])  # a length no padding mends

@@ -111,7 +111,9 @@ def _signer(secret: str, sink_id: str) -> Webhook:
     try:
         # Strictly first: the library's decoder skips what is not base64 ("-" and "_" of
         # URL-safe base64 among it) and would sign with another key than the receiver's.
-        if not base64.b64decode(secret.removeprefix("whsec_"), validate=True):
+        # Missing padding is the same key (the library pads too), so it is mended here.
+        raw = secret.removeprefix("whsec_")
+        if not base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True):
             raise ValueError("empty")
         return Webhook(secret)
     except Exception as e:  # binascii.Error, ValueError, EmptyWebhookSecretError
