@@ -81,7 +81,10 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
                     "POST",
                     f"{base}/orders",
                     data=b"nope",
-                    headers={"Authorization": "Bearer s3cret-admin-token"},
+                    headers={
+                        "Authorization": "Bearer s3cret-admin-token",
+                        "Content-Type": "application/json",
+                    },
                 )
             )[0] == 400
 
@@ -136,7 +139,12 @@ async def test_admin_api_answers_hostile_bodies_and_a_failing_store_in_json(
         settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
         base = f"http://127.0.0.1:{port}"
         async with running_daemon(settings) as d:
-            status, text = await http("POST", f"{base}/orders", data=b"[" * 100_000)
+            status, text = await http(
+                "POST",
+                f"{base}/orders",
+                data=b"[" * 100_000,
+                headers={"Content-Type": "application/json"},
+            )
             assert status == 400 and json.loads(text)["error"].startswith("body must be JSON")
 
             async def broken(*_a: object, **_k: object) -> object:

@@ -3,12 +3,21 @@
 Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
 <token>` when `admin.token` (or `admin.token_file`) is set; the config refuses a non-loopback
 `listen` without a token. Nothing here ever returns a payload: those hold payout links.
+
+Clients other than Prometheus and an operator must not cost the daemon anything: connections
+are bounded in number and dropped when idle (they share the daemon's file descriptors with
+its payload writes), a stop does not wait long for any of them, and without a token (loopback
+only) a web page on this host can neither add orders (a POST must be JSON: a browser sends
+that only after a CORS preflight, which is never approved) nor read through DNS rebinding (the
+Host must be a loopback name).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import os
 from dataclasses import asdict
@@ -29,6 +38,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("orderwatch.admin")
 MAX_BODY = 1024 * 1024
 MAX_IDS = 10_000
+MAX_CONNECTIONS = 64  # open at once; past it a new connection is closed at once
+KEEPALIVE_S = 5.0  # an idle connection (or one that has sent half a request) is closed then
+SHUTDOWN_S = 1.0  # what a stop waits for admin requests in progress (aiohttp's default: 60)
+LOOPBACK_NAMES = ("localhost", "localhost.")
 DAEMON_KEY = web.AppKey("daemon", object)
 TOKEN_KEY = web.AppKey("token", str)
 
@@ -39,7 +52,7 @@ def read_token(daemon: Daemon) -> str:
     return "" if token is None else token.get_secret_value()
 
 
-async def start_admin(daemon: Daemon) -> web.AppRunner | None:
+async def start_admin(daemon: Daemon) -> AdminServer | None:
     """Start the admin server if `admin.listen` is set; returns its runner for cleanup."""
     listen = daemon.settings.admin.listen
     if not listen:
@@ -51,21 +64,52 @@ async def start_admin(daemon: Daemon) -> web.AppRunner | None:
     if token:
         REDACTOR.add_secret(token)
     app = make_app(daemon, token)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=KEEPALIVE_S,
+        shutdown_timeout=SHUTDOWN_S,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    http = runner.server
+    assert http is not None
+
+    def bounded() -> asyncio.Protocol:
+        return _Refused() if len(http.connections) >= MAX_CONNECTIONS else http()
+
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        listener = await loop.create_server(bounded, host, port, reuse_address=True)
     except OSError as e:  # port taken, address not on this host: one line, not a traceback
         await runner.cleanup()
         reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio rewords strerror
         raise OrderwatchError(f"admin.listen {host}:{port}: {reason}") from None
     log.info("admin.listening", listen=f"{host}:{port}")
-    return runner
+    return AdminServer(listener, runner)
+
+
+class AdminServer:
+    """The listening socket (aiohttp's protocol behind a bound) and the app's runner."""
+
+    def __init__(self, listener: asyncio.AbstractServer, runner: web.AppRunner) -> None:
+        self._listener, self._runner = listener, runner
+
+    async def cleanup(self) -> None:
+        self._listener.close()
+        await self._runner.cleanup()
+
+
+class _Refused(asyncio.Protocol):
+    """What a connection past MAX_CONNECTIONS gets: closed at once, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()  # uvloop's transports are not asyncio.Transport: no abort() to rely on
 
 
 def make_app(daemon: Daemon, token: str) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_store_unavailable])
+    guards = [_store_unavailable] if token else [_loopback_host, _store_unavailable]
+    app = web.Application(client_max_size=MAX_BODY, middlewares=guards)
     app[DAEMON_KEY] = daemon
     app[TOKEN_KEY] = token
     app.router.add_get("/healthz", healthz)
@@ -84,6 +128,27 @@ async def _store_unavailable(request: web.Request, handler: Handler) -> web.Stre
     except StoreError as e:
         log.error("store.unavailable", path=request.path, error=str(e))
         return _bad(503, "the state store is unavailable; try again")
+
+
+@web.middleware
+async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without a token the listener is loopback, and so must the name the client asked for
+    be: a page whose domain was rebound to 127.0.0.1 sends its own."""
+    if request.host and not _is_loopback_name(request.host):
+        return _bad(403, "Host must be a loopback address or localhost")
+    return await handler(request)
+
+
+def _is_loopback_name(host: str) -> bool:
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host
+    if not host.startswith("[") and name.count(":") == 1:
+        name = name.partition(":")[0]  # name:port
+    if name.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _daemon(request: web.Request) -> Daemon:
@@ -122,8 +187,11 @@ def _authorized(request: web.Request) -> bool:
     token = request.app[TOKEN_KEY]
     if not token:
         return True
-    given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    # The scheme is case-insensitive (RFC 7235); a byte that is not UTF-8 arrives as a
+    # surrogate, which a strict encode would turn into a 500.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
 
 
 def _bad(status: int, message: str) -> web.Response:
@@ -135,6 +203,8 @@ async def post_orders(request: web.Request) -> web.Response:
         return _bad(401, "missing or wrong bearer token")
     if _daemon(request).stopping:
         return _bad(503, "stopping; send the orders to the next instance")
+    if request.content_type != "application/json":
+        return _bad(415, "Content-Type must be application/json")
     try:
         body: Any = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError, RecursionError):

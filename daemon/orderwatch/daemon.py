@@ -293,7 +293,7 @@ class Daemon:
                 async with asyncio.timeout(interval):
                     await self.refresh_gauges()
             except TimeoutError:
-                pass  # a slow store: its callers report it
+                self._store_down("the state store is not answering")  # its callers log it
             except StoreError as e:
                 log.error("store.unavailable", error=str(e))
             await wait_any(stop, timeout=max(0.0, interval - (time.monotonic() - started)))
@@ -308,13 +308,17 @@ class Daemon:
         """Gauges from the store. Order counts are O(1); delivery counts scan, so they are
         refreshed only when /metrics is scraped."""
         assert self.store is not None
-        counts = await self.store.counts()
+        try:
+            counts = await self.store.counts()
+            oldest = await self.store.oldest_pending_added_at()
+            dcounts = await self.store.delivery_counts() if deliveries else None
+        except StoreError:
+            self._store_down("the state store is unavailable")
+            raise
         for state, n in counts.items():
             self.metrics.orders.labels(state).set(n)
-        oldest = await self.store.oldest_pending_added_at()
         self.metrics.oldest_pending_age.set(0 if oldest is None else self.wall() - oldest)
-        if deliveries:
-            dcounts = await self.store.delivery_counts()
+        if dcounts is not None:
             self.metrics.dead_deliveries.set(dcounts.get("dead", 0))
         ready, why = self.readiness()
         self.metrics.ready.set(1 if ready else 0)
@@ -324,6 +328,12 @@ class Daemon:
             + ("" if ready else f" - NOT READY: {why}")
         )
         return counts
+
+    def _store_down(self, why: str) -> None:
+        """What /readyz says by asking the store, the gauge and STATUS= say too (the counts
+        are left as they were: the store cannot tell)."""
+        self.metrics.ready.set(0)
+        self.notifier.status(f"NOT READY: {why}")
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): not ready while auth-paused or rate-paused for long."""

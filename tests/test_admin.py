@@ -1,0 +1,181 @@
+"""The admin server against clients that are not Prometheus or an operator: idle and slow
+connections, web pages in a browser on the same host, odd Authorization headers, and what the
+gauges and STATUS= say while the state store is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+import orderwatch.admin as admin
+from orderwatch.errors import StoreError
+from orderwatch.simulator import SimOptions, running_simulator
+from test_operations import RecordingNotifier, free_port, http
+
+from harness import API_KEY, running_daemon, settings_for
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    """Send `request` as is on a new connection; the answer's first line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), within) == b""
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def test_idle_connections_are_bounded_and_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections that send nothing were kept for aiohttp's default hour, without a bound:
+    about 1,000 of them used up the daemon's file descriptors, and final payloads could not
+    be written. Past MAX_CONNECTIONS a new one is closed at once; an idle one goes after
+    KEEPALIVE_S; then the server answers again."""
+    monkeypatch.setattr(admin, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(admin, "KEEPALIVE_S", 1.0)
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
+        async with running_daemon(settings):
+            links = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
+            await asyncio.sleep(0.2)
+            early = [await _closed_by_server(r, 0.05) for r, _ in links]
+            assert early.count(True) == 4, early  # the 4 beyond the bound, at once
+            later = [await _closed_by_server(r, 5.0) for r, _ in links]
+            assert all(later), later  # idle ones after the keep-alive timeout
+            for _, w in links:
+                w.close()
+            assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
+
+
+async def test_slow_admin_clients_do_not_hold_the_stop(tmp_path: Path) -> None:
+    """A scrape waiting on a slow store, or a client pipelining requests without reading the
+    answers, held the admin server's cleanup for aiohttp's default 60 s (twice over): the
+    stop took a minute or more, and systemd's TimeoutStopSec would have ended it with SIGKILL.
+    Admin requests in progress now get SHUTDOWN_S."""
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"}, shutdown_timeout="1s"
+        )
+        async with running_daemon(settings) as d:
+            assert d.store is not None
+
+            async def hangs() -> dict[str, int]:
+                await asyncio.sleep(30)  # PostgreSQL behind a dead link: up to its 30 s bound
+                return {}
+
+            d.store.delivery_counts = hangs  # type: ignore[method-assign]
+            scrape = f"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+            _, waiting = await asyncio.open_connection("127.0.0.1", port)
+            waiting.write(scrape)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(scrape.replace(b"metrics", b"healthz") * 3000)  # and never read
+            await asyncio.sleep(2.0)
+            stopping = time.monotonic()
+        took = time.monotonic() - stopping
+        waiting.close()
+        sock.close()
+    assert took < 1.0 + 2 * admin.SHUTDOWN_S + 3.0, f"the stop took {took:.1f}s"
+
+
+async def test_web_pages_cannot_reach_a_listener_without_a_token(tmp_path: Path) -> None:
+    """Without a token (loopback only), a page in a browser on this host could add orders
+    with a plain-text POST (no CORS preflight), and read the API through DNS rebinding. A
+    POST must now be JSON (which a browser sends only after a preflight that is never
+    approved), and a Host that is not a loopback name is refused."""
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
+        async with running_daemon(settings) as d:
+            body = json.dumps({"ids": ["O-EVIL1"]})
+            plain = (
+                f"POST /orders HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            )
+            assert (await _raw(port, plain.encode())).startswith(b"HTTP/1.1 415")
+            rebound = plain.replace(f"127.0.0.1:{port}", f"evil.example:{port}")
+            rebound = rebound.replace("text/plain", "application/json")
+            assert (await _raw(port, rebound.encode())).startswith(b"HTTP/1.1 403")
+            for host in ("evil.example", "127.0.0.1.evil.example"):
+                get = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+                assert (await _raw(port, get.encode())).startswith(b"HTTP/1.1 403"), host
+            assert d.store is not None
+            assert await d.store.get_orders(["O-EVIL1"]) == []
+            for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "LOCALHOST."):
+                get = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                assert (await _raw(port, get.encode())).startswith(b"HTTP/1.1 200"), host
+            status, _ = await http("POST", f"http://127.0.0.1:{port}/orders", json={"ids": ["O-1"]})
+            assert status == 200
+
+
+async def test_authorization_is_read_as_rfc_7235_has_it(tmp_path: Path) -> None:
+    """A byte that is not UTF-8 in the header was a 500 with a traceback in the log, for
+    anyone, on every request; the scheme is case-insensitive ("bearer" was refused)."""
+    port = free_port()
+    (tmp_path / "token").write_text("tok3n-for-admin\n")
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")},
+        )
+        async with running_daemon(settings):
+            body = b'{"ids": ["O-1"]}'
+
+            def post(auth: bytes) -> bytes:
+                return (
+                    b"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Authorization: " + auth + b"\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+
+            assert (await _raw(port, post(b"Bearer tok\xff"))).startswith(b"HTTP/1.1 401")
+            assert (await _raw(port, post(b"Bearer  wrong"))).startswith(b"HTTP/1.1 401")
+            for good in (b"bearer tok3n-for-admin", b"BEARER  tok3n-for-admin"):
+                assert (await _raw(port, post(good))).startswith(b"HTTP/1.1 200"), good
+
+
+async def test_the_ready_gauge_and_status_follow_a_store_outage(tmp_path: Path) -> None:
+    """/readyz said the store was down, while orderwatch_ready stayed 1 and systemd's STATUS=
+    kept the last healthy counts: an alert on the gauge never fired."""
+    notifier = RecordingNotifier()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url)
+        async with running_daemon(settings, notifier=notifier) as d:
+            await d.refresh_gauges()
+            assert d.metrics.registry.get_sample_value("orderwatch_ready") == 1
+            store = d.store
+            assert store is not None
+            healthy = store.counts
+
+            async def broken() -> dict[str, int]:
+                raise StoreError("state database: disk I/O error")
+
+            store.counts = broken  # type: ignore[method-assign]
+            with pytest.raises(StoreError):
+                await d.refresh_gauges()
+            assert d.metrics.registry.get_sample_value("orderwatch_ready") == 0
+            assert notifier.sent[-1].endswith("NOT READY: the state store is unavailable")
+            store.counts = healthy  # type: ignore[method-assign]
+            await d.refresh_gauges()
+            assert d.metrics.registry.get_sample_value("orderwatch_ready") == 1
+            assert "NOT READY" not in notifier.sent[-1]
