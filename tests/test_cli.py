@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness import API_KEY, child_env
@@ -231,3 +235,56 @@ async def test_ctrl_c_during_the_demo_is_one_line(tmp_path: Path) -> None:
     text = (seen + err).decode()
     assert proc.returncode == 130, text
     assert "Traceback" not in text and "demo: interrupted" in text
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    """A lock file we cannot open (root's, left by one `sudo orderwatch run`; here a path
+    that cannot be a file) was a traceback from `run`, `status` and `add` (which had
+    accepted the orders by then)."""
+    from orderwatch.errors import StoreError
+    from orderwatch.store.lock import DaemonLock
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    lock = DaemonLock(not_a_dir)
+    with pytest.raises(StoreError, match=r"daemon.lock: Not a directory"):
+        lock.acquire()
+    with pytest.raises(StoreError, match=r"daemon.lock: Not a directory"):
+        lock.is_held_elsewhere()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
+)
+def test_a_root_owned_lock_left_behind_is_one_line_for_the_service_user() -> None:
+    """The service user's state, after one `sudo orderwatch run` left a root-owned 0600
+    daemon.lock: `run` says so in one line; `add` keeps the orders it accepted and says so."""
+    base = Path(tempfile.mkdtemp(prefix="orderwatch-lock-"))  # not under pytest's 0700 tmp
+    try:
+        base.chmod(0o755)
+        cfg = config(base)
+        for sub in ("state", "orders"):
+            (base / sub).mkdir(mode=0o700)
+            os.chown(base / sub, 65534, 65534)
+        lock = base / "state" / "daemon.lock"
+        lock.write_text("1 run\n")
+        lock.chmod(0o600)
+
+        def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+            user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+            return subprocess.run(
+                [*user, sys.executable, "-m", "orderwatch", *args],
+                capture_output=True,
+                text=True,
+                env=child_env(),
+                timeout=60,
+            )
+
+        ran = as_nobody("run", "-c", str(cfg))
+        assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+        assert ran.stderr.strip() == f"orderwatch: state_dir lock {lock}: Permission denied"
+        added = as_nobody("add", "-c", str(cfg), "O-1")
+        assert "Traceback" not in added.stderr, added.stderr
+        assert (added.returncode, added.stdout) == (0, "accepted 1 order(s), 1 new\n")
+    finally:
+        shutil.rmtree(base)

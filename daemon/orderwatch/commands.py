@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack
 from orderwatch import aio
 from orderwatch.cli import load, need_valid_ids, split_ids
 from orderwatch.daemon import Daemon, api_key_of
+from orderwatch.errors import StoreError
 from orderwatch.logs import configure_logging
 from orderwatch.settings import Settings
 from orderwatch.signals import take_early
@@ -89,7 +90,11 @@ def add(args: argparse.Namespace) -> int:
     settings = load(args)
     good, error = split_ids(args.ids)
     added = asyncio.run(_add(settings, good)) if good else 0
-    running = daemon_running(settings)
+    try:
+        running = daemon_running(settings)
+    except StoreError as e:  # the orders are in: only whether a daemon runs is unknown
+        running = False
+        print(f"orderwatch: cannot tell whether a daemon runs: {e}", file=sys.stderr)
     if good:
         print(
             f"accepted {len(good)} order(s), {added} new"

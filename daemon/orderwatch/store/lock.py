@@ -32,7 +32,10 @@ class DaemonLock:
 
     def acquire(self, role: str = "run") -> None:
         """Take the lock and record who holds it (`run`, or `wait` polling by itself)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise self._unusable(e) from None
         deadline = time.monotonic() + CONTENDED_S
         while True:
             try:
@@ -62,9 +65,11 @@ class DaemonLock:
     def is_held_elsewhere(self) -> bool:
         """True when some other process holds the lock (a daemon runs on this state)."""
         try:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = os.open(self.path, os.O_RDONLY)  # flock needs no write access
         except FileNotFoundError:
             return False
+        except OSError as e:
+            raise self._unusable(e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -72,6 +77,11 @@ class DaemonLock:
         finally:
             os.close(fd)
         return False
+
+    def _unusable(self, e: OSError) -> StoreError:
+        """One line for a lock file we cannot open (the usual one: root's, left by one
+        `sudo orderwatch run`)."""
+        return StoreError(f"state_dir lock {self.path}: {e.strerror or e}")
 
     def release(self) -> None:
         if self._fd is not None:
