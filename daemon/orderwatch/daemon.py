@@ -97,6 +97,7 @@ class Daemon:
         role: str = "run",
     ) -> None:
         self.settings = settings
+        self._built = settings  # what the running parts were made from: reloads compare to it
         self.role = role  # recorded in the embedded state's lock: `run`, or `wait`
         self._callbacks = tuple(callbacks)
         self._reload = reload
@@ -111,7 +112,8 @@ class Daemon:
         self.deliverer: Deliverer | None = None
         self.watcher = WatchlistWatcher(settings.watchlists, self.add_orders)
         self._stop: asyncio.Event | None = None
-        self._background: set[asyncio.Task[int]] = set()
+        self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of the watchlists
+        self._rescan_again = False  # a reload came during it: one more when it ends
         self._reload_pending = False  # a SIGHUP that came before start-up ended
         self._stopping_told = False
 
@@ -383,8 +385,18 @@ class Daemon:
             self.poller.d.polling = new.polling
         self.gate.max_interval_s = new.polling.max_interval_s
         self.watcher.set_paths(new.watchlists)
-        restart_needed = [k for k, part in RESTART_KEYS.items() if part(new) != part(old)]
+        built = self._built  # not `old`: a change waiting for a restart is still waiting
+        restart_needed = [k for k, part in RESTART_KEYS.items() if part(new) != part(built)]
         log.info("config.reloaded", needs_restart=restart_needed or None)
-        task = asyncio.get_running_loop().create_task(self.watcher.scan(force=True))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if self._rescan is not None and not self._rescan.done():
+            self._rescan_again = True  # a burst of reloads: one more re-read, not one each
+        else:
+            self._rescan = asyncio.get_running_loop().create_task(self._read_watchlists())
+
+    async def _read_watchlists(self) -> None:
+        """Read every watchlist again (a reload), and once more if a reload came meanwhile."""
+        again = True
+        while again:
+            self._rescan_again = False
+            await self.watcher.scan(force=True)
+            again = self._rescan_again
