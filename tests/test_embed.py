@@ -54,3 +54,17 @@ async def test_a_watcher_that_is_not_running_says_so(tmp_path: Path) -> None:
         for call in (w.add(["O-E2"]), w.status(["O-E1"])):
             with pytest.raises(UsageError, match="not running"):
                 await call
+
+
+async def test_a_start_that_is_cancelled_leaves_no_daemon_behind(tmp_path: Path) -> None:
+    """An application that bounds the Watcher's start (asyncio.timeout) and is cancelled
+    left the daemon task running, holding the state lock: polling and delivering with no
+    way to stop it, and every retry refused with StateLockedError."""
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        cfg = config_dict(tmp_path, rs.base_url)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.001):
+                await Watcher(cfg).__aenter__()
+        assert [t for t in asyncio.all_tasks() if t.get_name() == "orderwatch"] == []
+        async with Watcher(cfg) as again:
+            assert await again.add(["O-1"]) == 1

@@ -50,7 +50,13 @@ class Watcher:
     async def __aenter__(self) -> Watcher:
         self._task = asyncio.create_task(self.daemon.run(self._stop), name="orderwatch")
         ready = asyncio.create_task(self.daemon.ready.wait())
-        await asyncio.wait([self._task, ready], return_when="FIRST_COMPLETED")
+        try:
+            await asyncio.wait([self._task, ready], return_when="FIRST_COMPLETED")
+        except BaseException:  # cancelled while starting: `async with` will not stop it
+            ready.cancel()
+            self._stop.set()
+            await asyncio.shield(asyncio.wait([self._task]))
+            raise
         if self._task.done():
             ready.cancel()
             self._task.result()
