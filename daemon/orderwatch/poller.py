@@ -394,7 +394,7 @@ class Poller:
             log.error(
                 "payload.write_failed",
                 order_id=order_id,
-                error=f"cannot remove payload: {e.strerror or type(e).__name__}",
+                error=self._disk_error("cannot remove payload", e),
             )
 
     async def _restore_payload(self, order_id: str, body: bytes) -> None:
@@ -406,13 +406,17 @@ class Poller:
             log.error(
                 "payload.write_failed",
                 order_id=order_id,
-                error=f"cannot restore payload: {e.strerror or type(e).__name__}",
+                error=self._disk_error("cannot restore payload", e),
             )
+
+    def _disk_error(self, what: str, e: OSError) -> str:
+        """Names the directory (a deleted or unmounted one is the usual cause), not the file."""
+        return f"{what} in {self.d.output_dir}: {e.strerror or type(e).__name__}"
 
     async def _write_failed(
         self, claim: Claim, now: float, e: OSError, what: str = "cannot write payload"
     ) -> None:
-        reason = f"{what}: {e.strerror or type(e).__name__}"
+        reason = self._disk_error(what, e)
         log.error("payload.write_failed", order_id=claim.order_id, error=reason)
         streak = claim.error_streak + 1
         await self.d.store.reschedule(
