@@ -53,7 +53,7 @@ def read_token(daemon: Daemon) -> str:
 
 
 async def start_admin(daemon: Daemon) -> AdminServer | None:
-    """Start the admin server if `admin.listen` is set; returns its runner for cleanup."""
+    """Start the admin server if `admin.listen` is set; returns it, for cleanup."""
     listen = daemon.settings.admin.listen
     if not listen:
         return None
