@@ -219,7 +219,11 @@ async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
         daemon = await spawn_holder(cfg, tmp_path / "state")
         try:
             waiter = await spawn("wait", "-c", str(cfg), "O-HELD", stderr=asyncio.subprocess.PIPE)
-            await asyncio.sleep(1.5)  # it has handed the order over and follows the store
+
+            async def handed_over() -> bool:  # the daemon polls it: `wait` added it, and follows
+                return bool(rs.sim.arrivals)
+
+            await until(handed_over)  # a fixed 1.5 s was too short for a slow machine's start
             waiter.send_signal(sig)
             _, err = await asyncio.wait_for(waiter.communicate(), 15)
         finally:
