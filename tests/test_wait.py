@@ -60,7 +60,13 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
         try:
             code, out, _ = await run_cli("wait", "-c", str(cfg), *[f"O-H{i}" for i in range(30)])
             assert code == 0 and out.count("COMPLETED") == 30
-            assert rs.sim.max_in_window(1.0) <= 20
+            # Two pollers would put about 40 in a window. The limiter keeps 20 sends in 1.02 s
+            # as they leave; its 2% is all the slack there is for the time between a send and
+            # the simulator's record of it, taken here in this test's busy process. On a slow,
+            # shared machine that took more than 20 ms (21 in 1 s, once in two CI runs; six
+            # runs of this scenario by hand showed arrivals as little as 17-35 ms apart, on a
+            # grid of slots 51 ms apart), so the window here allows for it.
+            assert rs.sim.max_in_window(0.98) <= 20
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
