@@ -244,6 +244,13 @@ def test_a_directory_of_another_user_is_used_only_if_others_cannot_write(tmp_pat
     theirs.chmod(0o777)
     with pytest.raises(OrderwatchError, match="writable by other users"):
         prepare_output_dir(theirs)
+    theirs.chmod(0o2775)  # group-writable: refused for another group, used for ours (fsGroup)
+    with pytest.raises(OrderwatchError, match="writable by other users"):
+        prepare_output_dir(theirs)
+    os.chown(theirs, 65534, os.getegid())
+    theirs.chmod(0o2775)  # chown clears setgid
+    prepare_output_dir(theirs)
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o2775
 
 
 def test_a_shared_output_dir_keeps_the_temp_files_of_live_writers(tmp_path: Path) -> None:

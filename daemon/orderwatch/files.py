@@ -34,19 +34,22 @@ def read_capped(path: Path, cap: int) -> bytes:
 
 
 def private_dir(path: Path) -> None:
-    """Create `path` 0700, or tighten an existing one of ours. One that other users can write
-    and that is not ours to tighten (another owner's, or a shared sticky directory like /tmp,
-    which chmod would break for everyone when run as root) is refused: anyone could replace
-    what we write there. Another owner's that others can only read is used as it is."""
+    """Create `path` 0700, or tighten an existing one of ours. One that is not ours to tighten
+    (another owner's, or a shared sticky directory like /tmp, which chmod would break for
+    everyone when run as root) is used as it is unless users outside our groups can write it:
+    they could replace what we write there. A volume's root that our own group may write (a
+    Kubernetes fsGroup) is fine."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
     if not st.st_mode & 0o077:
         return
     if st.st_uid == os.geteuid() and not st.st_mode & stat.S_ISVTX:
         os.chmod(path, 0o700)
-    elif st.st_mode & 0o022:
+        return
+    ours = st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and not ours):
         raise PermissionError(
             errno.EPERM,
             f"writable by other users (mode {stat.S_IMODE(st.st_mode):o}) and not ours to"
-            " tighten: use a directory of its own",
+            " tighten: name a directory below it, which orderwatch creates 0700",
         )
