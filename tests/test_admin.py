@@ -123,6 +123,7 @@ async def test_web_pages_cannot_reach_a_listener_without_a_token(tmp_path: Path)
             for host in (f"127.0.0.1:{port}", f"localhost:{port}", "[::1]", "LOCALHOST."):
                 get = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"
                 assert (await _raw(port, get.encode())).startswith(b"HTTP/1.1 200"), host
+            assert (await _raw(port, b"GET /healthz HTTP/1.0\r\n\r\n")).endswith(b" 200 OK\r\n")
             status, _ = await http("POST", f"http://127.0.0.1:{port}/orders", json={"ids": ["O-1"]})
             assert status == 200
 

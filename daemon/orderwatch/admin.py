@@ -134,7 +134,8 @@ async def _store_unavailable(request: web.Request, handler: Handler) -> web.Stre
 async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Without a token the listener is loopback, and so must the name the client asked for
     be: a page whose domain was rebound to 127.0.0.1 sends its own."""
-    if request.host and not _is_loopback_name(request.host):
+    host = request.headers.get("Host")  # not request.host: older aiohttp fills in getfqdn()
+    if host is not None and not _is_loopback_name(host):  # none: no browser sent this
         return _bad(403, "Host must be a loopback address or localhost")
     return await handler(request)
 
