@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 from dataclasses import asdict
@@ -28,7 +27,7 @@ from aiohttp import web
 
 from orderwatch.errors import OrderwatchError, StoreError
 from orderwatch.ids import is_valid_order_id
-from orderwatch.settings import split_listen
+from orderwatch.settings import is_loopback, split_listen
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -41,7 +40,6 @@ MAX_IDS = 10_000
 MAX_CONNECTIONS = 64  # open at once; past it a new connection is closed at once
 KEEPALIVE_S = 5.0  # an idle connection (or one that has sent half a request) is closed then
 SHUTDOWN_S = 1.0  # what a stop waits for admin requests in progress (aiohttp's default: 60)
-LOOPBACK_NAMES = ("localhost", "localhost.")
 DAEMON_KEY = web.AppKey("daemon", object)
 TOKEN_KEY = web.AppKey("token", str)
 
@@ -141,15 +139,12 @@ async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _is_loopback_name(host: str) -> bool:
-    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host
-    if not host.startswith("[") and name.count(":") == 1:
-        name = name.partition(":")[0]  # name:port
-    if name.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    """A Host header (`name`, `name:port`, `[v6]:port`) that names the loopback."""
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.partition(":")[0] if host.count(":") == 1 else host
+    return is_loopback(name.lower().rstrip("."))
 
 
 def _daemon(request: web.Request) -> Daemon:
