@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,10 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from orderwatch.config import load_settings_from_mapping
 from orderwatch.daemon import Daemon
+from orderwatch.notify import Notifier
 from orderwatch.settings import Settings
 
 API_KEY = "xx.test-key-0123456789"
@@ -164,3 +167,26 @@ class Proxy:
 
     async def restore(self) -> None:
         await self.start()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http(method: str, url: str, **kw: object) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:  # type: ignore[arg-type]
+        return r.status, await r.text()
+
+
+class RecordingNotifier(Notifier):
+    """What systemd would be told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[str] = []
+
+    def send(self, *fields: str) -> bool:
+        self.sent.append(fields[0])
+        return True

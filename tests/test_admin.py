@@ -15,9 +15,8 @@ import pytest
 import orderwatch.admin as admin
 from orderwatch.errors import StoreError
 from orderwatch.simulator import SimOptions, running_simulator
-from test_operations import RecordingNotifier, free_port, http
 
-from harness import API_KEY, running_daemon, settings_for
+from harness import API_KEY, RecordingNotifier, free_port, http, running_daemon, settings_for
 
 
 async def _raw(port: int, request: bytes) -> bytes:

@@ -8,26 +8,26 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from orderwatch.daemon import Daemon
-from orderwatch.notify import Notifier
 from orderwatch.receiver import Receiver, running_receiver
 from orderwatch.simulator import Faults, SimOptions, running_simulator
 
 from harness import (
     API_KEY,
     SECRET,
+    RecordingNotifier,
     config_dict,
+    free_port,
+    http,
     running_daemon,
     settings_for,
     spawn,
@@ -35,17 +35,6 @@ from harness import (
     until,
     write_config,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def http(method: str, url: str, **kw: object) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as s, s.request(method, url, **kw) as r:  # type: ignore[arg-type]
-        return r.status, await r.text()
 
 
 async def test_admin_api_and_metrics(tmp_path: Path) -> None:
@@ -312,18 +301,6 @@ async def test_logs_never_hold_secrets_or_payout_urls(tmp_path: Path) -> None:
     for secret in (API_KEY, SECRET, SECRET.removeprefix("whsec_"), *urls):
         assert secret not in text, secret
     assert "spend.runa.io" not in text
-
-
-class RecordingNotifier(Notifier):
-    """What systemd would be told, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(None)
-        self.sent: list[str] = []
-
-    def send(self, *fields: str) -> bool:
-        self.sent.append(fields[0])
-        return True
 
 
 async def test_a_reload_during_start_up_is_applied_once_ready(tmp_path: Path) -> None:

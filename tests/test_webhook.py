@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -26,7 +25,7 @@ from orderwatch.sinks.base import AttemptResult
 from orderwatch.sinks.webhook import WebhookSink
 from orderwatch.store.base import EventRecord
 
-from harness import SECRET
+from harness import SECRET, free_port
 
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 OTHER_SECRET = "whsec_dGhpcyBpcyBub3QgdGhlIHJpZ2h0IGtleQ=="
@@ -199,12 +198,6 @@ async def test_a_2xx_counts_when_its_headers_arrive_whatever_its_body_does() -> 
     finally:
         await runner.cleanup()
     assert result == AttemptResult(True, "http 200")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_errors_and_logs_never_show_url_query_secret_or_body() -> None:
