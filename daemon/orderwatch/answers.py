@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Kind(Enum):
@@ -23,9 +22,9 @@ class Kind(Enum):
     INVALID = "invalid"
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One classified response. `detail` is short and safe to log (never the body)."""
+class Answer(NamedTuple):
+    """One classified response. `detail` is short and safe to log (never the body). A
+    NamedTuple: one is made per poll (see `store.base.Claim`)."""
 
     kind: Kind
     http_status: int | None = None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from orderwatch.answers import Answer, Kind
 from orderwatch.settings import PollingSettings
 from orderwatch.store.base import Claim
 
 
-@dataclass(frozen=True, slots=True)
-class Reschedule:
+class Reschedule(NamedTuple):
+    """Poll again at `next_poll_at`. NamedTuples, not frozen dataclasses: one decision is made
+    per poll (see `store.base.Claim`)."""
+
     next_poll_at: float
     polls: int
     error_streak: int
@@ -20,14 +22,12 @@ class Reschedule:
     last_body: bytes | None
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(NamedTuple):
     state: str  # final | expired | not_found
     final_status: str  # COMPLETED | FAILED | EXPIRED | NOT_FOUND
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(NamedTuple):
     """Not this order's fault (429, auth): put it back, due when the pause ends."""
 
 
