@@ -10,6 +10,7 @@ import stat
 import time
 from pathlib import Path
 
+from orderwatch.answers import Kind
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Store
 from orderwatch.store.sqlite import DB_NAME as SQLITE_NAME
@@ -102,7 +103,7 @@ async def _retried_then_final(tmp_path: Path, fault: str, kind: str) -> None:
             await d.add_orders(["O-FLAKY"])
             await until(lambda: all_ended(d, ["O-FLAKY"]))
             (row,) = await store_of(d).get_orders(["O-FLAKY"])
-            failures = d.metrics.requests.labels(kind)._value.get()
+            failures = d.metrics.polls.by_kind[Kind(kind)]
         assert row.final_status == "COMPLETED"
         assert failures == 2
         # both failures counted on the error budget, none on the normal cadence

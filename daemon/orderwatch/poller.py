@@ -269,8 +269,7 @@ class Poller:
                 if self._lease_too_short(claim):
                     return  # it waited out a long pause: whoever holds it next polls it
             answer = await d.client.get_order(claim.order_id)
-            d.metrics.request_seconds.observe(time.monotonic() - t1)
-            d.metrics.requests_by_kind[answer.kind].inc()
+            d.metrics.polls.answered(answer.kind, time.monotonic() - t1)
             pause = self._tell_gate(answer)
         finally:
             if probe:
@@ -296,7 +295,7 @@ class Poller:
         """Tell the gate what the API said; the pause a 429 started, else 0."""
         if answer.kind in VALID:
             self.d.gate.on_success()
-            self.d.metrics.last_success.set(self.d.wall())
+            self.d.metrics.polls.last_success = self.d.wall()
         elif answer.kind is Kind.RATE_LIMITED:
             self.d.metrics.rate_limited.inc()
             return self.d.gate.on_rate_limited(answer.retry_after_s)

@@ -1,0 +1,60 @@
+"""The per-poll series are plain numbers rendered at scrape time (metrics.PollCounters); they
+must read exactly as prometheus_client's own Counter, Histogram and Gauge would."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from orderwatch.answers import Kind
+from orderwatch.metrics import REQUEST_BUCKETS, Metrics, PollCounters
+
+# Bucket bounds exactly, between them, below the first and beyond the last.
+ANSWERS = [
+    (Kind.PROCESSING, 0.0),
+    (Kind.PROCESSING, 0.01),
+    (Kind.FINAL, 0.0100001),
+    (Kind.TRANSPORT, 10.0),
+    (Kind.RATE_LIMITED, 30.0),
+    (Kind.SERVER_ERROR, 31.5),
+    (Kind.PROCESSING, 0.3),
+]
+
+
+def test_poll_counters_render_as_the_library_would() -> None:
+    ours = CollectorRegistry(auto_describe=True)
+    counters = PollCounters()
+    ours.register(counters)
+    theirs = CollectorRegistry(auto_describe=True)
+    requests = Counter(
+        "orderwatch_api_requests",
+        "GET requests sent to the Runa API, by classified outcome.",
+        ["outcome"],
+        registry=theirs,
+    )
+    seconds = Histogram(
+        "orderwatch_api_request_duration_seconds",
+        "Time from sending a GET to its classified answer.",
+        registry=theirs,
+        buckets=REQUEST_BUCKETS,
+    )
+    last = Gauge(
+        "orderwatch_last_successful_poll_timestamp_seconds",
+        "Unix time of the last valid answer from the Runa API.",
+        registry=theirs,
+    )
+    for k in Kind:
+        requests.labels(k.value)
+    for kind, s in ANSWERS:
+        counters.answered(kind, s)
+        requests.labels(kind.value).inc()
+        seconds.observe(s)
+    counters.last_success = 1764900000.25
+    last.set(1764900000.25)
+    assert generate_latest(ours) == generate_latest(theirs)
+
+
+def test_the_daemon_registry_holds_the_poll_series_once() -> None:
+    text = Metrics().render().decode()
+    assert text.count("# TYPE orderwatch_api_requests_total counter") == 1
+    assert text.count("# TYPE orderwatch_api_request_duration_seconds histogram") == 1
+    assert text.count("# TYPE orderwatch_last_successful_poll_timestamp_seconds gauge") == 1
