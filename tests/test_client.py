@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from orderwatch.answers import Answer, Kind
-from orderwatch.client import RunaClient
+from orderwatch.client import SWEEP_S, RunaClient
 from orderwatch.limiter import SpacedLimiter
 from orderwatch.simulator import SimOptions, max_in_window, running_simulator
 
@@ -208,3 +211,90 @@ async def answer_from(order: Any, order_id: str) -> Answer:
         ) as client,
     ):
         return await client.get_order(order_id)
+
+
+async def _hanging_server(handler_kind: str) -> TestServer:
+    """An API that never finishes answering: no headers at all, or headers and then a body
+    that never ends."""
+
+    async def order(request: web.Request) -> web.StreamResponse:
+        if handler_kind == "headers":
+            await asyncio.sleep(3600)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        resp.content_length = 1000
+        await resp.prepare(request)
+        await resp.write(b'{"id": "O-1", ')
+        await asyncio.sleep(3600)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v2/order/{id}", order)
+    return TestServer(app, host="127.0.0.1")
+
+
+@pytest.mark.parametrize("stall", ["headers", "body"])
+async def test_a_request_gives_up_at_its_timeout(stall: str) -> None:
+    """The timeout is kept by one sweep for all requests (client._Deadlines), not a timer
+    each: a request whose answer never comes (or whose body never ends) is a "timeout"
+    between its timeout and SWEEP_S after; the task is not left cancelled, and with nothing
+    in flight no timer is left behind."""
+    async with await _hanging_server(stall) as server:
+        base = f"http://127.0.0.1:{server.port}/v2"
+        async with RunaClient(
+            base, "xx.k", api_version="2024-02-05", timeout_s=0.3, max_connections=2
+        ) as client:
+            t0 = time.monotonic()
+            answer = await client.get_order("O-1")
+            took = time.monotonic() - t0
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0
+            assert client._deadlines is not None and client._deadlines._timer is None
+    assert (answer.kind, answer.detail) == (Kind.TRANSPORT, "timeout")
+    assert 0.3 <= took < 0.3 + SWEEP_S + 1.0, took
+
+
+async def test_a_cancel_from_outside_is_not_taken_for_a_timeout() -> None:
+    """A stop cancels a worker in the middle of its request: that must go through, also
+    when it comes together with the request's own timeout (as `asyncio.timeout` has it)."""
+    async with await _hanging_server("headers") as server:
+        base = f"http://127.0.0.1:{server.port}/v2"
+        async with RunaClient(
+            base, "xx.k", api_version="2024-02-05", timeout_s=0.05, max_connections=2
+        ) as client:
+            alone = asyncio.create_task(client.get_order("O-1"))
+            both = asyncio.create_task(client.get_order("O-2"))
+            await asyncio.sleep(0.1)  # both deadlines passed; the sweep has not looked yet
+            alone.cancel()
+            assert client._deadlines is not None
+            client._deadlines._sweep()  # takes `both` for a timeout...
+            both.cancel()  # ...while a stop cancels it too
+            for task in (alone, both):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+
+async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean() -> None:
+    """Should a layer below turn the sweep's cancel into an error of its own (or swallow it),
+    the task must not stay marked as cancelling: a later `asyncio.timeout` in it would
+    misread its own expiry."""
+
+    async def converts() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise ConnectionResetError("converted") from None
+
+    async with await _hanging_server("headers") as server:
+        base = f"http://127.0.0.1:{server.port}/v2"
+        async with RunaClient(
+            base,
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=0.05,
+            max_connections=2,
+            before_send=converts,
+        ) as client:
+            answer = await client.get_order("O-1")
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0
+    assert answer.kind is Kind.TRANSPORT and answer.detail == "transport: ClientOSError"

@@ -18,7 +18,7 @@ import structlog
 
 from orderwatch.aio import until_stopped, wait_any
 from orderwatch.answers import Answer, Kind
-from orderwatch.client import RunaClient
+from orderwatch.client import SWEEP_S, RunaClient
 from orderwatch.errors import StoreError, store_backoff
 from orderwatch.events import committed_payload, make_event, terminal_data
 from orderwatch.gate import Gate
@@ -289,7 +289,7 @@ class Poller:
     def _lease_too_short(self, claim: Claim) -> bool:
         """Too close to the lease's end to finish a request in time: leave the order alone,
         whoever holds it next (this worker waited through a pause or lost the store)."""
-        return self.d.wall() >= claim.lease_until - self.d.request_timeout_s - 0.5
+        return self.d.wall() >= claim.lease_until - self.d.request_timeout_s - SWEEP_S - 0.5
 
     def _tell_gate(self, answer: Answer) -> float:
         """Tell the gate what the API said; the pause a 429 started, else 0."""
