@@ -150,7 +150,7 @@ def simulate(args: argparse.Namespace) -> int:
 
     options = simulator.options_from_args(args)
     print(f"simulator on http://{args.host}:{args.port}/v2 (Ctrl-C stops)", file=sys.stderr)
-    asyncio.run(simulator.serve_forever(options, args.host, args.port))
+    aio.run(simulator.serve_forever(options, args.host, args.port))
     return 0
 
 
