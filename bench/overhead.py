@@ -22,8 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
+from bench import inproc
 from bench.common import API_KEY, Report, sim_stats, simulator_process
-from bench.inproc import daemon, settings
+from bench.inproc import settings
 from bench.nostore import heap_store
 from orderwatch.client import RunaClient
 from orderwatch.limiter import SpacedLimiter
@@ -145,7 +146,7 @@ async def orderwatch_loop(base: str, seconds: float) -> Run:
             rate_limit={"requests_per_second": 100_000, "max_concurrency": CONCURRENCY},
             polling={"initial_delay": "0s", "max_interval": "1ms", "jitter": 0},
         )
-        async with daemon(s) as d:
+        async with inproc.daemon(s) as d:  # looked up here: bench.prefetch wraps it
             await d.add_orders([f"O-RATE{i:05d}" for i in range(ORDERS)])
             await asyncio.sleep(2.0)
 

@@ -1,0 +1,99 @@
+"""How often the overhead bench's workers wait for claims: the share of prefetch-queue gets
+that found it empty, the worker time spent waiting there, and how long claims take (from the
+poller's call to its answer) and how large they are. A diagnostic, not part of the table.
+
+    python -m bench.prefetch [--seconds 6] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from bench import inproc, overhead
+from bench.common import simulator_process
+from orderwatch import aio
+from orderwatch.daemon import Daemon
+
+
+async def one_round(base: str, seconds: float) -> None:
+    measured, make_daemon = overhead.measured, inproc.daemon  # looked up when it runs
+    running: list[Daemon] = []
+
+    @asynccontextmanager
+    async def keeping(s: Any) -> AsyncIterator[Daemon]:
+        async with make_daemon(s) as d:
+            running.append(d)
+            yield d
+
+    async def counting(seconds: float, count: Callable[[], Awaitable[int]]) -> overhead.Run:
+        d = running[-1]
+        assert d.poller is not None and d.store is not None
+        queue, store = d.poller._queue, d.store
+        get, claim_due = queue.get, store.claim_due
+        gets = empty = 0
+        waited = 0.0
+        claims: list[tuple[float, int]] = []
+
+        async def counted_get() -> Any:
+            nonlocal gets, empty, waited
+            gets += 1
+            if not queue.empty():
+                return await get()
+            empty += 1
+            t0 = time.monotonic()
+            try:
+                return await get()
+            finally:
+                waited += time.monotonic() - t0
+
+        async def timed_claim(*a: Any, **kw: Any) -> Any:
+            t0 = time.monotonic()
+            got = await claim_due(*a, **kw)
+            claims.append((time.monotonic() - t0, len(got)))
+            return got
+
+        queue.get = counted_get  # type: ignore[method-assign]
+        store.claim_due = timed_claim  # type: ignore[method-assign]
+        try:
+            run = await measured(seconds, count)
+        finally:
+            del queue.get, store.claim_due
+        workers = d.settings.rate_limit.max_concurrency
+        took = sorted(t for t, _ in claims) or [0.0]
+        print(
+            f"  {run.per_s:,.0f} polls/s; gets that found the queue empty"
+            f" {empty / max(gets, 1):.1%}, worker time waiting there"
+            f" {waited / (workers * seconds):.1%}"
+        )
+        print(
+            f"  {len(claims)} claims of {statistics.mean(n for _, n in claims or [(0, 0)]):.0f}"
+            f" on average (queue of {queue.maxsize}); claim took p50"
+            f" {took[len(took) // 2] * 1000:.1f} ms, p90 {took[int(len(took) * 0.9)] * 1000:.1f} ms"
+        )
+        return run
+
+    overhead.measured, inproc.daemon = counting, keeping
+    try:
+        await overhead.orderwatch_loop(base, seconds)
+    finally:
+        overhead.measured, inproc.daemon = measured, make_daemon
+
+
+async def main(seconds: float, rounds: int) -> None:
+    async with simulator_process("--complete-after", "100d") as base:
+        for i in range(rounds):
+            print(f"round {i + 1}:")
+            await one_round(base, seconds)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    aio.run(main(args.seconds, args.rounds))
