@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -9,7 +10,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,3 +162,27 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def diagnostic_main(
+    doc: str | None,
+    one_round: Callable[[str, float], Awaitable[None]],
+    seconds: float,
+    rounds: int,
+) -> None:
+    """`python -m bench.X [--seconds S] [--rounds N]` for a diagnostic of the overhead loop:
+    `one_round(base_url, seconds)` N times against one simulator, each round printed."""
+    from orderwatch import aio
+
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=seconds)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    args = ap.parse_args()
+
+    async def main() -> None:
+        async with simulator_process("--complete-after", "100d") as base:
+            for i in range(args.rounds):
+                print(f"round {i + 1}:")
+                await one_round(base, args.seconds)
+
+    aio.run(main())

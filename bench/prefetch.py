@@ -7,7 +7,6 @@ poller's call to its answer) and how large they are. A diagnostic, not part of t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from bench import inproc, overhead
-from bench.common import simulator_process
-from orderwatch import aio
+from bench.common import diagnostic_main
 from orderwatch.daemon import Daemon
 
 
@@ -84,16 +82,5 @@ async def one_round(base: str, seconds: float) -> None:
         overhead.measured, inproc.daemon = measured, make_daemon
 
 
-async def main(seconds: float, rounds: int) -> None:
-    async with simulator_process("--complete-after", "100d") as base:
-        for i in range(rounds):
-            print(f"round {i + 1}:")
-            await one_round(base, seconds)
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=6.0)
-    ap.add_argument("--rounds", type=int, default=2)
-    args = ap.parse_args()
-    aio.run(main(args.seconds, args.rounds))
+    diagnostic_main(__doc__, one_round, seconds=6.0, rounds=2)

@@ -7,14 +7,12 @@ A diagnostic for the store thread's GIL traffic, not part of the table.
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 from collections.abc import Awaitable, Callable
 
 from bench import overhead
-from bench.common import proc_status, simulator_process
-from orderwatch import aio
+from bench.common import diagnostic_main, proc_status
 
 Counts = dict[int, tuple[int, int]]  # native thread id -> (voluntary, involuntary)
 
@@ -58,16 +56,5 @@ async def one_round(base: str, seconds: float) -> None:
         overhead.measured = measured
 
 
-async def main(seconds: float, rounds: int) -> None:
-    async with simulator_process("--complete-after", "100d") as base:
-        for i in range(rounds):
-            print(f"round {i + 1}:")
-            await one_round(base, seconds)
-
-
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=4.0)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
-    aio.run(main(args.seconds, args.rounds))
+    diagnostic_main(__doc__, one_round, seconds=4.0, rounds=3)
