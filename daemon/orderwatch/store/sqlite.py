@@ -70,7 +70,9 @@ _ADD_ALL = (  # "WHERE true": SQLite's parser needs it before ON CONFLICT after 
     "INSERT INTO orders(id, state, added_at, next_poll_at)"
     " SELECT value, 'pending', ?, ? FROM json_each(?) WHERE true ON CONFLICT(id) DO NOTHING"
 )
-_TIME = "printf('%!.17g', {})"
+# A time as a JSON number with all 17 digits (json_array's own 15 would round it), so that
+# json.loads makes the float itself: no float(str) per field on the store's thread.
+_TIME = "json(printf('%!.17g', {}))"
 _DUE = "FROM orders WHERE state = 'pending' AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?"
 _CLAIM_ROWS = (
     f"SELECT id, fence + 1, next_poll_at, added_at, polls, error_streak, first_404_at {_DUE}"
@@ -240,18 +242,7 @@ class SqliteStore:
                 )
             else:
                 (found,) = self.db.execute(_CLAIM_ALL, (now, limit)).fetchone()
-                rows = [
-                    (
-                        r[0],
-                        r[1],
-                        float(r[2]),
-                        float(r[3]),
-                        r[4],
-                        r[5],
-                        None if r[6] is None else float(r[6]),
-                    )
-                    for r in json.loads(found)
-                ]
+                rows = json.loads(found)
                 if rows:
                     self.db.execute(
                         "UPDATE orders SET lease_owner = ?, fence = fence + 1, next_poll_at = ?"
