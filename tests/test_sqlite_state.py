@@ -4,12 +4,15 @@ newer is refused."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orderwatch.errors import StoreError
-from orderwatch.store.sqlite import DB_NAME, SqliteStore
+from orderwatch.store.base import Claim
+from orderwatch.store.sqlite import _TAKE_CLAIMED, DB_NAME, SqliteStore
 
 
 async def test_a_state_file_from_before_the_counts_table_counts_right(tmp_path: Path) -> None:
@@ -40,3 +43,45 @@ async def test_a_state_file_from_a_newer_orderwatch_is_refused(tmp_path: Path) -
     db.close()
     with pytest.raises(StoreError, match="newer"):
         await SqliteStore.open(tmp_path)
+
+
+class _RacedBefore:
+    """A connection that lets `race()` run once, just before the claim's UPDATE."""
+
+    def __init__(self, db: sqlite3.Connection, race: Callable[[], object]) -> None:
+        self._db, self._race = db, race
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql is _TAKE_CLAIMED and self._race is not None:
+            race, self._race = self._race, None
+            race()
+        return self._db.execute(sql, *args)
+
+
+async def test_a_claim_raced_between_its_select_and_update_takes_only_what_it_leased(
+    tmp_path: Path,
+) -> None:
+    """The claim's SELECT and UPDATE are two transactions (fewer GIL rounds). Another store on
+    the same file that claims in between must not get the same orders: the UPDATE takes a row
+    only at the fence the SELECT saw, and the claim returns only the rows it took."""
+    a = await SqliteStore.open(tmp_path, now=1.0)
+    b = await SqliteStore.open(tmp_path, now=1.0)
+    try:
+        await a.add_orders([f"O-{i}" for i in range(6)], 1.0, 1.0)
+        got_b: list[Claim] = []
+        a._db = _RacedBefore(  # type: ignore[assignment]
+            a.db, lambda: got_b.extend(b._claim_due(2.0, 3, "b", 60.0, []))
+        )
+        got_a = await a.claim_due(2.0, 5, "a", 60.0)
+        assert [c.order_id for c in got_b] == ["O-0", "O-1", "O-2"]
+        assert [c.order_id for c in got_a] == ["O-3", "O-4"]
+        for store, claims in ((a, got_a), (b, got_b)):
+            assert all([await store.holds(c) for c in claims])
+        assert [c.order_id for c in await a.claim_due(2.0, 5, "a", 60.0)] == ["O-5"]
+    finally:
+        a._db = a._db._db if isinstance(a._db, _RacedBefore) else a._db  # type: ignore[attr-defined]
+        await a.close()
+        await b.close()
