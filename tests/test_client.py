@@ -44,8 +44,6 @@ async def test_headers_sent() -> None:
 
 async def test_cookies_from_the_api_are_not_kept() -> None:
     """A Set-Cookie in an answer is not sent back: the client keeps no cookie jar."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     seen: list[str | None] = []
 
@@ -129,8 +127,6 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole() -> None:
     the client reads to the end of the body, not what the first piece held."""
     import json
 
-    from aiohttp import web
-
     items = [{"id": f"I-{i}", "redemption_url": f"https://x/{i}"} for i in range(200)]
     body = json.dumps({"id": "O-big", "status": "COMPLETED", "items": items}).encode()
 
@@ -151,7 +147,6 @@ async def test_a_body_that_arrives_in_pieces_is_read_whole() -> None:
 async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
     """A streamed answer (no Content-Length) larger than MAX_BODY is an invalid answer,
     not a truncated one: the cap counts every piece."""
-    from aiohttp import web
 
     from orderwatch.client import MAX_BODY
 
@@ -172,8 +167,6 @@ async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
 async def test_a_redirect_is_not_followed() -> None:
     """A redirect (a gateway, a wrong base URL) is an invalid answer, not a second GET: that
     GET would pass no limiter, and aiohttp sends X-Api-Key on to whatever host it names."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     elsewhere: list[str | None] = []
 
@@ -195,8 +188,6 @@ async def test_a_redirect_is_not_followed() -> None:
 
 async def answer_from(order: Any, order_id: str) -> Answer:
     """One get_order against a loopback server whose order route is `order`."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
 
     app = web.Application()
     app.router.add_get("/v2/order/{id}", order)
@@ -213,7 +204,7 @@ async def answer_from(order: Any, order_id: str) -> Answer:
         return await client.get_order(order_id)
 
 
-async def _hanging_server(handler_kind: str) -> TestServer:
+def _hanging_server(handler_kind: str) -> TestServer:
     """An API that never finishes answering: no headers at all, or headers and then a body
     that never ends."""
 
@@ -238,7 +229,7 @@ async def test_a_request_gives_up_at_its_timeout(stall: str) -> None:
     each: a request whose answer never comes (or whose body never ends) is a "timeout"
     between its timeout and SWEEP_S after; the task is not left cancelled, and with nothing
     in flight no timer is left behind."""
-    async with await _hanging_server(stall) as server:
+    async with _hanging_server(stall) as server:
         base = f"http://127.0.0.1:{server.port}/v2"
         async with RunaClient(
             base, "xx.k", api_version="2024-02-05", timeout_s=0.3, max_connections=2
@@ -256,7 +247,7 @@ async def test_a_request_gives_up_at_its_timeout(stall: str) -> None:
 async def test_a_cancel_from_outside_is_not_taken_for_a_timeout() -> None:
     """A stop cancels a worker in the middle of its request: that must go through, also
     when it comes together with the request's own timeout (as `asyncio.timeout` has it)."""
-    async with await _hanging_server("headers") as server:
+    async with _hanging_server("headers") as server:
         base = f"http://127.0.0.1:{server.port}/v2"
         async with RunaClient(
             base, "xx.k", api_version="2024-02-05", timeout_s=0.05, max_connections=2
@@ -284,7 +275,7 @@ async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean()
         except asyncio.CancelledError:
             raise ConnectionResetError("converted") from None
 
-    async with await _hanging_server("headers") as server:
+    async with _hanging_server("headers") as server:
         base = f"http://127.0.0.1:{server.port}/v2"
         async with RunaClient(
             base,
