@@ -151,8 +151,10 @@ class Store(Protocol):
         event: EventRecord,
         sinks: Sequence[str],
     ) -> bool:
-        """In one transaction: end the order, store its event, queue one delivery per sink.
-        False (and nothing written) if fenced out or the order is no longer pending."""
+        """In one transaction: end the order (its polls, error streak and first 404 become
+        the claim's, which count polls under this lease not yet written), store its event,
+        queue one delivery per sink. False (and nothing written) if fenced out or the order
+        is no longer pending."""
         ...
 
     async def holds(self, claim: Claim) -> bool:

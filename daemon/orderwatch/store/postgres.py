@@ -339,9 +339,19 @@ class PostgresStore:
         async with self._tx("finish") as conn:
             cur = await conn.execute(
                 "UPDATE orders SET state = %s, final_status = %s, finished_at = %s,"
-                " next_poll_at = NULL, lease_owner = NULL, last_error = NULL"
+                " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
+                " polls = %s, error_streak = %s, first_404_at = %s"
                 " WHERE id = %s AND fence = %s AND state = 'pending'",
-                (state, final_status, now, claim.order_id, claim.fence),
+                (
+                    state,
+                    final_status,
+                    now,
+                    claim.polls,
+                    claim.error_streak,
+                    claim.first_404_at,
+                    claim.order_id,
+                    claim.fence,
+                ),
             )
             if cur.rowcount != 1:
                 return False

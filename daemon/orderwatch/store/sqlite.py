@@ -427,9 +427,19 @@ class SqliteStore:
         with self._tx(durable=True):
             cur = self.db.execute(
                 "UPDATE orders SET state = ?, final_status = ?, finished_at = ?,"
-                " next_poll_at = NULL, lease_owner = NULL, last_error = NULL"
+                " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
+                " polls = ?, error_streak = ?, first_404_at = ?"
                 " WHERE id = ? AND fence = ? AND state = 'pending'",
-                (state, final_status, now, claim.order_id, claim.fence),
+                (
+                    state,
+                    final_status,
+                    now,
+                    claim.polls,
+                    claim.error_streak,
+                    claim.first_404_at,
+                    claim.order_id,
+                    claim.fence,
+                ),
             )
             if cur.rowcount != 1:
                 return False

@@ -1,0 +1,114 @@
+"""Held claims: an order polled again within HOLD_S of its claim stays in memory between polls,
+and what those polls learned reaches the store when it leaves memory, whichever way it leaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orderwatch import poller
+from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.store.base import OrderRow
+from orderwatch.store.sqlite import SqliteStore
+
+from harness import API_KEY, running_daemon, settings_for, until
+
+
+def gets(rs: object, order_id: str) -> int:
+    return sum(1 for _, oid in rs.sim.requests if oid == order_id)  # type: ignore[attr-defined]
+
+
+async def row_of(d: object, order_id: str) -> OrderRow:
+    (row,) = await d.store.get_orders([order_id])  # type: ignore[attr-defined]
+    return row  # type: ignore[no-any-return]
+
+
+async def test_held_polls_are_written_when_the_daemon_stops(tmp_path: Path) -> None:
+    """While held, polls write nothing; stopping writes the count of every PROCESSING poll."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        polling = {"initial_delay": "200ms", "max_interval": "2s", "jitter": 0}
+        settings = settings_for(tmp_path, rs.base_url, polling=polling)
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-HELD"])
+
+            async def waiting_in_memory() -> bool:  # stopped between polls, not during one
+                assert d.poller is not None
+                return gets(rs, "O-HELD") >= 3 and bool(d.poller._held)
+
+            await until(waiting_in_memory)
+            assert (await row_of(d, "O-HELD")).polls == 0  # held: nothing written yet
+        store = await SqliteStore.open(tmp_path / "state")
+        try:
+            (row,) = await store.get_orders(["O-HELD"])
+        finally:
+            await store.close()
+        assert row.state == "pending"
+        assert row.polls == gets(rs, "O-HELD")  # every answer was PROCESSING
+
+
+async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past HOLD_S after its claim the next reschedule is written, and polling goes on."""
+    monkeypatch.setattr(poller, "HOLD_S", 0.3)
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"max_interval": "20ms"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-CYCLE"])
+
+            async def written_twice() -> bool:
+                return (await row_of(d, "O-CYCLE")).polls >= 2 * 0.3 / 0.02 * 0.5
+
+            await until(written_twice)
+            before = gets(rs, "O-CYCLE")
+
+            async def still_polled() -> bool:
+                return gets(rs, "O-CYCLE") > before
+
+            await until(still_polled)
+
+
+async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> None:
+    """A 429 releases the order; a held one is released with the polls not yet written."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, polling={"max_interval": "20ms"})
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-PAUSED"])
+
+            async def polled() -> bool:
+                return gets(rs, "O-PAUSED") >= 3
+
+            await until(polled)
+            rs.sim.set_faults(Faults(rate_429=1.0, retry_after="1"))
+
+            async def given_back() -> bool:
+                return (await row_of(d, "O-PAUSED")).polls >= 3
+
+            await until(given_back, timeout=5.0)  # HOLD_S (10 s) would not have written it
+
+
+async def test_an_order_that_expires_while_held_quotes_the_body_it_held(tmp_path: Path) -> None:
+    """Expiry on a failed GET quotes the last PROCESSING body, which only memory has."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+        settings = settings_for(
+            tmp_path, rs.base_url, polling={"max_interval": "20ms", "give_up_after": "3s"}
+        )
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-LAPSED"])
+
+            async def polled() -> bool:
+                return gets(rs, "O-LAPSED") >= 3
+
+            await until(polled)
+            rs.sim.set_faults(Faults(rate_reset=1.0))
+
+            async def ended() -> bool:
+                return (await row_of(d, "O-LAPSED")).state != "pending"
+
+            await until(ended)
+            event = await d.store.get_event("O-LAPSED")  # type: ignore[union-attr]
+        assert event is not None and event.event_type == "order.expired"
+        data = json.loads(event.body)["data"]
+        assert data["last_response"]["status"] == "PROCESSING"
