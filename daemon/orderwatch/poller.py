@@ -135,7 +135,11 @@ class Poller:
         out the store's timeout, took minutes with PostgreSQL down)."""
         try:
             async with asyncio.timeout(GOODBYE_S):
-                await asyncio.gather(*(self._give_back(c, unsaved) for c, unsaved in claims))
+                for c, unsaved in claims:  # held ones go as one batch of queued writes
+                    if unsaved is not None:
+                        self._write(c, unsaved)  # its due_at is unsaved.next_poll_at
+                plain = (c for c, unsaved in claims if unsaved is None)
+                await asyncio.gather(*(self.d.store.release(c) for c in plain))
                 await self.d.store.flush()
         except (TimeoutError, StoreError) as e:
             self.store_failed_at_stop = True
