@@ -10,7 +10,8 @@ import pytest
 
 from orderwatch import poller
 from orderwatch.simulator import Faults, SimOptions, running_simulator
-from orderwatch.store.base import OrderRow
+from orderwatch.store.base import OrderRow, Store
+from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, running_daemon, settings_for, until
@@ -25,11 +26,15 @@ async def row_of(d: object, order_id: str) -> OrderRow:
     return row  # type: ignore[no-any-return]
 
 
-async def test_held_polls_are_written_when_the_daemon_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_held_polls_are_written_when_the_daemon_stops(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     """While held, polls write nothing; stopping writes the count of every PROCESSING poll."""
+    dsn = request.getfixturevalue("pg_dsn") if backend == "postgres" else None
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
         polling = {"initial_delay": "200ms", "max_interval": "2s", "jitter": 0}
-        settings = settings_for(tmp_path, rs.base_url, polling=polling)
+        settings = settings_for(tmp_path, rs.base_url, polling=polling, state_dsn=dsn)
         async with running_daemon(settings) as d:
             await d.add_orders(["O-HELD"])
 
@@ -39,7 +44,9 @@ async def test_held_polls_are_written_when_the_daemon_stops(tmp_path: Path) -> N
 
             await until(waiting_in_memory)
             assert (await row_of(d, "O-HELD")).polls == 0  # held: nothing written yet
-        store = await SqliteStore.open(tmp_path / "state")
+        store: Store = (
+            await PostgresStore.open(dsn) if dsn else await SqliteStore.open(tmp_path / "state")
+        )
         try:
             (row,) = await store.get_orders(["O-HELD"])
         finally:

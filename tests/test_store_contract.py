@@ -265,6 +265,17 @@ async def test_finish_writes_event_and_outbox_once(store: Store) -> None:
     assert (await store.counts())["pending"] == 0
 
 
+async def test_finish_writes_the_progress_its_claim_carries(store: Store) -> None:
+    """A held claim's polls were never written: finish stores the counts the claim carries."""
+    await store.add_orders(["A"], T0, T0)
+    (c,) = await store.claim_due(T0, 1, "w", 30)
+    held = c._replace(polls=7, error_streak=2, first_404_at=T0 + 0.5)
+    ev = make_event("A", "COMPLETED", {"id": "A", "status": "COMPLETED"}, T0 + 1)
+    assert await store.finish(held, "final", "COMPLETED", ev, [])
+    (row,) = await store.get_orders(["A"])
+    assert (row.state, row.polls, row.error_streak) == ("final", 7, 2)
+
+
 async def test_delivery_lifecycle_and_replay(store: Store) -> None:
     """Deliveries are claimed per sink, recorded with fencing, and replay re-queues the same id."""
     await store.add_orders(["A"], T0, T0)
