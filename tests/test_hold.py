@@ -4,17 +4,23 @@ and what those polls learned reaches the store when it leaves memory, whichever 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from orderwatch import poller
+from orderwatch.client import RunaClient
+from orderwatch.gate import Gate
+from orderwatch.limiter import SpacedLimiter
+from orderwatch.policy import Reschedule
+from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import Faults, SimOptions, running_simulator
 from orderwatch.store.base import OrderRow, Store
 from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, running_daemon, settings_for, until
+from harness import API_KEY, FakeClock, running_daemon, settings_for, until
 
 
 def gets(rs: object, order_id: str) -> int:
@@ -119,3 +125,50 @@ async def test_an_order_that_expires_while_held_quotes_the_body_it_held(tmp_path
         assert event is not None and event.event_type == "order.expired"
         data = json.loads(event.body)["data"]
         assert data["last_response"]["status"] == "PROCESSING"
+
+
+async def test_a_held_claim_too_late_in_its_lease_is_not_sent_but_its_polls_are_written(
+    tmp_path: Path,
+) -> None:
+    """A held claim that waited past the point where a GET could finish inside its lease is
+    left unsent, as any claim is; what its earlier polls learned is written all the same."""
+    wall = FakeClock()
+    store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
+    try:
+        await store.add_orders(["O-LATE"], wall(), wall())
+        (claim,) = await store.claim_due(wall(), 1, "me", 60.0)
+        with tempfile.TemporaryDirectory() as out:
+            settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")  # never contacted
+            client = RunaClient(
+                settings.runa.base_url,
+                API_KEY,
+                api_version="2024-02-05",
+                timeout_s=2,
+                max_connections=1,
+            )
+            p = Poller(
+                PollerDeps(
+                    store=store,
+                    client=client,
+                    limiter=SpacedLimiter(1000),
+                    gate=Gate(max_interval_s=1.0),
+                    polling=settings.polling,
+                    output_dir=Path(out),
+                    sinks=[],
+                    owner="me",
+                    max_concurrency=1,
+                    rate=1000,
+                    request_timeout_s=2.0,
+                    wall=wall,
+                )
+            )
+            body = b'{"id": "O-LATE", "status": "PROCESSING"}'
+            unsaved = Reschedule(claim.due_at, 4, 0, None, None, body)
+            wall.now += 58.0  # the lease ends in 2 s: less than a request's timeout
+            await p.poll_one(claim, unsaved)  # no client session: a GET would fail loudly
+        await store.flush()
+        (row,) = await store.get_orders(["O-LATE"])
+        assert row.polls == 4 and row.next_poll_at == claim.due_at
+        assert await store.last_body("O-LATE") == body
+    finally:
+        await store.close()

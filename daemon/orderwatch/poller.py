@@ -305,8 +305,7 @@ class Poller:
         `unsaved`: what earlier polls under this lease decided and nobody wrote yet."""
         d = self.d
         if self._lease_too_short(claim):
-            if unsaved is not None:  # it waited in the queue that long: the lease is still ours
-                self._write(claim, unsaved._replace(next_poll_at=claim.due_at))
+            self._leave_unsent(claim, unsaved)
             return
         # The hot path awaits nothing before the GET: gate open, a send free at once.
         waited = not d.gate.open()
@@ -323,7 +322,8 @@ class Poller:
                     await self._give_back(claim, unsaved)  # a 429 or 401 came meanwhile
                     return
                 if self._lease_too_short(claim):
-                    return  # it waited out a long pause: whoever holds it next polls it
+                    self._leave_unsent(claim, unsaved)  # it waited out a long pause
+                    return
             answer = await d.client.get_order(claim.order_id)
             d.metrics.polls.answered(answer.kind, time.monotonic() - t1)
             pause = self._tell_gate(answer)
@@ -333,6 +333,12 @@ class Poller:
         if pause:
             await self._hold_limiter(pause)
         await self._apply(claim, answer, unsaved)
+
+    def _leave_unsent(self, claim: Claim, unsaved: Reschedule | None) -> None:
+        """Too late in its lease to send: whoever holds the order next polls it. What held
+        polls learned is still written (fenced: if the lease is gone, it changes nothing)."""
+        if unsaved is not None:
+            self._write(claim, unsaved._replace(next_poll_at=claim.due_at))
 
     async def _hold_limiter(self, pause_s: float) -> None:
         """Share a 429's pause with whoever else the limiter serves (other replicas); the
