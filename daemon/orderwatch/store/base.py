@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 OrderState = Literal["pending", "final", "expired", "not_found"]
 DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
@@ -34,6 +34,21 @@ class Claim(NamedTuple):
     error_streak: int  # failures in a row: drives the error backoff, a separate budget
     first_404_at: float | None
     lease_until: float  # after this another worker may hold it: act on it only before
+
+
+def finish_params(claim: Claim, state: str, final_status: str, now: float) -> tuple[Any, ...]:
+    """The parameters of both stores' finishing UPDATE, in its order: the new state, the
+    progress the claim carries, then the fenced row."""
+    return (
+        state,
+        final_status,
+        now,
+        claim.polls,
+        claim.error_streak,
+        claim.first_404_at,
+        claim.order_id,
+        claim.fence,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from orderwatch.store.base import (
     EventRecord,
     OrderRow,
     OrderState,
+    finish_params,
 )
 from orderwatch.store.pg_limiter import LIMITER_DDL, PostgresLimiter, first_line, pooled
 from orderwatch.store.schema import (
@@ -342,16 +343,7 @@ class PostgresStore:
                 " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
                 " polls = %s, error_streak = %s, first_404_at = %s"
                 " WHERE id = %s AND fence = %s AND state = 'pending'",
-                (
-                    state,
-                    final_status,
-                    now,
-                    claim.polls,
-                    claim.error_streak,
-                    claim.first_404_at,
-                    claim.order_id,
-                    claim.fence,
-                ),
+                finish_params(claim, state, final_status, now),
             )
             if cur.rowcount != 1:
                 return False

@@ -30,6 +30,7 @@ from orderwatch.store.base import (
     EventRecord,
     OrderRow,
     OrderState,
+    finish_params,
 )
 from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.schema import (
@@ -430,16 +431,7 @@ class SqliteStore:
                 " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
                 " polls = ?, error_streak = ?, first_404_at = ?"
                 " WHERE id = ? AND fence = ? AND state = 'pending'",
-                (
-                    state,
-                    final_status,
-                    now,
-                    claim.polls,
-                    claim.error_streak,
-                    claim.first_404_at,
-                    claim.order_id,
-                    claim.fence,
-                ),
+                finish_params(claim, state, final_status, now),
             )
             if cur.rowcount != 1:
                 return False
