@@ -15,10 +15,15 @@ from typing import Any
 import aiohttp
 import yaml
 
+from orderwatch.client import RunaClient
 from orderwatch.config import load_settings_from_mapping
 from orderwatch.daemon import Daemon
+from orderwatch.gate import Gate
+from orderwatch.limiter import SpacedLimiter
 from orderwatch.notify import Notifier
-from orderwatch.settings import Settings
+from orderwatch.poller import Poller, PollerDeps
+from orderwatch.settings import PollingSettings, Settings
+from orderwatch.store.base import Store
 
 API_KEY = "xx.test-key-0123456789"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -34,6 +39,36 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def one_worker(
+    store: Store,
+    client: RunaClient,
+    *,
+    polling: PollingSettings,
+    output_dir: Path,
+    wall: Callable[[], float],
+    owner: str = "t",
+    gate: Gate | None = None,
+    start_full: bool = True,
+) -> Poller:
+    """A poller of one worker, for driving polls by hand (`poll_one`)."""
+    return Poller(
+        PollerDeps(
+            store=store,
+            client=client,
+            limiter=SpacedLimiter(1000, start_full=start_full),
+            gate=gate or Gate(max_interval_s=1.0),
+            polling=polling,
+            output_dir=output_dir,
+            sinks=[],
+            owner=owner,
+            max_concurrency=1,
+            rate=1000,
+            request_timeout_s=2.0,
+            wall=wall,
+        )
+    )
 
 
 def config_dict(tmp: Path, base_url: str, **sections: Any) -> dict[str, Any]:

@@ -11,16 +11,13 @@ import pytest
 
 from orderwatch import poller
 from orderwatch.client import RunaClient
-from orderwatch.gate import Gate
-from orderwatch.limiter import SpacedLimiter
 from orderwatch.policy import Reschedule
-from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import Faults, SimOptions, running_simulator
 from orderwatch.store.base import OrderRow, Store
 from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, running_daemon, settings_for, until
+from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
 
 
 def gets(rs: object, order_id: str) -> int:
@@ -146,22 +143,7 @@ async def test_a_held_claim_too_late_in_its_lease_is_not_sent_but_its_polls_are_
                 timeout_s=2,
                 max_connections=1,
             )
-            p = Poller(
-                PollerDeps(
-                    store=store,
-                    client=client,
-                    limiter=SpacedLimiter(1000),
-                    gate=Gate(max_interval_s=1.0),
-                    polling=settings.polling,
-                    output_dir=Path(out),
-                    sinks=[],
-                    owner="me",
-                    max_concurrency=1,
-                    rate=1000,
-                    request_timeout_s=2.0,
-                    wall=wall,
-                )
-            )
+            p = one_worker(store, client, polling=settings.polling, output_dir=Path(out), wall=wall)
             body = b'{"id": "O-LATE", "status": "PROCESSING"}'
             unsaved = Reschedule(claim.due_at, 4, 0, None, None, body)
             wall.now += 58.0  # the lease ends in 2 s: less than a request's timeout

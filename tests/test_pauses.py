@@ -12,12 +12,10 @@ from structlog.testing import capture_logs
 
 from orderwatch.client import RunaClient
 from orderwatch.gate import Gate
-from orderwatch.limiter import SpacedLimiter
-from orderwatch.poller import Poller, PollerDeps
 from orderwatch.simulator import Faults, SimOptions, running_simulator
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, running_daemon, settings_for, until
+from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
 
 
 @pytest.mark.slow
@@ -122,21 +120,14 @@ async def test_a_claim_whose_lease_ran_short_in_a_pause_is_not_polled(tmp_path: 
         async with RunaClient(
             rs.base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
         ) as client:
-            poller = Poller(
-                PollerDeps(
-                    store=store,
-                    client=client,
-                    limiter=SpacedLimiter(1000, start_full=False),
-                    gate=gate,
-                    polling=settings.polling,
-                    output_dir=tmp_path / "orders",
-                    sinks=[],
-                    owner="t",
-                    max_concurrency=1,
-                    rate=1000,
-                    request_timeout_s=2.0,
-                    wall=wall,
-                )
+            poller = one_worker(
+                store,
+                client,
+                polling=settings.polling,
+                output_dir=tmp_path / "orders",
+                wall=wall,
+                gate=gate,
+                start_full=False,
             )
             await store.add_orders(["O-L1"], wall(), wall())
             (claim,) = await store.claim_due(wall(), 1, "t", 5.0)  # 2.5 s of it usable

@@ -9,22 +9,19 @@ import stat
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from orderwatch.client import RunaClient
 from orderwatch.errors import OrderwatchError, StoreError
-from orderwatch.gate import Gate
-from orderwatch.limiter import SpacedLimiter
 from orderwatch.payloads import TMP_PREFIX, TMP_STALE_S, prepare_output_dir, write_payload
-from orderwatch.poller import Poller, PollerDeps
+from orderwatch.poller import Poller
 from orderwatch.simulator import SimOptions, running_simulator
 from orderwatch.store.base import Claim
 from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, settings_for, until
+from harness import API_KEY, FakeClock, one_worker, settings_for, until
 
 
 def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
@@ -38,28 +35,6 @@ def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
     assert stat.S_IMODE(final.stat().st_mode) == 0o600
     assert theirs.read_bytes() == b'{"half": '
     assert sorted(p.name for p in tmp_path.iterdir()) == [theirs.name, "O-P1.json"]
-
-
-def _one_worker(
-    store: SqliteStore, client: RunaClient, owner: str, out: Path, polling: Any, wall: FakeClock
-) -> Poller:
-    """A poller of one worker for `owner` (a replica), for driving races by hand."""
-    return Poller(
-        PollerDeps(
-            store=store,
-            client=client,
-            limiter=SpacedLimiter(1000, start_full=True),
-            gate=Gate(max_interval_s=1.0),
-            polling=polling,
-            output_dir=out,
-            sinks=[],
-            owner=owner,
-            max_concurrency=1,
-            rate=1000,
-            request_timeout_s=2.0,
-            wall=wall,
-        )
-    )
 
 
 def _client(base_url: str) -> RunaClient:
@@ -118,7 +93,9 @@ async def _stale_writer_race(
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")
 
     def poller(client: RunaClient, owner: str) -> Poller:
-        return _one_worker(store, client, owner, out, settings.polling, wall)
+        return one_worker(
+            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+        )
 
     async with (
         running_simulator(opts) as one,
@@ -184,7 +161,9 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", polling={"give_up_after": "30s"})
 
     def poller(client: RunaClient, owner: str) -> Poller:
-        return _one_worker(store, client, owner, out, settings.polling, wall)
+        return one_worker(
+            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+        )
 
     async with (
         running_simulator(SimOptions(api_key=API_KEY, complete_after=0)) as one,
