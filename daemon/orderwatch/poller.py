@@ -92,6 +92,7 @@ class Poller:
         # The store has no unleased order due before this (its last claim found none, and
         # nothing written since is due sooner): held claims due before it go first unasked.
         self._store_clear_until = -math.inf
+        self._due_written = math.inf  # the soonest order written back since a claim began
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
@@ -234,11 +235,13 @@ class Poller:
         room -= moved
         if not room:
             return moved
+        self._due_written = math.inf
         claims = await self.d.store.claim_due(now, room, self.d.owner, self._lease_s)
         for c in claims:
             self._queue.put_nowait((c, None))
-        if len(claims) < room:  # the store had nothing else due by `now`
-            self._store_clear_until = max(self._store_clear_until, now)
+        if len(claims) < room:  # the store had nothing else due by `now`, but what was
+            # written back while the claim ran may have missed it
+            self._store_clear_until = min(now, self._due_written)
             moved += self._move_held(self.d.wall(), room - len(claims))
         else:
             self._store_clear_until = -math.inf
@@ -443,6 +446,7 @@ class Poller:
     def _store_due(self, at: float) -> None:
         """An order goes back to the store due at `at`."""
         self._store_clear_until = min(self._store_clear_until, at)
+        self._due_written = min(self._due_written, at)
 
     async def _give_back(self, claim: Claim, unsaved: Reschedule | None) -> None:
         """Unlease the order, due when it was, with the progress no one wrote yet."""
