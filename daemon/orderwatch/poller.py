@@ -89,10 +89,11 @@ class Poller:
         self._held: list[tuple[float, int, Claim, Reschedule]] = []
         self._held_seq = 0
         self._holding = False  # only while `run` polls: `run_until_idle` writes every poll
-        # The store has no unleased order due before this (its last claim found none, and
-        # nothing written since is due sooner): held claims due before it go first unasked.
-        self._store_clear_until = -math.inf
-        self._due_written = math.inf  # the soonest order written back since a claim began
+        # The store had no unleased order due by this when its last claim began (-inf: not
+        # known), and nothing written back since is due before `_due_written`: held claims
+        # due before both go first without asking it (`_store_clear_until`).
+        self._store_clear_at = -math.inf
+        self._due_written = math.inf
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
         self._room = asyncio.Event()
         self._wake = asyncio.Event()
@@ -107,7 +108,7 @@ class Poller:
 
     def wake(self) -> None:
         """New orders were added in this process: look for due work now."""
-        self._store_clear_until = -math.inf
+        self._store_clear_at = -math.inf
         self._wake.set()
 
     # -- loops ---------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Poller:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            await self._hand_back(queued + self._take_held())
+            await self._hand_back([*queued, *self._take_held()])
 
     async def _drained(self) -> None:
         while self._busy:
@@ -138,7 +139,7 @@ class Poller:
     def _take_queued(self) -> list[tuple[Claim, Reschedule | None]]:
         return [self._queue.get_nowait() for _ in range(self._queue.qsize())]
 
-    def _take_held(self) -> list[tuple[Claim, Reschedule | None]]:
+    def _take_held(self) -> list[tuple[Claim, Reschedule]]:
         held, self._held = self._held, []
         return [(c, unsaved) for _, _, c, unsaved in held]
 
@@ -201,8 +202,7 @@ class Poller:
         retries are wall-clock times too, and this loop is the process's one watch on the
         clock: waiting retries come `step` sooner (their delays run to hours, so no horizon
         would tell a shifted one from a long one)."""
-        held, self._held = self._held, []
-        for _, _, c, unsaved in held:  # their times are the store's to move
+        for c, unsaved in self._take_held():  # their times are the store's to move
             self._write(c, unsaved)
         await self.d.store.flush()
         p, now = self.d.polling, self.d.wall()
@@ -231,7 +231,7 @@ class Poller:
         # hold go first, without asking it; then the store's due orders; then, when it had
         # no more, the held claims due by now.
         now = self.d.wall()
-        moved = self._move_held(min(now, self._store_clear_until), room)
+        moved = self._move_held(min(now, self._store_clear_until()), room)
         room -= moved
         if not room:
             return moved
@@ -239,12 +239,11 @@ class Poller:
         claims = await self.d.store.claim_due(now, room, self.d.owner, self._lease_s)
         for c in claims:
             self._queue.put_nowait((c, None))
-        if len(claims) < room:  # the store had nothing else due by `now`, but what was
-            # written back while the claim ran may have missed it
-            self._store_clear_until = min(now, self._due_written)
+        if len(claims) < room:  # the store had nothing else due by `now`
+            self._store_clear_at = now
             moved += self._move_held(self.d.wall(), room - len(claims))
         else:
-            self._store_clear_until = -math.inf
+            self._store_clear_at = -math.inf
         return len(claims) + moved
 
     def _move_held(self, due_by: float, room: int) -> int:
@@ -445,8 +444,12 @@ class Poller:
 
     def _store_due(self, at: float) -> None:
         """An order goes back to the store due at `at`."""
-        self._store_clear_until = min(self._store_clear_until, at)
         self._due_written = min(self._due_written, at)
+
+    def _store_clear_until(self) -> float:
+        """No unleased order in the store is due before this, as far as this process knows
+        (a write made while the claim ran may have come too late for it)."""
+        return min(self._store_clear_at, self._due_written)
 
     async def _give_back(self, claim: Claim, unsaved: Reschedule | None) -> None:
         """Unlease the order, due when it was, with the progress no one wrote yet."""
