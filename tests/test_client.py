@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -269,11 +270,14 @@ async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean()
     the task must not stay marked as cancelling: a later `asyncio.timeout` in it would
     misread its own expiry."""
 
-    async def converts() -> None:
+    async def hangs() -> None:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             raise ConnectionResetError("converted") from None
+
+    def converts() -> Awaitable[None]:
+        return hangs()
 
     async with _hanging_server("headers") as server:
         base = f"http://127.0.0.1:{server.port}/v2"

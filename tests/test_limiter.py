@@ -94,10 +94,13 @@ async def test_a_send_that_leaves_late_is_counted_when_it_leaves() -> None:
 
     late = await asyncio.create_task(granted_now())  # the task that sends late
     now[0] = 0.3
-    await lim.confirm(late)
+    recount = lim.confirm(late)
+    assert recount is not None
+    await recount
     now[0] = 0.51
     assert lim.try_acquire()
+    assert lim.confirm() is None  # on time: nothing to do
     now[0] = lim.window_s
     assert not lim.try_acquire()  # 0.3 and 0.51 fill (0.3, 1.32]
     assert lim.earliest(now[0]) == 0.3 + lim.window_s
-    await lim.confirm(None)  # nothing granted in this task: nothing to do
+    assert lim.confirm() is None  # confirmed already: nothing granted in this task

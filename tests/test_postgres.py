@@ -172,17 +172,20 @@ async def test_a_send_that_leaves_late_takes_a_new_slot(pg_store: PostgresStore)
     gives up that slot and leaves at a new one, so sends stay one step apart."""
     lim = PostgresLimiter(pg_store.pool, 5)
     await lim.acquire()  # past the restart wait
+    assert lim.confirm() is None  # on time: nothing to do
     left: dict[str, float] = {}
 
     async def late_sender() -> None:
         await lim.acquire()
         await asyncio.sleep(0.15)  # its connection took 150 ms to open
-        await lim.confirm()
+        new_slot = lim.confirm()
+        assert new_slot is not None
+        await new_slot
         left["late"] = time.monotonic()
 
     async def next_sender() -> None:
         await lim.acquire()
-        await lim.confirm()  # on time: nothing to do
+        assert lim.confirm() is None  # on time: nothing to do
         left["next"] = time.monotonic()
 
     late = asyncio.create_task(late_sender())
@@ -190,7 +193,7 @@ async def test_a_send_that_leaves_late_takes_a_new_slot(pg_store: PostgresStore)
     await asyncio.gather(late, next_sender())
     gap = abs(left["late"] - left["next"])
     assert gap >= lim.step_s - 0.02, f"two sends {gap * 1000:.0f} ms apart at 5/s"
-    await lim.confirm(None)  # nothing granted in this task: nothing to do
+    assert lim.confirm() is None  # confirmed already: nothing granted in this task
 
 
 async def test_limiter_fails_closed_without_the_database(pg_dsn: str) -> None:

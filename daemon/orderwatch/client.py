@@ -71,16 +71,17 @@ class _Deadlines:
 class _ConfirmingConnector(aiohttp.TCPConnector):
     """Calls `before_send` once a request's connection is ready, just before it is written:
     the limiter then knows when the request really leaves (opening a connection yields to the
-    event loop, which may stall)."""
+    event loop, which may stall). It returns what to wait for, or None (nearly always)."""
 
-    def __init__(self, before_send: Callable[[], Awaitable[None]], **kw: Any) -> None:
+    def __init__(self, before_send: Callable[[], Awaitable[None] | None], **kw: Any) -> None:
         super().__init__(**kw)
         self._before_send = before_send
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109 (aiohttp's signature)
         conn = await super().connect(req, traces, timeout)
         try:
-            await self._before_send()
+            if (wait := self._before_send()) is not None:
+                await wait
         except BaseException:
             conn.release()
             raise
@@ -112,7 +113,7 @@ class RunaClient:
         timeout_s: float,
         max_connections: int,
         wall_clock: Callable[[], float] = time.time,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        before_send: Callable[[], Awaitable[None] | None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         base = URL(self.base_url)

@@ -23,7 +23,7 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Protocol
 
@@ -44,8 +44,10 @@ class RateLimiter(Protocol):
     async def hold(self, seconds: float) -> None:
         """The API answered 429: nobody this limiter serves sends for `seconds`."""
 
-    async def confirm(self, granted: float | None = None) -> None:
-        """This task's request is about to leave (its connection is ready); see SpacedLimiter."""
+    def confirm(self, granted: float | None = None) -> Awaitable[None] | None:
+        """This task's request is about to leave (its connection is ready); see SpacedLimiter.
+        None when there is nothing to wait for, as nearly always: the hot path then makes no
+        coroutine. Otherwise an awaitable that returns once the send may leave."""
 
 
 def after_window(log: deque[float], window_s: float, t: float) -> float:
@@ -110,19 +112,23 @@ class SpacedLimiter:
             self._queued -= 1
         self.waited_s += now - start
 
-    async def confirm(self, granted: float | None = None) -> None:
+    def confirm(self, granted: float | None = None) -> Awaitable[None] | None:
         """Called as this task's granted request is about to be written (`granted`: when it
         was granted; this task's last grant by default). Within `margin` of its grant, as
-        nearly always, nothing to do; later than that, it is counted now instead, once the
-        window has room for it."""
+        nearly always, nothing to do (None); later than that, it is counted now instead, once
+        the window has room for it (await what this returns)."""
         if granted is None:
             granted = GRANTED.get()
         if granted is None:
-            return
+            return None
         GRANTED.set(None)
         now = self._clock()
         if now - granted <= self.margin:
-            return
+            return None
+        return self._recount(granted, now)
+
+    async def _recount(self, granted: float, now: float) -> None:
+        """A send granted at `granted` leaves at `now`: count it then."""
         with contextlib.suppress(ValueError):  # already out of the log: it is that old
             self._log.remove(granted)
         while (wait := after_window(self._log, self.window_s, now) - now) > 0:

@@ -29,7 +29,7 @@ import math
 import select
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -166,19 +166,23 @@ class PostgresLimiter:
                 return
             self.late_slots += 1
 
-    async def confirm(self, granted: float | None = None) -> None:
+    def confirm(self, granted: float | None = None) -> Awaitable[None] | None:
         """Called as this task's granted request is about to be written (`granted`: its slot;
         this task's last slot by default). Later than the lateness limit, the send takes a new
-        slot (see the module docstring)."""
+        slot (see the module docstring): await what this returns. None: nothing to wait for."""
         if granted is None:
             granted = GRANTED.get()
         if granted is None:
-            return
+            return None
         GRANTED.set(None)
-        if self._clock() - granted > self.late_limit_s:
-            self.late_slots += 1
-            await self.acquire()
-            GRANTED.set(None)
+        if self._clock() - granted <= self.late_limit_s:
+            return None
+        self.late_slots += 1
+        return self._take_new_slot()
+
+    async def _take_new_slot(self) -> None:
+        await self.acquire()
+        GRANTED.set(None)
 
     async def hold(self, seconds: float) -> None:
         """A 429 reached this replica: move the cluster's next slot past the pause, so every
