@@ -11,6 +11,10 @@ from typing import Any, NamedTuple
 
 
 class Kind(Enum):
+    # Members are singletons compared by identity: hash them so too, in C. Enum's own
+    # __hash__ is Python code, and every poll counts its answer in a dict keyed by Kind.
+    __hash__ = object.__hash__
+
     PROCESSING = "processing"
     FINAL = "final"
     NOT_FOUND = "not_found"
