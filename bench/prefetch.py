@@ -31,17 +31,14 @@ async def one_round(base: str, seconds: float) -> None:
     async def counting(seconds: float, count: Callable[[], Awaitable[int]]) -> overhead.Run:
         d = running[-1]
         assert d.poller is not None and d.store is not None
-        queue, store = d.poller._queue, d.store
-        get, claim_due = queue.get, store.claim_due
-        gets = empty = 0
+        ready, store = d.poller._ready, d.store
+        get, claim_due = ready.get, store.claim_due  # workers call get() only when it is empty
+        empty = 0
         waited = 0.0
         claims: list[tuple[float, int]] = []
 
         async def counted_get() -> Any:
-            nonlocal gets, empty, waited
-            gets += 1
-            if not queue.empty():
-                return await get()
+            nonlocal empty, waited
             empty += 1
             t0 = time.monotonic()
             try:
@@ -55,12 +52,13 @@ async def one_round(base: str, seconds: float) -> None:
             claims.append((time.monotonic() - t0, len(got)))
             return got
 
-        queue.get = counted_get  # type: ignore[method-assign]
+        ready.get = counted_get  # type: ignore[method-assign]
         store.claim_due = timed_claim  # type: ignore[method-assign]
         try:
             run = await measured(seconds, count)
         finally:
-            del queue.get, store.claim_due
+            del ready.get, store.claim_due
+        gets = max(1, round(run.per_s * seconds))  # one take from the queue per poll
         workers = d.settings.rate_limit.max_concurrency
         took = sorted(t for t, _ in claims) or [0.0]
         print(
@@ -70,7 +68,7 @@ async def one_round(base: str, seconds: float) -> None:
         )
         print(
             f"  {len(claims)} claims of {statistics.mean(n for _, n in claims or [(0, 0)]):.0f}"
-            f" on average (queue of {queue.maxsize}); claim took p50"
+            f" on average (queue of {ready.maxsize}); claim took p50"
             f" {took[len(took) // 2] * 1000:.1f} ms, p90 {took[int(len(took) * 0.9)] * 1000:.1f} ms"
         )
         return run

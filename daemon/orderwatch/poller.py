@@ -28,6 +28,7 @@ from orderwatch.limiter import RateLimiter
 from orderwatch.metrics import Metrics
 from orderwatch.payloads import remove_payload, restore_payload, write_payload
 from orderwatch.policy import Finish, Release, Reschedule, decide
+from orderwatch.prefetch import Prefetch
 from orderwatch.settings import PollingSettings
 from orderwatch.store.base import GOODBYE_S, Claim, Store
 
@@ -80,9 +81,7 @@ class Poller:
         # memory anywhere near its lease.
         self._prefetch = max(1, min(8 * deps.max_concurrency, math.ceil(2 * deps.rate)))
         self._lease_s = deps.lease_s
-        self._queue: asyncio.Queue[tuple[Claim, Reschedule | None]] = asyncio.Queue(
-            maxsize=self._prefetch
-        )
+        self._ready: Prefetch[tuple[Claim, Reschedule | None]] = Prefetch(self._prefetch)
         # Held claims: orders still PROCESSING whose next poll falls within HOLD_S of their
         # claim (and well inside its lease). They wait here, leased, for their next poll, and
         # carry what the polls since the claim decided, not yet written (see `_hold`).
@@ -95,7 +94,9 @@ class Poller:
         self._store_clear_at = -math.inf
         self._due_written = math.inf
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
+        self._low = self._prefetch - self._batch  # ...that is, when it holds this many or fewer
         self._room = asyncio.Event()
+        self._room_wanted = False  # the dispatcher waits for `_low`; whoever sees it wakes it
         self._wake = asyncio.Event()
         self._busy = 0
         self._idle = asyncio.Event()
@@ -137,7 +138,7 @@ class Poller:
             await self._idle.wait()
 
     def _take_queued(self) -> list[tuple[Claim, Reschedule | None]]:
-        return [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        return self._ready.take_all()
 
     def _take_held(self) -> list[tuple[Claim, Reschedule]]:
         held, self._held = self._held, []
@@ -218,13 +219,13 @@ class Poller:
         )
 
     async def _claim_some(self) -> int:
-        room = self._queue.maxsize - self._queue.qsize()
-        if room < self._batch and not self._queue.empty():
+        room = self._ready.room()
+        if room < self._batch and self._ready:
             return 0  # claim in batches: one transaction per poll was the hot spot
         if room <= 0 or self.d.gate.rate_paused_for() > 0:
             return 0
         if self.d.gate.auth_failed:
-            room = min(room, 1) if self._queue.empty() and not self._busy else 0
+            room = min(room, 1) if not self._ready and not self._busy else 0
             if not room:
                 return 0
         # Earliest due first, held or not. Held claims due before anything the store could
@@ -238,7 +239,7 @@ class Poller:
         self._due_written = math.inf
         claims = await self.d.store.claim_due(now, room, self.d.owner, self._lease_s)
         for c in claims:
-            self._queue.put_nowait((c, None))
+            self._ready.put((c, None))
         if len(claims) < room:  # the store had nothing else due by `now`
             self._store_clear_at = now
             moved += self._move_held(self.d.wall(), room - len(claims))
@@ -249,10 +250,10 @@ class Poller:
     def _move_held(self, due_by: float, room: int) -> int:
         """Queue up to `room` held claims due by `due_by`, earliest first."""
         moved = 0
-        room = min(room, self._queue.maxsize - self._queue.qsize())
+        room = min(room, self._ready.room())
         while moved < room and self._held and self._held[0][0] <= due_by:
             _, _, c, unsaved = heapq.heappop(self._held)
-            self._queue.put_nowait((c, unsaved))
+            self._ready.put((c, unsaved))
             moved += 1
         return moved
 
@@ -260,10 +261,12 @@ class Poller:
         """Wait until there may be work. False when the wait ran out and the store had nothing
         due by now: the next pass then asks only when the next order is due (which also shows
         orders other processes added) instead of claiming too, one store call a second idle."""
-        if self._queue.maxsize - self._queue.qsize() < self._batch and not self._queue.empty():
+        if self._ready.room() < self._batch and self._ready:
             self._room.clear()
+            self._room_wanted = True
             self._wake.clear()  # nothing can be claimed until there is room anyway
             await wait_any(stop, self._room, self._wake, timeout=MAX_IDLE_WAIT_S)
+            self._room_wanted = False
             return True
         timeout = MAX_IDLE_WAIT_S
         nxt: float | None = None
@@ -289,7 +292,7 @@ class Poller:
             # One probe at a time holds the one claim there is; what is due waits for it.
             # Looking when the next order is due would be looking again at once, and again.
             timeout = MAX_IDLE_WAIT_S
-        if self._queue.full():
+        if not self._ready.room():
             timeout = min(timeout, 0.05)
         self._wake_at = self.d.wall() + timeout
         woken = await wait_any(stop, self._wake, timeout=max(timeout, 0.001))
@@ -297,9 +300,11 @@ class Poller:
         return woken or not store_ok or pause > 0 or (nxt is not None and nxt <= self.d.wall())
 
     async def _worker(self) -> None:
+        ready = self._ready
         while True:
-            claim, unsaved = await self._queue.get()
-            if self._queue.maxsize - self._queue.qsize() >= self._batch:
+            claim, unsaved = ready.popleft() if ready else await ready.get()
+            if self._room_wanted and len(ready) <= self._low:
+                self._room_wanted = False
                 self._room.set()
             self._busy += 1
             try:
