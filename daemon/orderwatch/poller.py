@@ -345,13 +345,20 @@ class Poller:
                     return
             answer = await d.client.get_order(claim.order_id)
             d.metrics.polls.answered(answer.kind, time.monotonic() - t1)
-            pause = self._tell_gate(answer)
+            now = d.wall()
+            pause = self._tell_gate(answer, now)
         finally:
             if probe:
                 d.gate.leave_probe()
         if pause:
             await self._hold_limiter(pause)
-        await self._apply(claim, answer, unsaved)
+        decision = decide(answer, claim, now, d.polling, d.rng)
+        if isinstance(decision, Reschedule):  # still PROCESSING (or an error): no await
+            self._reschedule(claim, answer, decision, now, unsaved)
+        elif isinstance(decision, Release):
+            await self._give_back(claim, unsaved)
+        else:
+            await self._finish(claim, answer, decision, now, unsaved)
 
     def _leave_unsent(self, claim: Claim, unsaved: Reschedule | None) -> None:
         """Too late in its lease to send: whoever holds the order next polls it. What held
@@ -372,11 +379,11 @@ class Poller:
         whoever holds it next (this worker waited through a pause or lost the store)."""
         return self.d.wall() >= claim.lease_until - self.d.request_timeout_s - SWEEP_S - 0.5
 
-    def _tell_gate(self, answer: Answer) -> float:
+    def _tell_gate(self, answer: Answer, now: float) -> float:
         """Tell the gate what the API said; the pause a 429 started, else 0."""
         if answer.kind in VALID:
             self.d.gate.on_success()
-            self.d.metrics.polls.last_success = self.d.wall()
+            self.d.metrics.polls.last_success = now
         elif answer.kind is Kind.RATE_LIMITED:
             self.d.metrics.rate_limited.inc()
             return self.d.gate.on_rate_limited(answer.retry_after_s)
@@ -384,31 +391,30 @@ class Poller:
             self.d.gate.on_auth_failure(answer.http_status or 401, answer.detail)
         return 0.0
 
-    async def _apply(self, claim: Claim, answer: Answer, unsaved: Reschedule | None) -> None:
-        d = self.d
-        now = d.wall()
-        decision = decide(answer, claim, now, d.polling, d.rng)
-        if isinstance(decision, Release):
-            await self._give_back(claim, unsaved)
-            return
-        if isinstance(decision, Reschedule):
-            if decision.last_body is None and unsaved is not None:
-                decision = decision._replace(last_body=unsaved.last_body)  # None: keep the last
-            if not self._hold(claim, decision):
-                self._write(claim, decision)
-            if (at := decision.next_poll_at) < self._soonest:
-                self._soonest = at
-                if at < self._wake_at:  # sooner than the scheduler means to look again
-                    self._wake.set()
-            if _stdlog.isEnabledFor(logging.DEBUG):  # skip building the event at info
-                log.debug(
-                    "order.polled",
-                    order_id=claim.order_id,
-                    outcome=answer.detail,
-                    next_in_s=round(decision.next_poll_at - now, 3),
-                )
-            return
-        await self._finish(claim, answer, decision, now, unsaved)
+    def _reschedule(
+        self,
+        claim: Claim,
+        answer: Answer,
+        decision: Reschedule,
+        now: float,
+        unsaved: Reschedule | None,
+    ) -> None:
+        """Poll it again: held until then, or written (without waiting for the write)."""
+        if decision.last_body is None and unsaved is not None:
+            decision = decision._replace(last_body=unsaved.last_body)  # None: keep the last
+        if not self._hold(claim, decision):
+            self._write(claim, decision)
+        if (at := decision.next_poll_at) < self._soonest:
+            self._soonest = at
+            if at < self._wake_at:  # sooner than the scheduler means to look again
+                self._wake.set()
+        if _stdlog.isEnabledFor(logging.DEBUG):  # skip building the event at info
+            log.debug(
+                "order.polled",
+                order_id=claim.order_id,
+                outcome=answer.detail,
+                next_in_s=round(decision.next_poll_at - now, 3),
+            )
 
     def _hold(self, claim: Claim, decision: Reschedule) -> bool:
         """Keep the claim for its next poll when that falls within HOLD_S of the claim (and

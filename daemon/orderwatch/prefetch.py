@@ -30,7 +30,8 @@ class Prefetch(deque[T]):
     def put(self, item: T) -> None:
         """Add one item (the caller made sure there is room) and wake one waiting worker."""
         self.append(item)
-        self._wake_one()
+        if self._getters:  # nearly always none: workers take what is there without waiting
+            self._wake_one()
 
     async def get(self) -> T:
         """The oldest item, once there is one."""
