@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orderwatch.answers import Kind, classify, parse_retry_after
+from orderwatch.answers import Kind, classify, parse_retry_after, strict_json
 from orderwatch.events import make_event, terminal_data
 
 NOW = 1_700_000_000.0
@@ -42,6 +42,23 @@ def test_invalid_bodies() -> None:
     assert kind(200, body(status="COMPLETED", items=[{"payout": "x"}])) is Kind.INVALID
     assert kind(200, b"[]") is Kind.INVALID
     assert kind(302, b"") is Kind.INVALID
+
+
+def test_a_body_is_json_exactly_as_the_standard_library_reads_it() -> None:
+    """strict_json calls the decoder's scanner itself: whitespace around the value is JSON's
+    four characters and no others, and anything after the value makes it not JSON."""
+    decoder = json.JSONDecoder()
+    for raw in (b'{"a": 1}', b' \t\r\n[1, "x"] \n', b"", b"  ", b'{"a": 1} x', b"{}{", b"nul",
+                b"\x0c{}", b"{} \x0c", b'{"a":', b'"x"', b"\xa0{}"):  # fmt: skip
+        try:
+            expected: object = decoder.decode(raw.decode())
+        except ValueError:
+            expected = ValueError
+        try:
+            got: object = strict_json(raw)
+        except ValueError:
+            got = ValueError
+        assert got == expected, raw
 
 
 def test_error_statuses() -> None:
