@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -265,29 +264,25 @@ async def test_a_cancel_from_outside_is_not_taken_for_a_timeout() -> None:
                     await task
 
 
-async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean() -> None:
+async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Should a layer below turn the sweep's cancel into an error of its own (or swallow it),
     the task must not stay marked as cancelling: a later `asyncio.timeout` in it would
-    misread its own expiry."""
+    misread its own expiry. Here opening the connection hangs, and converts the cancel."""
+    import aiohttp
 
-    async def hangs() -> None:
+    async def hangs(*a: Any, **kw: Any) -> Any:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             raise ConnectionResetError("converted") from None
 
-    def converts() -> Awaitable[None]:
-        return hangs()
-
+    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", hangs)
     async with _hanging_server("headers") as server:
         base = f"http://127.0.0.1:{server.port}/v2"
         async with RunaClient(
-            base,
-            "xx.k",
-            api_version="2024-02-05",
-            timeout_s=0.05,
-            max_connections=2,
-            before_send=converts,
+            base, "xx.k", api_version="2024-02-05", timeout_s=0.05, max_connections=2
         ) as client:
             answer = await client.get_order("O-1")
             task = asyncio.current_task()

@@ -6,6 +6,9 @@ import asyncio
 import itertools
 import time
 
+import pytest
+
+from orderwatch.client import QUICK_CONNECT_S
 from orderwatch.limiter import GRANTED, SpacedLimiter
 from orderwatch.simulator import max_in_window
 
@@ -104,3 +107,12 @@ async def test_a_send_that_leaves_late_is_counted_when_it_leaves() -> None:
     assert not lim.try_acquire()  # 0.3 and 0.51 fill (0.3, 1.32]
     assert lim.earliest(now[0]) == 0.3 + lim.window_s
     assert lim.confirm() is None  # confirmed already: nothing granted in this task
+
+
+@pytest.mark.parametrize("rate", [0.5, 1, 1.5, 2.5, 10, 1000, 100_000])
+def test_a_quick_connection_is_well_inside_every_limiters_tolerance(rate: float) -> None:
+    """The client asks the limiter about a send only when its connection took
+    QUICK_CONNECT_S or longer: a send that quick must be one no limiter would count again."""
+    assert SpacedLimiter(rate).margin > 10 * QUICK_CONNECT_S
+    pg = pytest.importorskip("orderwatch.store.pg_limiter", reason="psycopg not installed")
+    assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S  # type: ignore[arg-type]
