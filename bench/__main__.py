@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench import finals, latency, limiters, overhead, rate, scale, steady, webhooks
 from bench.common import Report, machine
-from orderwatch import aio
+from orderwatch.core import aio
 
 BENCHES = {
     "limiters": limiters.run,

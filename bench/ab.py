@@ -27,8 +27,7 @@ _ONE_LOOP = """
 import json, sys
 from bench import overhead
 from bench.common import simulator_process
-from orderwatch import aio
-
+from orderwatch.core import aio
 async def main(seconds):
     async with simulator_process("--complete-after", "100d") as base:
         run = await overhead.orderwatch_loop(base, seconds)
@@ -42,8 +41,7 @@ _ONE_DRAIN = """
 import json, sys
 from bench import finals
 from bench.common import simulator_process
-from orderwatch import aio
-
+from orderwatch.core import aio
 async def main(n):
     async with simulator_process("--complete-after", "0") as base:
         per_s, cpu_ms = await finals.drain(base, n)

@@ -172,7 +172,7 @@ def diagnostic_main(
 ) -> None:
     """`python -m bench.X [--seconds S] [--rounds N]` for a diagnostic of the overhead loop:
     `one_round(base_url, seconds)` N times against one simulator, each round printed."""
-    from orderwatch import aio
+    from orderwatch.core import aio
 
     ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     ap.add_argument("--seconds", type=float, default=seconds)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import API_KEY
-from orderwatch.config import load_settings_from_mapping
-from orderwatch.daemon import Daemon
-from orderwatch.logs import configure_logging
+from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.ops.daemon import Daemon
+from orderwatch.ops.logs import configure_logging
 
 
 def settings(tmp: Path, base_url: str, **sections: Any) -> Any:

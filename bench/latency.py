@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.common import Report, sim_post, sim_stats, simulator_process
 from bench.inproc import daemon, settings
-from orderwatch.receiver import Receiver, running_receiver
+from orderwatch.devtools.receiver import Receiver, running_receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import Report
-from orderwatch.limiter import SpacedLimiter
-from orderwatch.simulator import max_in_window
+from orderwatch.devtools.simulator import max_in_window
+from orderwatch.polling.limiter import SpacedLimiter
 
 RATE = 100
 

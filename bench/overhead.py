@@ -26,9 +26,9 @@ from bench import inproc
 from bench.common import API_KEY, Report, sim_stats, simulator_process
 from bench.inproc import settings
 from bench.nostore import heap_store
-from orderwatch.client import RunaClient
-from orderwatch.limiter import SpacedLimiter
-from orderwatch.policy import Reschedule, decide
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.limiter import SpacedLimiter
+from orderwatch.polling.policy import Reschedule, decide
 from orderwatch.store.base import Claim
 from orderwatch.store.sqlite import SqliteStore
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import inproc, overhead
 from bench.common import diagnostic_main
-from orderwatch.daemon import Daemon
+from orderwatch.ops.daemon import Daemon
 
 
 async def one_round(base: str, seconds: float) -> None:

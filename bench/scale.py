@@ -56,8 +56,7 @@ async def spawn(cfg: Path) -> asyncio.subprocess.Process:
 
 _EMPTY_LOOP = """
 import asyncio, sys, time
-from orderwatch import aio
-
+from orderwatch.core import aio
 async def main(per_s, seconds):
     end = time.monotonic() + seconds
     while time.monotonic() < end:

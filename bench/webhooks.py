@@ -13,10 +13,10 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import REPO, Report, free_port
-from orderwatch.config import load_settings_from_mapping
-from orderwatch.delivery import Deliverer
-from orderwatch.events import make_event
-from orderwatch.sinks import build_sinks
+from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.delivery.events import make_event
+from orderwatch.delivery.outbox import Deliverer
+from orderwatch.delivery.sinks import build_sinks
 from orderwatch.store.sqlite import SqliteStore
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -15,14 +15,14 @@ from typing import Any
 import aiohttp
 import yaml
 
-from orderwatch.client import RunaClient
-from orderwatch.config import load_settings_from_mapping
-from orderwatch.daemon import Daemon
-from orderwatch.gate import Gate
-from orderwatch.limiter import SpacedLimiter
-from orderwatch.notify import Notifier
-from orderwatch.poller import Poller, PollerDeps
-from orderwatch.settings import PollingSettings, Settings
+from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.config.models import PollingSettings, Settings
+from orderwatch.ops.daemon import Daemon
+from orderwatch.ops.systemd import Notifier
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.gate import Gate
+from orderwatch.polling.limiter import SpacedLimiter
+from orderwatch.polling.scheduler import Poller, PollerDeps
 from orderwatch.store.base import Store
 
 API_KEY = "xx.test-key-0123456789"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import orderwatch.admin as admin
-from orderwatch.errors import StoreError
-from orderwatch.simulator import SimOptions, running_simulator
+import orderwatch.ops.admin as admin
+from orderwatch.core.errors import StoreError
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, RecordingNotifier, free_port, http, running_daemon, settings_for
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from orderwatch.aio import until_stopped
+from orderwatch.core.aio import until_stopped
 
 
 async def test_until_stopped_cancels_the_work_at_the_stop() -> None:

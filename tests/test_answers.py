@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from orderwatch.answers import Kind, classify, parse_retry_after, strict_json
-from orderwatch.events import make_event, terminal_data
+from orderwatch.core.retry_after import parse_retry_after
+from orderwatch.core.strict_json import strict_json
+from orderwatch.delivery.events import make_event, terminal_data
+from orderwatch.polling.answers import Kind, classify
 
 NOW = 1_700_000_000.0
 

@@ -241,7 +241,7 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
     """A lock file we cannot open (root's, left by one `sudo orderwatch run`; here a path
     that cannot be a file) was a traceback from `run`, `status` and `add` (which had
     accepted the orders by then)."""
-    from orderwatch.errors import StoreError
+    from orderwatch.core.errors import StoreError
     from orderwatch.store.lock import DaemonLock
 
     not_a_dir = tmp_path / "file"

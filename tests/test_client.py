@@ -10,10 +10,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from orderwatch.answers import Answer, Kind
-from orderwatch.client import SWEEP_S, RunaClient
-from orderwatch.limiter import SpacedLimiter
-from orderwatch.simulator import SimOptions, max_in_window, running_simulator
+from orderwatch.devtools.simulator import SimOptions, max_in_window, running_simulator
+from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.client import SWEEP_S, RunaClient
+from orderwatch.polling.limiter import SpacedLimiter
 
 
 async def test_connection_reset_is_not_resent_behind_the_limiter() -> None:
@@ -148,7 +148,7 @@ async def test_a_body_past_the_cap_is_refused_whatever_its_pieces() -> None:
     """A streamed answer (no Content-Length) larger than MAX_BODY is an invalid answer,
     not a truncated one: the cap counts every piece."""
 
-    from orderwatch.client import MAX_BODY
+    from orderwatch.polling.client import MAX_BODY
 
     piece = b" " * 65536
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import structlog
 
-from orderwatch.delivery import Deliverer
-from orderwatch.events import make_event
-from orderwatch.sinks.command import CommandSink
+from orderwatch.delivery.events import make_event
+from orderwatch.delivery.outbox import Deliverer
+from orderwatch.delivery.sinks.command import CommandSink
 from orderwatch.store.base import EventRecord
 from orderwatch.store.sqlite import SqliteStore
 
@@ -246,7 +246,7 @@ def test_variables_holding_config_secrets_are_not_passed_on(
 ) -> None:
     """`api_key: ${RUNA_API_KEY}` puts the key in our environment; a command gets the rest
     of it, not that variable (nor one that merely contains a secret)."""
-    from orderwatch.logs import REDACTOR
+    from orderwatch.core.redact import REDACTOR
 
     REDACTOR.add_secret("xx.cmd-env-key-31337")
     monkeypatch.setenv("RUNA_API_KEY", "xx.cmd-env-key-31337")

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from orderwatch.config import (
+from orderwatch.config.load import (
     DEFAULT_PATH,
     load_settings,
     load_settings_from_mapping,
     resolve_config_path,
 )
-from orderwatch.errors import ConfigError
-from orderwatch.settings import Settings
+from orderwatch.config.models import Settings
+from orderwatch.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "config" / "orderwatch.example.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, spawn, until, write_config
@@ -77,7 +77,7 @@ async def test_sigkill_restart_loop_loses_nothing(tmp_path: Path) -> None:
 async def test_sigkill_during_delivery_burst_loses_no_event(tmp_path: Path) -> None:
     """SIGKILL while webhooks go out, three times: afterwards every order's event has been
     delivered at least once, always under its one stable id and with identical bytes."""
-    from orderwatch.receiver import Receiver, running_receiver
+    from orderwatch.devtools.receiver import Receiver, running_receiver
 
     from harness import SECRET
 

@@ -10,8 +10,8 @@ import stat
 import time
 from pathlib import Path
 
-from orderwatch.answers import Kind
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.simulator import SimOptions, running_simulator
+from orderwatch.polling.answers import Kind
 from orderwatch.store.base import Store
 from orderwatch.store.sqlite import DB_NAME as SQLITE_NAME
 from orderwatch.store.sqlite import SqliteStore
@@ -103,7 +103,7 @@ async def _retried_then_final(tmp_path: Path, fault: str, kind: str) -> None:
             await d.add_orders(["O-FLAKY"])
             await until(lambda: all_ended(d, ["O-FLAKY"]))
             (row,) = await store_of(d).get_orders(["O-FLAKY"])
-            failures = d.metrics.polls.by_kind[Kind(kind)]
+            failures = d.metrics.poll.polls.by_kind[Kind(kind)]
         assert row.final_status == "COMPLETED"
         assert failures == 2
         # both failures counted on the error budget, none on the normal cadence
@@ -192,8 +192,8 @@ async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path:
     left the order polled again at every lease's end, never final, never delivered)."""
     from aiohttp import web
 
-    from orderwatch.events import committed_payload
-    from orderwatch.receiver import Receiver, running_receiver
+    from orderwatch.delivery.events import committed_payload
+    from orderwatch.devtools.receiver import Receiver, running_receiver
 
     body = b'{"id":"O-SUR","status":"COMPLETED","description":"gift \\ud83c","items":[]}'
 
@@ -275,7 +275,7 @@ async def test_polling_goes_on_after_the_wall_clock_steps_back(tmp_path: Path) -
 async def test_a_webhook_retry_is_not_delayed_by_a_clock_step_back(tmp_path: Path) -> None:
     """A retry is due at a wall-clock time too: after a step back of an hour, a retry due in
     2 s came an hour late. The step moves waiting retries back by as much."""
-    from orderwatch.receiver import Receiver, running_receiver
+    from orderwatch.devtools.receiver import Receiver, running_receiver
 
     offset = [0.0]
 
@@ -353,7 +353,7 @@ async def _claims_fail_while_work_looks_due(
     `next_due` (a read, which still works there) says work is due now. The logs meanwhile."""
     from structlog.testing import capture_logs
 
-    from orderwatch.errors import StoreError
+    from orderwatch.core.errors import StoreError
 
     async def refused(*_a: object, **_k: object) -> list[object]:
         raise StoreError("state database: cannot execute UPDATE in a read-only transaction")
@@ -397,7 +397,7 @@ async def test_an_order_that_expires_leaves_no_file_a_crash_left(tmp_path: Path)
     is polled again; if it then expires (the API failing past give_up_after), the crashed
     attempt's file, with live payout links, stayed beside an order.expired event (crash
     audit). An order that ends without a payload removes such a file."""
-    from orderwatch.payloads import write_payload
+    from orderwatch.delivery.payload_files import write_payload
 
     async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
         settings = settings_for(tmp_path, rs.base_url, polling={"give_up_after": "1s"})
@@ -416,7 +416,7 @@ async def test_a_stop_while_the_store_hangs_ends_in_bounded_time(tmp_path: Path)
     daemon used to hand back its prefetched claims one by one, each waiting that timeout
     (minutes), then fail its exit on the lease release. Giving work back is an
     optimisation (leases expire): it gets a short bound, and the stop stays clean."""
-    from orderwatch.daemon import Daemon
+    from orderwatch.ops.daemon import Daemon
 
     async with running_simulator(sim_opts(complete_after=3600.0)) as rs:
         settings = settings_for(

@@ -16,15 +16,16 @@ import pytest
 import structlog
 from standardwebhooks.webhooks import Webhook
 
-from orderwatch.config import load_settings_from_mapping
-from orderwatch.delivery import Deliverer
-from orderwatch.errors import UsageError
-from orderwatch.events import make_event
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.settings import Settings
-from orderwatch.simulator import SimOptions, running_simulator
-from orderwatch.sinks import Sink, build_sinks
-from orderwatch.sinks.callback import CallbackSink, load_callable
+from orderwatch.config.callbacks import load_callable
+from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.config.models import Settings
+from orderwatch.core.errors import UsageError
+from orderwatch.delivery.events import make_event
+from orderwatch.delivery.outbox import Deliverer
+from orderwatch.delivery.sinks import Sink, build_sinks
+from orderwatch.delivery.sinks.callback import CallbackSink
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, SECRET, FakeClock, running_daemon, settings_for, until

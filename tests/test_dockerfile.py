@@ -72,7 +72,7 @@ def test_image_environment_overrides_nothing_the_mounted_config_says() -> None:
     """ORDERWATCH_<KEY> variables beat the file: baked into the image, they silently replaced
     a mounted config's state_dir, output_dir and logging.format. Only the config's path is
     set (the settings' defaults already suit the image)."""
-    from orderwatch.settings import Settings
+    from orderwatch.config.models import Settings
 
     env = " ".join(args for word, args in final_stage() if word == "ENV")
     names = set(re.findall(r"\b(ORDERWATCH_\w+)=", env))

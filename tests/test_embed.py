@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from orderwatch import Watcher
-from orderwatch.errors import UsageError
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.core.errors import UsageError
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, config_dict, until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from orderwatch.gate import Gate
+from orderwatch.polling.gate import Gate
 
 
 class Clock:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch import poller
-from orderwatch.client import RunaClient
-from orderwatch.policy import Reschedule
-from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
+from orderwatch.polling import scheduler as poller
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.policy import Reschedule
 from orderwatch.store.base import OrderRow, Store
 from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore

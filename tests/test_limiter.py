@@ -8,9 +8,10 @@ import time
 
 import pytest
 
-from orderwatch.client import QUICK_CONNECT_S
-from orderwatch.limiter import GRANTED, SpacedLimiter
-from orderwatch.simulator import max_in_window
+from orderwatch.core.rate_limit import GRANTED
+from orderwatch.devtools.simulator import max_in_window
+from orderwatch.polling.client import QUICK_CONNECT_S
+from orderwatch.polling.limiter import SpacedLimiter
 
 
 async def test_spacing_and_window_under_contention() -> None:
@@ -114,5 +115,5 @@ def test_a_quick_connection_is_well_inside_every_limiters_tolerance(rate: float)
     """The client asks the limiter about a send only when its connection took
     QUICK_CONNECT_S or longer: a send that quick must be one no limiter would count again."""
     assert SpacedLimiter(rate).margin > 10 * QUICK_CONNECT_S
-    pg = pytest.importorskip("orderwatch.store.pg_limiter", reason="psycopg not installed")
+    pg = pytest.importorskip("orderwatch.store.cluster_limiter", reason="psycopg not installed")
     assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S  # type: ignore[arg-type]

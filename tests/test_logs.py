@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import structlog
 
-from orderwatch.logs import REDACTED, REDACTED_URL, REDACTOR, Redactor, configure_logging
+from orderwatch.core.redact import REDACTED, REDACTED_URL, REDACTOR, Redactor
+from orderwatch.ops.logs import configure_logging
 
 SECRET = "whsec_very-secret-value"
 KEY = "xx.api-key-secret"
@@ -222,8 +223,8 @@ def test_redactor_without_safe_prefixes_redacts_every_url() -> None:
 def test_safe_urls_lose_their_query_and_credentials_in_base_url_are_not_safe() -> None:
     """A webhook under a safe origin keeps its path, not a token in its query; a base_url
     written with user:password is safe only without them, and its password is a secret."""
-    from orderwatch.secrets import register_secrets
-    from orderwatch.settings import Settings
+    from orderwatch.config.models import Settings
+    from orderwatch.config.secrets import register_secrets
 
     settings = Settings.model_validate(
         {
@@ -248,7 +249,7 @@ async def test_config_loaded_names_webhooks_by_sink_id_not_url(tmp_path: Path) -
     /services/T../B../<token>): config.loaded shows each webhook as its sink id."""
     from structlog.testing import capture_logs
 
-    from orderwatch.sinks.base import webhook_sink_id
+    from orderwatch.delivery.sinks.base import webhook_sink_id
 
     from harness import SECRET, running_daemon, settings_for
 
@@ -270,7 +271,7 @@ async def test_config_loaded_names_commands_by_sink_id_not_argv(tmp_path: Path) 
     config.loaded shows each command as its sink id, the program's name and a hash."""
     from structlog.testing import capture_logs
 
-    from orderwatch.sinks.base import command_sink_id
+    from orderwatch.delivery.sinks.base import command_sink_id
 
     from harness import running_daemon, settings_for
 

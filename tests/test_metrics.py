@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from orderwatch.answers import Kind
-from orderwatch.metrics import REQUEST_BUCKETS, Metrics, PollCounters
+from orderwatch.ops.metrics import Metrics
+from orderwatch.polling.answers import Kind
+from orderwatch.polling.metrics import REQUEST_BUCKETS, PollCounters
 
 # Bucket bounds exactly, between them, below the first and beyond the last.
 ANSWERS = [

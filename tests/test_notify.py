@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.notify import Notifier
+from orderwatch.ops.systemd import Notifier
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "runa" / "openapi-2024-02-05.json"
 pytestmark = pytest.mark.skipif(

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from orderwatch.daemon import Daemon
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
+from orderwatch.ops.daemon import Daemon
 
 from harness import (
     API_KEY,
@@ -121,7 +121,7 @@ async def test_admin_api_answers_hostile_bodies_and_a_failing_store_in_json(
     503 the caller can retry, not an HTML 500 with a traceback in the log."""
     from structlog.testing import capture_logs
 
-    from orderwatch.errors import StoreError
+    from orderwatch.core.errors import StoreError
 
     port = free_port()
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:

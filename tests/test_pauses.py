@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from orderwatch.client import RunaClient
-from orderwatch.gate import Gate
-from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.gate import Gate
 from orderwatch.store.sqlite import SqliteStore
 
 from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
@@ -37,7 +37,7 @@ async def test_429_pauses_everyone_and_honours_retry_after(tmp_path: Path) -> No
         # requests already in flight when the 429 came back may land just after it
         after = [t for t in rest if t - first > 0.5]
         assert after and min(after) - first >= 6.0
-        assert d.metrics.rate_limited._value.get() == 1
+        assert d.metrics.poll.rate_limited._value.get() == 1
 
 
 async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:

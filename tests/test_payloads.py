@@ -12,11 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.client import RunaClient
-from orderwatch.errors import OrderwatchError, StoreError
-from orderwatch.payloads import TMP_PREFIX, TMP_STALE_S, prepare_output_dir, write_payload
-from orderwatch.poller import Poller
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.core.errors import OrderwatchError, StoreError
+from orderwatch.delivery.payload_files import (
+    TMP_PREFIX,
+    TMP_STALE_S,
+    prepare_output_dir,
+    write_payload,
+)
+from orderwatch.devtools.simulator import SimOptions, running_simulator
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.scheduler import Poller
 from orderwatch.store.base import Claim
 from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.sqlite import SqliteStore
@@ -67,7 +72,7 @@ async def _stale_writer_race(
     runs out and worker B (another replica) polls the order again, with a later body (a payout
     status can change between GETs), writes it and commits. A's rename lands after B's.
     Returns (A's body, B's body, and what the file and the event hold)."""
-    import orderwatch.poller as poller_module
+    import orderwatch.polling.scheduler as poller_module
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
@@ -142,7 +147,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     new holder ended the order EXPIRED; its own commit is refused. There was no committed
     payload to put back, so the file, payout links and all, stayed beside an order that
     SPEC says has none. The refused writer now removes it."""
-    import orderwatch.poller as poller_module
+    import orderwatch.polling.scheduler as poller_module
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())

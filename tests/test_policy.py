@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import random
 
-from orderwatch.answers import Answer, Kind
-from orderwatch.policy import Finish, Release, Reschedule, cadence_delay, decide, error_delay
-from orderwatch.settings import PollingSettings
+from orderwatch.config.models import PollingSettings
+from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.policy import (
+    Finish,
+    Release,
+    Reschedule,
+    cadence_delay,
+    decide,
+    error_delay,
+)
 from orderwatch.store.base import Claim
 
 P = PollingSettings.model_validate(

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orderwatch.errors import StoreError
-from orderwatch.simulator import max_in_window
+from orderwatch.core.errors import StoreError
+from orderwatch.devtools.simulator import max_in_window
 
 from conftest import PG_ADMIN, REQUIRE_POSTGRES
 from harness import Proxy
@@ -21,7 +21,7 @@ if not REQUIRE_POSTGRES:  # without the driver skip the module; CI makes it an i
     pytest.importorskip("psycopg")
 import psycopg
 
-from orderwatch.store.pg_limiter import PostgresLimiter
+from orderwatch.store.cluster_limiter import PostgresLimiter
 from orderwatch.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -252,7 +252,8 @@ async def test_sessions_killed_by_the_server_are_replaced(pg_dsn: str) -> None:
             await asyncio.sleep(0.1)  # the server's goodbye reaches the idle socket
             assert len(await store.claim_due(T0 + 10.0 * i, 2, "w", 5)) == 2
             await store.ping()
-        lim = store.limiter(100)
+        lim = store.shared_limiter(100)
+        assert lim is not None
         await lim.acquire()
     finally:
         await store.close()

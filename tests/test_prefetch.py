@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from orderwatch.prefetch import Prefetch
+from orderwatch.polling.prefetch import Prefetch
 
 
 async def test_items_come_out_in_the_order_they_went_in() -> None:

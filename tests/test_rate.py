@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, running_daemon, settings_for, until
 

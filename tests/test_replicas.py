@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.simulator import Faults, RunningSim, SimOptions, running_simulator
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import Faults, RunningSim, SimOptions, running_simulator
 
 from conftest import PG_ADMIN
 from harness import API_KEY, SECRET, Proxy, spawn, until, write_config

@@ -7,7 +7,7 @@ from collections import deque
 import aiohttp
 import pytest
 
-from orderwatch.simulator import Faults, SimOptions, running_simulator
+from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
 
 KEY = "xx.sim"
 

@@ -14,7 +14,7 @@ import pytest
 _CHILD = """
 import asyncio, resource, signal, sys, time
 from pathlib import Path
-from orderwatch.errors import StoreError
+from orderwatch.core.errors import StoreError
 from orderwatch.store.sqlite import SqliteStore
 
 async def main(state: Path) -> None:

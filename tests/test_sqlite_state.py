@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orderwatch.errors import StoreError
+from orderwatch.core.errors import StoreError
 from orderwatch.store.base import Claim
 from orderwatch.store.sqlite import _TAKE_CLAIMED, DB_NAME, SqliteStore
 

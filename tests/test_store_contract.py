@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from orderwatch.errors import StoreError
-from orderwatch.events import make_event
+from orderwatch.core.errors import StoreError
+from orderwatch.delivery.events import make_event
 from orderwatch.store.base import Claim, Store
 from orderwatch.store.sqlite import QUEUED_WRITE_DELAY_S, SqliteStore
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, child_env, write_config
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.lock import DaemonLock
 
 from harness import API_KEY, SECRET, spawn, until, write_config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.watchlist import (
+from orderwatch.intake.watchlist import (
     MAX_PROBLEMS,
     ReadState,
     iter_watchlist,

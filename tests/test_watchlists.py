@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from orderwatch.errors import StoreError
-from orderwatch.simulator import SimOptions, running_simulator
-from orderwatch.watch import WatchlistWatcher
+from orderwatch.core.errors import StoreError
+from orderwatch.devtools.simulator import SimOptions, running_simulator
+from orderwatch.intake.watcher import WatchlistWatcher
 
 from harness import API_KEY, running_daemon, settings_for, until
 
@@ -192,14 +192,13 @@ async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(
     the error is logged once, not at every scan."""
     import errno
 
-    import orderwatch.watchlist as wlmod
+    import orderwatch.intake.watchlist as wlmod
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     got, ingest = _collector()
     store = _MetaStore()
-    watcher = WatchlistWatcher([wl], ingest)
-    watcher.store = store  # type: ignore[assignment]
+    watcher = WatchlistWatcher([wl], ingest, store)
     real = wlmod.open_regular
 
     def emfile(path: Path) -> Any:
@@ -225,7 +224,7 @@ async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
     import asyncio
     import threading
 
-    import orderwatch.watch as watch
+    import orderwatch.intake.watcher as watch
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")

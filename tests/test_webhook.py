@@ -16,13 +16,13 @@ import structlog
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from orderwatch import __version__
-from orderwatch.errors import UsageError
-from orderwatch.events import make_event
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.settings import WebhookSettings
-from orderwatch.sinks.base import AttemptResult
-from orderwatch.sinks.webhook import WebhookSink
+from orderwatch.config.models import WebhookSettings
+from orderwatch.core.errors import UsageError
+from orderwatch.core.version import __version__
+from orderwatch.delivery.events import make_event
+from orderwatch.delivery.sinks.base import AttemptResult
+from orderwatch.delivery.sinks.webhook import WebhookSink
+from orderwatch.devtools.receiver import Receiver, running_receiver
 from orderwatch.store.base import EventRecord
 
 from harness import SECRET, free_port

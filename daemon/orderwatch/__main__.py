@@ -6,11 +6,11 @@ import sys
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["run"]:  # before the imports: see orderwatch.signals
-        from orderwatch.signals import hold_early
+    if sys.argv[1:2] == ["run"]:  # before the imports: see orderwatch.ops.early_signals
+        from orderwatch.ops.early_signals import hold_early
 
         hold_early()
-    from orderwatch.cli import main as cli_main
+    from orderwatch.cli.main import main as cli_main
 
     return cli_main()
 

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
+from orderwatch.core.rate_limit import RateLimiter
+
 OrderState = Literal["pending", "final", "expired", "not_found"]
 DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
 
@@ -253,6 +255,12 @@ class Store(Protocol):
         ...
 
     async def set_meta(self, key: str, value: str) -> None: ...
+
+    # -- capabilities --------------------------------------------------------------------
+    def shared_limiter(self, rate: float) -> RateLimiter | None:
+        """The rate limiter every process on this store shares (replicas on PostgreSQL), or
+        None where the daemon is the store's only user and its own limiter suffices."""
+        ...
 
     # -- lifecycle -----------------------------------------------------------------------
     async def release_owner(self, owner: str, now: float) -> None:

@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from orderwatch.errors import StateLockedError, StoreError
-from orderwatch.files import private_dir
+from orderwatch.core.errors import StateLockedError, StoreError
+from orderwatch.core.files import private_dir
 
 LOCK_NAME = "daemon.lock"
 CONTENDED_S = 1.0  # how long acquire() retries: a probe holds the lock for microseconds

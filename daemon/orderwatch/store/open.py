@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from orderwatch.settings import Settings
+from orderwatch.config.models import Settings
 from orderwatch.store.base import Store
 from orderwatch.store.lock import DaemonLock, prepare_state_dir
-from orderwatch.store.sqlite import SqliteStore
+from orderwatch.store.sqlite import DB_NAME, SqliteStore
 
 
 async def open_store(
@@ -29,6 +29,11 @@ async def open_store(
     store = await SqliteStore.open(settings.state_dir, daemon=daemon, now=now)
     stack.push_async_callback(store.close)
     return store
+
+
+def state_exists(settings: Settings) -> bool:
+    """Whether anything was ever stored there (PostgreSQL: assumed, the DSN names it)."""
+    return settings.state_dsn is not None or (settings.state_dir / DB_NAME).exists()
 
 
 def daemon_running(settings: Settings) -> bool:

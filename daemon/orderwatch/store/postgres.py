@@ -26,8 +26,8 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from orderwatch.errors import StoreError
-from orderwatch.limiter import RateLimiter
+from orderwatch.core.errors import StoreError
+from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.store.base import (
     GOODBYE_S,
     Claim,
@@ -39,7 +39,7 @@ from orderwatch.store.base import (
     OrderState,
     finish_params,
 )
-from orderwatch.store.pg_limiter import LIMITER_DDL, PostgresLimiter, first_line, pooled
+from orderwatch.store.cluster_limiter import LIMITER_DDL, PostgresLimiter, first_line, pooled
 from orderwatch.store.schema import (
     DELIVERY_STATES,
     ORDER_STATES,
@@ -527,7 +527,7 @@ class PostgresStore:
         )
 
     # -- cluster-wide rate limit -----------------------------------------------------------
-    def limiter(self, rate: float) -> RateLimiter:
+    def shared_limiter(self, rate: float) -> RateLimiter | None:
         """The limiter every replica shares (the daemon uses it instead of a local one)."""
         return PostgresLimiter(self.pool, rate)
 

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import structlog
 
-from orderwatch.errors import StoreError
+from orderwatch.core.errors import StoreError
+from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.store.base import (
     GOODBYE_S,
     Claim,
@@ -673,6 +674,9 @@ class SqliteStore:
                 " WHERE lease_owner = ? AND state = 'pending'",
                 (now, owner),
             )
+
+    def shared_limiter(self, rate: float) -> RateLimiter | None:
+        return None  # one daemon per embedded state: its own limiter is the only one
 
     async def ping(self) -> None:
         await self._run(self._scalar, "SELECT 1")

@@ -1,0 +1,372 @@
+"""Load the YAML config into frozen Settings, reporting every problem as `file:line: key: msg`.
+
+Steps, each collecting problems rather than stopping at the first: read the file and know each
+key's line (config_source), apply ORDERWATCH_<SECTION>__<KEY> overrides, expand ${ENV} in the
+file's strings, read *_file secrets, make relative paths relative to the config file, validate
+with pydantic. Secret values never appear in a message: no message quotes a secret's value, and
+a last pass masks any secret that a message might still contain."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr, ValidationError
+
+from orderwatch.config.callbacks import load_problem
+from orderwatch.config.keys import allowed_keys, section_model, unknown_key, wants_text
+from orderwatch.config.models import Settings
+from orderwatch.config.sink_ids import (
+    callback_sink_id,
+    callback_spec_problem,
+    command_sink_id,
+    webhook_sink_id,
+)
+from orderwatch.config.source import (
+    Collector,
+    Loc,
+    dotted,
+    parse,
+    parse_value,
+    read_config,
+    reason,
+)
+from orderwatch.core.errors import ConfigError, Problem
+from orderwatch.core.files import read_capped
+from orderwatch.core.redact import mask_secret_shapes
+
+DEFAULT_PATH = Path("/etc/orderwatch/orderwatch.yaml")
+MAX_SECRET = 64 * 1024
+MIN_MASKED = 6  # shorter values from ${NAME} ("info", "5m") are shown: they hold no secret
+SECRET_FILES = {
+    "api_key_file": "api_key",
+    "secret_file": "secret",
+    "state_dsn_file": "state_dsn",
+    "token_file": "token",
+}
+SECRET_KEYS = frozenset({"api_key", "secret", "secrets", "state_dsn", "token"})
+# ORDERWATCH_* variables that are not overrides: the config path, what the command sink sets
+# for its children (which may well run `orderwatch add`), and the test suite's own.
+NOT_OVERRIDES = frozenset(
+    {"CONFIG", "EVENT", "EVENT_ID", "ORDER_ID", "STATUS", "TEST_PG", "REQUIRE_POSTGRES"}
+)
+_ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+_FILE_OF = {key: file_key for file_key, key in SECRET_FILES.items()}
+
+
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Path:
+    """`-c PATH`, else $ORDERWATCH_CONFIG, else /etc/orderwatch/orderwatch.yaml."""
+    return Path(cli_path or environ.get("ORDERWATCH_CONFIG") or DEFAULT_PATH)
+
+
+def load_settings(
+    path: Path, environ: Mapping[str, str], *, import_callbacks: bool = False
+) -> Settings:
+    """The settings in `path`, ${ENV} expanded and overrides applied; ConfigError holds every
+    problem found. `import_callbacks` also imports each callback (commands that deliver):
+    one that cannot be loaded is then a located problem like any other."""
+    c = Collector(str(path))
+    data = parse(read_config(path), c)
+    return _build(data, c, environ, path.absolute().parent, import_callbacks)
+
+
+def load_settings_from_mapping(
+    data: Mapping[str, Any], source: str = "<embedded>", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The same validation for a config built in code (demo, tests, embedding); no lines."""
+    return _build(copy.deepcopy(dict(data)), Collector(source), environ or {}, None)
+
+
+# --- the steps -----------------------------------------------------------------------------
+
+
+def _build(
+    data: Any,
+    c: Collector,
+    environ: Mapping[str, str],
+    base: Path | None,
+    import_callbacks: bool = False,
+) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise c.fail(None, "the config must be a mapping of sections")
+    _overrides(data, environ, c)
+    data = _expand(data, (), environ, c)
+    _read_secret_files(data, base, c)
+    _rebase_paths(data, base, c)
+    settings = _validate(data, c)
+    if settings is not None:
+        _check_sinks(settings, c, import_callbacks)
+    if c.problems or settings is None:
+        problems = _mask_secrets(c.problems, data, c.expanded)
+        problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
+        raise ConfigError(problems)
+    return settings
+
+
+def _check_sinks(s: Settings, c: Collector, import_callbacks: bool) -> None:
+    """A callback spec's shape, and two entries that would be the same sink (the same id: one
+    would never be told); with `import_callbacks`, whether each callback can be loaded."""
+    seen: dict[str, Loc] = {}
+    named: list[tuple[Loc, str, str | None]] = [
+        *((("webhooks", i), webhook_sink_id(w.url), None) for i, w in enumerate(s.webhooks)),
+        *((("commands", i), command_sink_id(a), None) for i, a in enumerate(s.commands)),
+        *(
+            (("callbacks", i), callback_sink_id(spec), callback_spec_problem(spec))
+            for i, spec in enumerate(s.callbacks)
+        ),
+    ]
+    for loc, sink_id, problem in named:
+        if problem:
+            c.add(loc, problem)
+        elif sink_id in seen:
+            c.add(loc, f"the same sink as {dotted(seen[sink_id])}")
+        else:
+            seen[sink_id] = loc
+    if import_callbacks and s.callbacks:
+        for i, spec in enumerate(s.callbacks):
+            if not callback_spec_problem(spec) and (problem := load_problem(spec)):
+                c.add(("callbacks", i), problem)
+
+
+def _overrides(data: dict[str, Any], environ: Mapping[str, str], c: Collector) -> None:
+    """ORDERWATCH_<KEY> and ORDERWATCH_<SECTION>__<KEY> replace what the file says."""
+    for name in sorted(environ):
+        rest = name.removeprefix("ORDERWATCH_")
+        if rest == name or rest in NOT_OVERRIDES:
+            continue
+        source, loc = f"env:{name}", tuple(rest.lower().split("__"))
+        if len(loc) > 2 or not all(loc):
+            c.add((), "expected ORDERWATCH_<KEY> or ORDERWATCH_<SECTION>__<KEY>", source)
+        elif _known_override(loc, c, source):
+            target = data if len(loc) == 1 else _section(data, str(loc[0]))
+            if target is None:
+                continue
+            try:
+                value = _override_value(environ[name], loc)
+            except ValueError as e:
+                c.add(loc, str(e), source)
+                continue
+            _set_override(target, loc, value, c, source)
+
+
+def _known_override(loc: Loc, c: Collector, source: str) -> bool:
+    if loc[0] not in allowed_keys(()):
+        _unknown(loc[:1], c, source)
+        return False
+    if len(loc) == 2 and section_model(str(loc[0])) is None:
+        c.add(loc[:1], "is not a section: set it whole, as a YAML flow value", source)
+        return False
+    if len(loc) == 2 and loc[1] not in allowed_keys(loc[:1]):
+        _unknown(loc, c, source)
+        return False
+    return True
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any] | None:
+    if data.get(name) is None:
+        data[name] = {}
+    section = data[name]
+    return section if isinstance(section, dict) else None  # validation reports the file's
+
+
+def _set_override(target: dict[str, Any], loc: Loc, value: Any, c: Collector, source: str) -> None:
+    key = str(loc[-1])
+    target[key] = value
+    c.env[loc] = source
+    partner = SECRET_FILES.get(key) or _FILE_OF.get(key)
+    if partner and (*loc[:-1], partner) not in c.env:
+        target.pop(partner, None)  # the override replaces the file's other form of the secret
+
+
+def _override_value(raw: str, loc: Loc) -> Any:
+    """A YAML scalar or flow value; kept as written for text keys (an API key of digits, a
+    date-like api_version), where only `null`/`~` mean None. ValueError when too large."""
+    if wants_text(loc):
+        return None if raw in ("null", "~") else raw
+    try:
+        return parse_value(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _expand(value: Any, loc: Loc, environ: Mapping[str, str], c: Collector) -> Any:
+    if loc in c.env:
+        return value  # overrides come from the environment already
+    if isinstance(value, str):
+        return _ENV_RE.sub(lambda m: _substitute(m, loc, environ, c), value)
+    if isinstance(value, dict):
+        return {str(k): _expand(v, (*loc, str(k)), environ, c) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, (*loc, i), environ, c) for i, v in enumerate(value)]
+    return value
+
+
+def _substitute(m: re.Match[str], loc: Loc, environ: Mapping[str, str], c: Collector) -> str:
+    name = m.group(1)
+    if m.group(0) == "$${":
+        return "${"
+    if name is None:
+        c.add(loc, "'${' must start a ${NAME} reference (write $${ for a literal ${)")
+        return m.group(0)
+    if name not in environ:
+        c.add(loc, f"environment variable {name} is not set")
+        return ""
+    if len(environ[name]) >= MIN_MASKED:
+        c.expanded[environ[name]] = f"${{{name}}}"
+    return environ[name]
+
+
+def _read_secret_files(data: dict[str, Any], base: Path | None, c: Collector) -> None:
+    _secret_file(data, (), "state_dsn_file", base, c)
+    if isinstance(runa := data.get("runa"), dict):
+        _secret_file(runa, ("runa",), "api_key_file", base, c)
+    if isinstance(admin := data.get("admin"), dict):
+        _secret_file(admin, ("admin",), "token_file", base, c)
+    if isinstance(hooks := data.get("webhooks"), list):
+        for i, hook in enumerate(hooks):
+            if isinstance(hook, dict):
+                _secret_file(hook, ("webhooks", i), "secret_file", base, c)
+
+
+def _secret_file(
+    mapping: dict[str, Any], loc: Loc, file_key: str, base: Path | None, c: Collector
+) -> None:
+    """Read `<key>_file` into `<key>`; the path stays in the settings, for the record."""
+    key, at = SECRET_FILES[file_key], (*loc, file_key)
+    if mapping.get(file_key) is None:
+        return
+    if mapping.get(key) is not None:
+        c.add(at, f"give {key} or {file_key}, not both")
+        return
+    path = _rebase(mapping[file_key], at, base, c)
+    if isinstance(path, Path) and "\0" not in str(path):  # NUL: validation says so
+        mapping[file_key] = path
+        secret = _read_secret(path, at, c)
+        if secret is not None:
+            mapping[key] = secret
+
+
+def _read_secret(path: Path, loc: Loc, c: Collector) -> str | None:
+    try:
+        raw = read_capped(path, MAX_SECRET)
+    except OSError as e:
+        c.add(loc, f"cannot read {loc[-1]} {path}: {reason(e)}")
+        return None
+    if len(raw) > MAX_SECRET:
+        c.add(loc, f"{path} is larger than 64 KiB")
+        return None
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        c.add(loc, f"{path} is not UTF-8 text")
+        return None
+    if not text.strip():
+        c.add(loc, f"{path} is empty")
+        return None
+    return text
+
+
+def _rebase(value: Any, loc: Loc, base: Path | None, c: Collector) -> Any:
+    """A relative path from the file is relative to the file's directory (from the
+    environment, to the working directory); anything else is left for validation."""
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        return value
+    path = Path(value)
+    if str(path).startswith("~"):
+        with contextlib.suppress(RuntimeError):  # no home directory: leave it as written
+            path = path.expanduser()
+    if base is None or path.is_absolute() or c.origin(loc) is not None:
+        return path
+    return base / path
+
+
+def _rebase_paths(data: dict[str, Any], base: Path | None, c: Collector) -> None:
+    for key in ("state_dir", "output_dir"):
+        if key in data:
+            data[key] = _rebase(data[key], (key,), base, c)
+    if isinstance(lists := data.get("watchlists"), list):
+        data["watchlists"] = [_rebase(w, ("watchlists", i), base, c) for i, w in enumerate(lists)]
+
+
+def _validate(data: dict[str, Any], c: Collector) -> Settings | None:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        said = {p.key for p in c.problems}  # an earlier step's word on a key is the one kept
+        for err in e.errors(include_url=False):
+            loc: Loc = tuple(err["loc"])
+            if dotted(loc) in said:
+                continue
+            if err["type"] == "extra_forbidden":
+                _unknown(loc, c)
+            else:
+                c.add(loc, _message(err))
+    return None
+
+
+_PLAIN = {
+    "missing": "is required",
+    "string_type": "should be a string",
+    "tuple_type": "should be a list",
+    "list_type": "should be a list",
+    "model_type": "should be a mapping of keys",
+    "dict_type": "should be a mapping of keys",
+    "path_type": "should be a path",
+}
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    """Pydantic's message in plain words; the input itself is never quoted."""
+    kind = err["type"]
+    if kind == "string_type" and isinstance(err.get("input"), int | float | datetime.date):
+        return "should be a string (put it in quotes)"
+    if kind in _PLAIN:
+        return _PLAIN[kind]
+    msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    msg = msg.replace("Input should be", "should be")
+    return msg[:1].lower() + msg[1:]
+
+
+def _mask_secrets(problems: list[Problem], data: Any, expanded: dict[str, str]) -> list[Problem]:
+    """Secrets become ***; then any other value that came from ${NAME} is shown as ${NAME}, as
+    such a variable may hold a secret expanded into the wrong key; then whatever still looks
+    like a webhook secret or a Runa key becomes whsec_*** or wg.*** (logs.SECRET_SHAPES)."""
+    secrets = sorted({s for s in _secret_strings(data, False) if len(s) >= 4}, key=len)
+    from_env = sorted(expanded, key=len)
+    out = []
+    for p in problems:
+        message = p.message
+        for secret in reversed(secrets):
+            message = message.replace(secret, "***")
+        for value in reversed(from_env):
+            message = message.replace(value, expanded[value])
+        message = mask_secret_shapes(message, "***")
+        out.append(dataclasses.replace(p, message=message) if message != p.message else p)
+    return out
+
+
+def _secret_strings(value: Any, secret: bool) -> Iterator[str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _secret_strings(v, secret or k in SECRET_KEYS)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _secret_strings(v, secret)
+    elif secret and isinstance(value, str | SecretStr):
+        yield value.get_secret_value() if isinstance(value, SecretStr) else value
+    elif secret and value is not None:
+        yield str(value)
+
+
+def _unknown(loc: Loc, c: Collector, source: str | None = None) -> None:
+    c.add(loc, unknown_key(loc), source)

@@ -1,0 +1,367 @@
+"""The bundled Runa API simulator: `GET /v2/order/{id}` and `GET /v2/ping` with the shapes of
+Runa's OpenAPI description, orders that complete or fail after a chosen delay, and injectable
+faults (latency, 429, 5xx, timeouts, malformed bodies, connection resets, bad keys).
+
+Control endpoints for tests and benchmarks live under `/_sim/` (stats, orders, faults,
+complete). It records every order request's arrival time, which is where the rate limit is
+judged."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import random
+import secrets
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from orderwatch.config.durations import parse_duration
+
+API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
+FAULT_NAMES = ("reset", "timeout", "429", "500", "504", "malformed", "401", "404", "ok")
+
+
+@dataclass
+class Faults:
+    latency: float = 0.0
+    rate_429: float = 0.0
+    retry_after: str | None = None
+    rate_5xx: float = 0.0
+    rate_timeout: float = 0.0
+    rate_malformed: float = 0.0
+    rate_reset: float = 0.0
+    bad_key: bool = False
+    version_removed: bool = False  # every order request: 410 version_removed (a retired version)
+    hang_s: float = 30.0  # how long a "timeout" answer hangs (the client gives up first)
+
+
+@dataclass
+class SimOptions:
+    api_key: str | None = None
+    complete_after: float = 3.0
+    fail_ratio: float = 0.0
+    not_found_prefix: str = "O-404"
+    not_found_for: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+    seed: int | None = None
+
+
+@dataclass
+class _Order:
+    first_seen: float
+    complete_after: float
+    status: str | None = None  # forced final status
+    payload: dict[str, Any] | None = None
+
+
+def _error(status: int, type_: str, message: str) -> web.Response:
+    body = {"type": type_, "message": message, "help": "see https://developer.runa.io"}
+    return web.json_response(body, status=status)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def _final_payload(order_id: str, status: str) -> dict[str, Any]:
+    """A CompletedOrderWithFullDetails body; unique payout links per item."""
+    rnd = random.Random(order_id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    n_items = 0 if status == "FAILED" else rnd.randint(1, 3)
+    value = f"{rnd.randint(5, 100)}.00"
+    items = [
+        {
+            "id": f"E-{secrets.token_hex(5).upper()}",
+            "distribution_method": {"type": "PAYOUT_LINK"},
+            "products": {"type": "SINGLE", "value": "AMZ-US"},
+            "face_value": value,
+            "price": value,
+            "currency": "USD",
+            "payout": {
+                "status": "ACTIVE",
+                "status_updated_at": _iso(now),
+                "url": f"https://spend.runa.io/{secrets.token_urlsafe(18)}",
+                "expiry_date": _iso(now + timedelta(days=365)),
+            },
+        }
+        for _ in range(n_items)
+    ]
+    total = f"{float(value) * n_items:.2f}"
+    return {
+        "id": order_id,
+        "status": status,
+        "created_at": _iso(now - timedelta(seconds=5)),
+        "completed_at": _iso(now),
+        "description": "orderwatch simulator order",
+        "payment_method": {"type": "ACCOUNT_BALANCE", "currency": "USD"},
+        "currency": "USD",
+        "total_price": total,
+        "total_discount": "0.00",
+        "items": items,
+        "transaction_detail": {"USD": {"value": total}},  # no FX: the schema has no null
+        "metadata": {"source": "simulator"},
+    }
+
+
+def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
+    """The most timestamps inside any half-open window [t, t + window_s): the server's view
+    of a rate limit."""
+    ordered = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(ordered):
+        while ordered[j] <= t - window_s:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+class Simulator:
+    def __init__(self, options: SimOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.faults = options.faults
+        self._clock = clock
+        self._rng = random.Random(options.seed)
+        self._orders: dict[str, _Order] = {}
+        self._script: deque[str] = deque()
+        self.arrivals: deque[float] = deque(maxlen=1_000_000)
+        self.requests: deque[tuple[float, str]] = deque(maxlen=1_000_000)  # (arrival, order id)
+        self.received = 0  # every order request, past the logs' caps (benchmarks count these)
+        self.answered: Counter[str] = Counter()
+        self.app = web.Application()
+        self.app.router.add_get("/v2/order/{id}", self._order)
+        self.app.router.add_get("/v2/ping", self._ping)
+        self.app.router.add_get("/_sim/stats", self._stats)
+        self.app.router.add_post("/_sim/orders", self._create)
+        self.app.router.add_post("/_sim/faults", self._set_faults)
+        self.app.router.add_post("/_sim/complete", self._complete)
+
+    # -- Python API --------------------------------------------------------------------
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+
+    def script(self, *responses: str) -> None:
+        """The next requests answer like this, in order ("ok" answers normally)."""
+        unknown = [r for r in responses if r not in FAULT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown scripted responses {unknown}; use {FAULT_NAMES}")
+        self._script.extend(responses)
+
+    def create(
+        self, ids: list[str], complete_after: float | None = None, status: str | None = None
+    ) -> None:
+        after = self.options.complete_after if complete_after is None else complete_after
+        for oid in ids:
+            self._orders[oid] = _Order(self._clock(), after, status)
+
+    def complete(self, ids: list[str], status: str = "COMPLETED") -> None:
+        for oid in ids:
+            order = self._orders.setdefault(oid, _Order(self._clock(), 0.0))
+            order.complete_after, order.status = 0.0, status
+            order.first_seen = min(order.first_seen, self._clock())
+
+    def payload(self, order_id: str) -> dict[str, Any] | None:
+        order = self._orders.get(order_id)
+        return order.payload if order else None
+
+    def max_in_window(self, window_s: float = 1.0) -> int:
+        return max_in_window(self.arrivals, window_s)
+
+    # -- handlers ----------------------------------------------------------------------
+    def _pick_fault(self) -> str:
+        if self._script:
+            return self._script.popleft()
+        f, r = self.faults, self._rng.random()
+        for name, rate in (
+            ("reset", f.rate_reset),
+            ("timeout", f.rate_timeout),
+            ("429", f.rate_429),
+            ("500", f.rate_5xx),
+            ("malformed", f.rate_malformed),
+        ):
+            if r < rate:
+                return name
+            r -= rate
+        return "ok"
+
+    async def _order(self, request: web.Request) -> web.StreamResponse:
+        now = time.monotonic()
+        self.arrivals.append(now)
+        self.received += 1
+        self.requests.append((now, request.match_info["id"]))
+        response = await self._answer(request)
+        self.answered[str(response.status)] += 1
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        fault = self._pick_fault()
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response(status=599)
+        if fault == "timeout":
+            await asyncio.sleep(self.faults.hang_s)
+        if self.faults.latency:
+            await asyncio.sleep(self.faults.latency)
+        key_ok = (
+            self.options.api_key is None or request.headers.get("X-Api-Key") == self.options.api_key
+        )
+        if fault == "401" or self.faults.bad_key or not key_ok:
+            return _error(401, "unauthorized", "Invalid API key")
+        if self.faults.version_removed:
+            return _error(410, "version_removed", "This API version has been removed")
+        if request.headers.get("X-Api-Version", API_VERSION) != API_VERSION:
+            return _error(400, "invalid_version", "Unknown API version")
+        if fault == "429":
+            headers = {"Retry-After": self.faults.retry_after} if self.faults.retry_after else None
+            return web.json_response({"error": "rate exceeded"}, status=429, headers=headers)
+        if fault in ("500", "504"):
+            return _error(
+                int(fault),
+                "internal_server_error" if fault == "500" else "timeout",
+                "Something went wrong",
+            )
+        if fault == "malformed":
+            if self._rng.random() < 0.5:
+                return web.Response(text="<html>bad gateway</html>", content_type="text/html")
+            return web.json_response({"id": "O-SOMEONE-ELSE", "status": "COMPLETED"})
+        return self._order_body(request.match_info["id"], fault == "404")
+
+    def _order_body(self, order_id: str, force_404: bool) -> web.Response:
+        now = self._clock()
+        if force_404 or order_id.startswith(self.options.not_found_prefix):
+            return _error(404, "not_found", "Order not found")
+        order = self._orders.get(order_id)
+        if order is None:
+            order = self._orders[order_id] = _Order(now, self.options.complete_after)
+        age = now - order.first_seen
+        if age < self.options.not_found_for:
+            return _error(404, "not_found", "Order not found")
+        if age < order.complete_after + self.options.not_found_for:
+            return web.json_response(
+                {"id": order_id, "status": "PROCESSING", "message": "Order is being processed"}
+            )
+        if order.payload is None:
+            order.payload = _final_payload(order_id, order.status or self._outcome(order_id))
+        return web.json_response(order.payload)
+
+    def _outcome(self, order_id: str) -> str:
+        h = int.from_bytes(hashlib.sha256(order_id.encode()).digest()[:8], "big") / 2**64
+        return "FAILED" if h < self.options.fail_ratio else "COMPLETED"
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        key_ok = (
+            self.options.api_key is None or request.headers.get("X-Api-Key") == self.options.api_key
+        )
+        if self.faults.bad_key or not key_ok:
+            return _error(401, "unauthorized", "Invalid API key")
+        return web.json_response({"message": "pong"})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "count": self.received,
+                "max_in_window": self.max_in_window(1.0),
+                "answered": dict(self.answered),
+                "orders": len(self._orders),
+            }
+        )
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.create(list(body["ids"]), body.get("complete_after"), body.get("status"))
+        return web.json_response({"created": len(body["ids"])})
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        known = {f.name for f in fields(Faults)}
+        self.set_faults(Faults(**{k: v for k, v in body.items() if k in known}))
+        return web.json_response(asdict(self.faults))
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.complete(list(body["ids"]), body.get("status", "COMPLETED"))
+        return web.json_response({"completed": len(body["ids"])})
+
+
+@dataclass
+class RunningSim:
+    sim: Simulator
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v2"
+
+
+@asynccontextmanager
+async def running_simulator(
+    options: SimOptions,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[RunningSim]:
+    sim = Simulator(options, clock)
+    runner = web.AppRunner(
+        sim.app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    try:
+        yield RunningSim(sim, bound)
+    finally:
+        await runner.cleanup()
+
+
+async def serve_forever(options: SimOptions, host: str, port: int) -> None:
+    async with running_simulator(options, host, port):
+        # The simulator is a measuring instrument: a full GC pass over its request log would
+        # stall it, and requests queued meanwhile would be stamped as one burst.
+        gc.freeze()
+        gc.set_threshold(50_000, 50, 1000)
+        await asyncio.Event().wait()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--api-key", help="answer 401 unless X-Api-Key equals this")
+    p.add_argument("--complete-after", default="3s", help="orders are final after this")
+    p.add_argument("--fail-ratio", type=float, default=0.0, help="share of orders that FAIL")
+    p.add_argument("--latency", default="0s", help="added to every answer")
+    for name in ("429", "5xx", "timeout", "malformed", "reset"):
+        p.add_argument(
+            f"--rate-{name}",
+            type=float,
+            default=0.0,
+            help=f"share of requests answered with {name}",
+        )
+    p.add_argument("--seed", type=int)
+
+
+def options_from_args(args: argparse.Namespace) -> SimOptions:
+    faults = Faults(
+        latency=parse_duration(args.latency),
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        rate_timeout=args.rate_timeout,
+        rate_malformed=args.rate_malformed,
+        rate_reset=args.rate_reset,
+    )
+    return SimOptions(
+        api_key=args.api_key,
+        complete_after=parse_duration(args.complete_after),
+        fail_ratio=args.fail_ratio,
+        faults=faults,
+        seed=args.seed,
+    )

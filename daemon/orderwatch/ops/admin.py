@@ -1,0 +1,242 @@
+"""The admin HTTP server: health, readiness, metrics, and a small orders API.
+
+Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
+<token>` when `admin.token` (or `admin.token_file`) is set; the config refuses a non-loopback
+`listen` without a token. Nothing here ever returns a payload: those hold payout links.
+
+Clients other than Prometheus and an operator must not cost the daemon anything: connections
+are bounded in number and dropped when idle (they share the daemon's file descriptors with
+its payload writes), a stop does not wait long for any of them, and without a token (loopback
+only) a web page on this host can neither add orders (a POST must be JSON: a browser sends
+that only after a CORS preflight, which is never approved) nor read through DNS rebinding (the
+Host must be a loopback name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+from aiohttp import web
+
+from orderwatch.config.models import AdminSettings, is_loopback, split_listen
+from orderwatch.core.errors import OrderwatchError, StoreError
+from orderwatch.core.ids import is_valid_order_id
+from orderwatch.core.redact import REDACTOR
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
+
+log = structlog.get_logger("orderwatch.admin")
+MAX_BODY = 1024 * 1024
+MAX_IDS = 10_000
+MAX_CONNECTIONS = 64  # open at once; past it a new connection is closed at once
+KEEPALIVE_S = 5.0  # an idle connection (or one that has sent half a request) is closed then
+SHUTDOWN_S = 1.0  # what a stop waits for admin requests in progress (aiohttp's default: 60)
+DAEMON_KEY = web.AppKey("daemon", object)
+
+
+class AdminTarget(Protocol):
+    """What the admin API needs of the daemon it serves."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason), without asking the store."""
+        ...
+
+    async def ping_store(self) -> None:
+        """Raise StoreError when the store cannot be used right now."""
+        ...
+
+    async def add_orders(self, order_ids: Iterable[str]) -> int: ...
+
+    async def order_report(self, order_id: str) -> dict[str, Any] | None:
+        """What `GET /orders/{id}` shows (the order's row and deliveries), None if unknown."""
+        ...
+
+    async def render_metrics(self) -> bytes:
+        """The Prometheus exposition, gauges refreshed from the store where it answers."""
+        ...
+
+
+TOKEN_KEY = web.AppKey("token", str)
+
+
+async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServer | None:
+    """Start the admin server if `admin.listen` is set; returns it, for cleanup."""
+    listen = settings.listen
+    if not listen:
+        return None
+    host, port = split_listen(listen)  # checked when the config loaded, as is the token
+    token = "" if settings.token is None else settings.token.get_secret_value()
+    if token:
+        REDACTOR.add_secret(token)
+    app = make_app(daemon, token)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=KEEPALIVE_S,
+        shutdown_timeout=SHUTDOWN_S,
+    )
+    await runner.setup()
+    http = runner.server
+    assert http is not None
+
+    def bounded() -> asyncio.Protocol:
+        return _Refused() if len(http.connections) >= MAX_CONNECTIONS else http()
+
+    loop = asyncio.get_running_loop()
+    try:
+        listener = await loop.create_server(bounded, host, port, reuse_address=True)
+    except OSError as e:  # port taken, address not on this host: one line, not a traceback
+        await runner.cleanup()
+        reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio rewords strerror
+        raise OrderwatchError(f"admin.listen {host}:{port}: {reason}") from None
+    log.info("admin.listening", listen=f"{host}:{port}")
+    return AdminServer(listener, runner)
+
+
+class AdminServer:
+    """The listening socket (aiohttp's protocol behind a bound) and the app's runner."""
+
+    def __init__(self, listener: asyncio.AbstractServer, runner: web.AppRunner) -> None:
+        self._listener, self._runner = listener, runner
+
+    async def cleanup(self) -> None:
+        self._listener.close()
+        await self._runner.cleanup()
+
+
+class _Refused(asyncio.Protocol):
+    """What a connection past MAX_CONNECTIONS gets: closed at once, nothing read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()  # uvloop's transports are not asyncio.Transport: no abort() to rely on
+
+
+def make_app(daemon: AdminTarget, token: str) -> web.Application:
+    guards = [_store_unavailable] if token else [_loopback_host, _store_unavailable]
+    app = web.Application(client_max_size=MAX_BODY, middlewares=guards)
+    app[DAEMON_KEY] = daemon
+    app[TOKEN_KEY] = token
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/orders", post_orders)
+    app.router.add_get("/orders/{id}", get_order)
+    return app
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A failing state store is a JSON 503 the caller may retry, not an HTML 500."""
+    try:
+        return await handler(request)
+    except StoreError as e:
+        log.error("store.unavailable", path=request.path, error=str(e))
+        return _bad(503, "the state store is unavailable; try again")
+
+
+@web.middleware
+async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Without a token the listener is loopback, and so must the name the client asked for
+    be: a page whose domain was rebound to 127.0.0.1 sends its own."""
+    host = request.headers.get("Host")  # not request.host: older aiohttp fills in getfqdn()
+    if host is not None and not _is_loopback_name(host):  # none: no browser sent this
+        return _bad(403, "Host must be a loopback address or localhost")
+    return await handler(request)
+
+
+def _is_loopback_name(host: str) -> bool:
+    """A Host header (`name`, `name:port`, `[v6]:port`) that names the loopback."""
+    if host.startswith("["):
+        name = host[1:].partition("]")[0]
+    else:
+        name = host.partition(":")[0] if host.count(":") == 1 else host
+    return is_loopback(name.lower().rstrip("."))
+
+
+def _daemon(request: web.Request) -> AdminTarget:
+    return request.app[DAEMON_KEY]  # type: ignore[return-value]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The loop is alive (this handler ran)."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    d = _daemon(request)
+    ready, reason = d.readiness()
+    if ready:
+        try:
+            await d.ping_store()
+        except StoreError:
+            ready, reason = False, "the state store is unavailable"
+    return web.json_response({"ready": ready, "reason": reason}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=await _daemon(request).render_metrics(),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _authorized(request: web.Request) -> bool:
+    token = request.app[TOKEN_KEY]
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    # The scheme is case-insensitive (RFC 7235); a byte that is not UTF-8 arrives as a
+    # surrogate, which a strict encode would turn into a 500.
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token.encode())
+
+
+def _bad(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def post_orders(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _bad(401, "missing or wrong bearer token")
+    if _daemon(request).stopping:
+        return _bad(503, "stopping; send the orders to the next instance")
+    if request.content_type != "application/json":
+        return _bad(415, "Content-Type must be application/json")
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _bad(400, 'body must be JSON: {"ids": ["O-..."]}')
+    ids = body.get("ids") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return _bad(400, 'body must be {"ids": [string, ...]}')
+    if len(ids) > MAX_IDS:
+        return _bad(413, f"at most {MAX_IDS} ids per request")
+    good = [i for i in ids if is_valid_order_id(i)]
+    bad = [i[:140] for i in ids if not is_valid_order_id(i)]
+    added = await _daemon(request).add_orders(good) if good else 0
+    status = 400 if bad and not good else 200
+    return web.json_response({"accepted": len(good), "new": added, "invalid": bad}, status=status)
+
+
+async def get_order(request: web.Request) -> web.Response:
+    order_id = request.match_info["id"]
+    if not is_valid_order_id(order_id):
+        return _bad(400, "invalid order id")
+    report = await _daemon(request).order_report(order_id)
+    if report is None:
+        return _bad(404, "unknown order")
+    return web.json_response(report)

@@ -1,0 +1,423 @@
+"""The wiring: build the object graph from the settings, run it, shut it down in one order.
+
+This is the only module that turns config into objects. The order on the way down is fixed:
+stop intake (watchlists, admin writes), let in-flight polls and deliveries finish within
+`shutdown_timeout`, cancel the rest, give leases back, close the HTTP session, the admin
+server, then the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+
+from orderwatch.config.callbacks import Callback
+from orderwatch.config.models import Settings
+from orderwatch.config.secrets import register_secrets
+from orderwatch.core.aio import wait_any
+from orderwatch.core.errors import ConfigError, StoreError, UsageError
+from orderwatch.core.rate_limit import RateLimiter
+from orderwatch.delivery.outbox import Deliverer
+from orderwatch.delivery.payload_files import prepare_output_dir
+from orderwatch.delivery.sinks import build_sinks
+from orderwatch.delivery.sinks.base import command_sink_id, webhook_sink_id
+from orderwatch.intake.watcher import WatchlistWatcher
+from orderwatch.ops.admin import start_admin
+from orderwatch.ops.metrics import Metrics
+from orderwatch.ops.systemd import Notifier
+from orderwatch.polling.client import RunaClient
+from orderwatch.polling.gate import Gate
+from orderwatch.polling.limiter import SpacedLimiter
+from orderwatch.polling.scheduler import Poller, PollerDeps
+from orderwatch.store.base import GOODBYE_S, Store
+from orderwatch.store.open import open_store
+
+log = structlog.get_logger("orderwatch.daemon")
+# The scheduler counts as stalled (no more watchdog pings) when it has not passed through its
+# loop for this long: longer than one store call may take (PostgreSQL's 30 s bound, SQLite's
+# 10 s wait for a lock) plus the claim back-off, so only a wedged loop stops the pings.
+SCHEDULER_STALL_S = 40.0
+
+
+def api_key_of(settings: Settings, source: str = "config") -> str:
+    if settings.runa.api_key is None:
+        raise ConfigError.single("runa.api_key", "is required (or runa.api_key_file)", source)
+    return settings.runa.api_key.get_secret_value()
+
+
+# What a reload cannot change in a running daemon: logged as needs_restart when it differs.
+# The API key, polling (but its lease), watchlists and the 429/auth back-off cap apply live.
+RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
+    "runa": lambda s: s.runa.model_dump(exclude={"api_key", "api_key_file"}),
+    "rate_limit": lambda s: s.rate_limit,
+    "polling.lease": lambda s: s.polling.lease_s,
+    "state_dir": lambda s: s.state_dir,
+    "state_dsn": lambda s: s.state_dsn,
+    "output_dir": lambda s: s.output_dir,
+    "webhooks": lambda s: s.webhooks,
+    "commands": lambda s: s.commands,
+    "command_timeout": lambda s: s.command_timeout_s,
+    "callbacks": lambda s: s.callbacks,
+    "admin": lambda s: s.admin,
+    "logging": lambda s: s.logging,
+    "shutdown_timeout": lambda s: s.shutdown_timeout_s,
+}
+
+
+def _for_log(settings: Settings) -> dict[str, Any]:
+    """The settings as logged: secrets masked by pydantic, each webhook by its sink id (an
+    incoming-webhook URL often carries its credential in the path) and each command by its
+    sink id too (its arguments may carry one: `curl -H "Authorization: ..."`)."""
+    config = settings.model_dump(mode="json")
+    for hook in config["webhooks"]:
+        hook["url"] = webhook_sink_id(hook["url"])
+    config["commands"] = [command_sink_id(argv) for argv in config["commands"]]
+    return config
+
+
+class Daemon:
+    """One running orderwatch. `await Daemon(settings).run(stop)` until `stop` is set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        callbacks: Sequence[Callback] = (),
+        reload: Callable[[], Settings] | None = None,
+        wall: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+        role: str = "run",
+    ) -> None:
+        self.settings = settings
+        self._built = settings  # what the running parts were made from: reloads compare to it
+        self.role = role  # recorded in the embedded state's lock: `run`, or `wait`
+        self._callbacks = tuple(callbacks)
+        self._reload = reload
+        self.wall = wall
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        self.metrics = Metrics()
+        self.notifier = notifier or Notifier.from_env(os.environ)
+        self.ready = asyncio.Event()
+        self.store: Store | None = None
+        self.gate = Gate(settings.polling.max_interval_s)
+        self.poller: Poller | None = None
+        self.deliverer: Deliverer | None = None
+        self.watcher: WatchlistWatcher | None = None
+        self._stop: asyncio.Event | None = None
+        self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of the watchlists
+        self._rescan_again = False  # a reload came during it: one more when it ends
+        self._reload_pending = False  # a SIGHUP that came before start-up ended
+        self._stopping_told = False
+
+    # -- intake --------------------------------------------------------------------------
+    async def add_orders(self, order_ids: Iterable[str]) -> int:
+        """Enqueue valid IDs (the caller validated them); durable when it returns."""
+        assert self.store is not None
+        now = self.wall()
+        added = await self.store.add_orders(
+            order_ids, now, now + self.settings.polling.initial_delay_s
+        )
+        if added and self.poller is not None:
+            self.poller.wake()
+        return added
+
+    # -- run -----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        s = self.settings
+        register_secrets(s)  # whoever embeds us, the log redactor knows every secret
+        async with AsyncExitStack() as stack:
+            self.store = await open_store(s, stack, daemon=True, now=self.wall(), role=self.role)
+            self.watcher = WatchlistWatcher(s.watchlists, self.add_orders, self.store)
+            shared = s.state_dsn is not None  # replicas may write it too
+            await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)
+            limiter = self._limiter(s.rate_limit.requests_per_second)
+            client = await stack.enter_async_context(
+                RunaClient(
+                    s.runa.base_url,
+                    api_key_of(s),
+                    api_version=s.runa.api_version,
+                    timeout_s=s.runa.timeout_s,
+                    max_connections=s.rate_limit.max_concurrency,
+                    wall_clock=self.wall,
+                    before_send=limiter.confirm,
+                )
+            )
+            self.client = client
+            sinks = build_sinks(s, extra_callbacks=self._callbacks)
+            for sink in sinks:
+                stack.push_async_callback(sink.close)
+            self.deliverer = Deliverer(
+                self.store, sinks, owner=self.owner, clock=self.wall, metrics=self.metrics.delivery
+            )
+            self.poller = Poller(self._poller_deps(client, limiter, [x.id for x in sinks]))
+            await self._serve(stack, stop)
+
+    def _poller_deps(
+        self, client: RunaClient, limiter: RateLimiter, sink_ids: list[str]
+    ) -> PollerDeps:
+        s = self.settings
+        assert self.store is not None and self.deliverer is not None
+        return PollerDeps(
+            store=self.store,
+            client=client,
+            limiter=limiter,
+            gate=self.gate,
+            polling=s.polling,
+            output_dir=s.output_dir,
+            sinks=sink_ids,
+            owner=self.owner,
+            max_concurrency=s.rate_limit.max_concurrency,
+            rate=s.rate_limit.requests_per_second,
+            lease_s=s.polling.lease_s,
+            request_timeout_s=s.runa.timeout_s,
+            metrics=self.metrics.poll,
+            wall=self.wall,
+            on_final=self.deliverer.wake,
+        )
+
+    def _limiter(self, rate: float) -> RateLimiter:
+        """The cluster-wide limiter when the store offers one (PostgreSQL), else a local one."""
+        assert self.store is not None
+        return self.store.shared_limiter(rate) or SpacedLimiter(rate)
+
+    async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
+        assert self.poller is not None and self.deliverer is not None and self.store is not None
+        assert self.watcher is not None
+        if stop.is_set():  # SIGTERM during start-up: never tell systemd we are ready
+            return
+        admin = await start_admin(self, self.settings.admin)
+        if admin is not None:
+            stack.push_async_callback(admin.cleanup)
+        gc.freeze()  # start-up objects never need scanning again: shorter GC pauses later
+        self.ready.set()
+        self.notifier.ready()
+        log.info("daemon.ready", owner=self.owner, state=self._state_label())
+        log.info("config.loaded", config=_for_log(self.settings))
+        if self._reload_pending:
+            self.reload()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(
+                    self.poller.run(stop, self.settings.shutdown_timeout_s), name="poller"
+                )
+                tg.create_task(
+                    self.deliverer.run(stop, self.settings.shutdown_timeout_s), name="deliverer"
+                )
+                # Nothing to drain in these: they end at the stop, even inside a store call.
+                background = [
+                    tg.create_task(self.watcher.run(stop), name="watchlists"),
+                    tg.create_task(self._housekeeping(stop), name="housekeeping"),
+                    tg.create_task(self._warn_stranded(), name="stranded-deliveries"),
+                ]
+                tg.create_task(self._on_stop(stop, background), name="on-stop")
+        finally:
+            self._tell_stopping()
+            await self._release_leases()
+
+    async def _on_stop(self, stop: asyncio.Event, background: list[asyncio.Task[None]]) -> None:
+        await stop.wait()
+        self._tell_stopping()
+        for task in background:
+            task.cancel()
+
+    async def _release_leases(self) -> None:
+        """Leased work becomes due at once for whoever runs next; like the poller's hand-back
+        a courtesy with a bound (the leases also run out by themselves)."""
+        assert self.store is not None and self.poller is not None
+        if self.poller.store_failed_at_stop:
+            return  # the poller's hand-back just found the store gone: no second wait
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                await self.store.release_owner(self.owner, self.wall())
+        except (TimeoutError, StoreError) as e:
+            log.warning(
+                "store.release_failed",
+                error=str(e) or f"no answer in {GOODBYE_S:g}s",
+                hint="the leases run out by themselves (polling.lease)",
+            )
+
+    def _tell_stopping(self) -> None:
+        """STOPPING=1 as the drain starts (systemd, and /readyz, see it at once)."""
+        if not self._stopping_told:
+            self._stopping_told = True
+            self.notifier.stopping()
+            log.info("daemon.stopping")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def _warn_stranded(self) -> None:
+        """Pending deliveries of a sink no longer configured (a webhook URL or a command's
+        argv changed: the sink id with it) are sent by nobody: say so once, at start."""
+        assert self.store is not None and self.deliverer is not None
+        configured = {s.id for s in self.deliverer.sinks}
+        try:
+            pending = await self.store.pending_deliveries_by_sink()
+        except StoreError as e:
+            log.error("store.unavailable", error=str(e))
+            return
+        stranded = {sink: n for sink, n in pending.items() if sink not in configured}
+        if stranded:
+            log.warning(
+                "delivery.stranded",
+                sinks=stranded,
+                hint="no configured sink has these ids any more; `orderwatch replay ID` sends"
+                " an order's event to the sinks configured now",
+            )
+
+    def _state_label(self) -> str:
+        return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        """Pet the watchdog while the loop makes progress; refresh gauges and systemd STATUS.
+        The ping never waits for the store: a store that is down or hangs is reported (logs,
+        /readyz), and the daemon carries on when it is back, where a watchdog kill would only
+        restart it into the same outage."""
+        interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
+        while not stop.is_set():
+            started = time.monotonic()
+            if self._making_progress():
+                self.notifier.watchdog()
+            else:
+                log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
+            try:
+                async with asyncio.timeout(interval):
+                    await self.refresh_gauges()
+            except TimeoutError:
+                self._store_down("the state store is not answering")  # its callers log it
+            except StoreError as e:
+                log.error("store.unavailable", error=str(e))
+            await wait_any(stop, timeout=max(0.0, interval - (time.monotonic() - started)))
+
+    def _making_progress(self) -> bool:
+        """The loop runs (we are here) and the scheduler passed through its loop lately: within
+        the longest one store call may take, plus the claim back-off."""
+        assert self.poller is not None
+        return time.monotonic() - self.poller.heartbeat < SCHEDULER_STALL_S
+
+    async def refresh_gauges(self, deliveries: bool = False) -> dict[str, int]:
+        """Gauges from the store. Order counts are O(1); delivery counts scan, so they are
+        refreshed only when /metrics is scraped."""
+        assert self.store is not None
+        try:
+            counts = await self.store.counts()
+            oldest = await self.store.oldest_pending_added_at()
+            dcounts = await self.store.delivery_counts() if deliveries else None
+        except StoreError:
+            self._store_down("the state store is unavailable")
+            raise
+        for state, n in counts.items():
+            self.metrics.orders.labels(state).set(n)
+        self.metrics.oldest_pending_age.set(0 if oldest is None else self.wall() - oldest)
+        if dcounts is not None:
+            self.metrics.dead_deliveries.set(dcounts.get("dead", 0))
+        ready, why = self.readiness()
+        self.metrics.ready.set(1 if ready else 0)
+        self.notifier.status(
+            f"pending {counts['pending']}, final {counts['final']}, "
+            f"expired {counts['expired']}, not_found {counts['not_found']}"
+            + ("" if ready else f" - NOT READY: {why}")
+        )
+        return counts
+
+    async def render_metrics(self) -> bytes:
+        with contextlib.suppress(StoreError):  # families still render; /readyz says what is wrong
+            await self.refresh_gauges(deliveries=True)
+        return self.metrics.render()
+
+    async def ping_store(self) -> None:
+        assert self.store is not None
+        await self.store.ping()
+
+    async def order_report(self, order_id: str) -> dict[str, Any] | None:
+        assert self.store is not None
+        rows = await self.store.get_orders([order_id])
+        if not rows:
+            return None
+        deliveries = await self.store.get_deliveries([order_id])
+        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
+
+    def _store_down(self, why: str) -> None:
+        """What /readyz says by asking the store, the gauge and STATUS= say too (the counts
+        are left as they were: the store cannot tell)."""
+        self.metrics.ready.set(0)
+        self.notifier.status(f"NOT READY: {why}")
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): not ready while auth-paused or rate-paused for long."""
+        if self.stopping:
+            return False, "stopping"
+        if not self.ready.is_set():
+            return False, "starting"
+        if self.gate.auth_failed:
+            return False, self.gate.refusal
+        if self.gate.rate_paused_for() > 60:
+            return False, "rate limited by the Runa API (429) for more than a minute"
+        return True, "ok"
+
+    # -- reload --------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: load the config again; apply what can change live, keep the old on error."""
+        if self._reload is None:
+            return False
+        if self.stopping:
+            log.info("config.reload_ignored", reason="stopping")
+            return False
+        if not self.ready.is_set():  # applied once started: there is nothing to apply it to
+            self._reload_pending = True
+            log.info("config.reload_deferred", reason="starting")
+            return False
+        self._reload_pending = False
+        self.notifier.reloading()
+        try:
+            new = self._reload()
+            api_key_of(new)  # required, as at start
+            self._apply(new)
+        except Exception as e:  # whatever it is, the old config stays and systemd hears so
+            problems = str(e).splitlines() if isinstance(e, UsageError) else [repr(e)]
+            log.error("config.reload_rejected", problems=problems)
+            self.notifier.ready()
+            return False
+        self.notifier.ready()
+        return True
+
+    def _apply(self, new: Settings) -> None:
+        register_secrets(new)  # before anything can log the new key
+        old, self.settings = self.settings, new
+        if new.runa.api_key != old.runa.api_key and new.runa.api_key is not None:
+            self.client.set_api_key(new.runa.api_key.get_secret_value())
+            self.gate.reset_auth()
+        if self.poller is not None:
+            self.poller.set_polling(new.polling)
+        self.gate.max_interval_s = new.polling.max_interval_s
+        assert self.watcher is not None  # a reload is applied once started
+        self.watcher.set_paths(new.watchlists)
+        built = self._built  # not `old`: a change waiting for a restart is still waiting
+        restart_needed = [k for k, part in RESTART_KEYS.items() if part(new) != part(built)]
+        log.info("config.reloaded", needs_restart=restart_needed or None)
+        if self._rescan is not None and not self._rescan.done():
+            self._rescan_again = True  # a burst of reloads: one more re-read, not one each
+        else:
+            self._rescan = asyncio.get_running_loop().create_task(self._read_watchlists())
+
+    async def _read_watchlists(self) -> None:
+        """Read every watchlist again (a reload), and once more if a reload came meanwhile."""
+        again = True
+        while again:
+            self._rescan_again = False
+            assert self.watcher is not None
+            await self.watcher.scan(force=True)
+            again = self._rescan_again
