@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
-from orderwatch.polling import scheduler as poller
+from orderwatch.polling import held as poller
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.policy import Reschedule
 from orderwatch.store.base import OrderRow, Store

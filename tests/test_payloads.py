@@ -72,7 +72,7 @@ async def _stale_writer_race(
     runs out and worker B (another replica) polls the order again, with a later body (a payout
     status can change between GETs), writes it and commits. A's rename lands after B's.
     Returns (A's body, B's body, and what the file and the event hold)."""
-    import orderwatch.polling.scheduler as poller_module
+    import orderwatch.polling.finish as poller_module
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
@@ -147,7 +147,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     new holder ended the order EXPIRED; its own commit is refused. There was no committed
     payload to put back, so the file, payout links and all, stayed beside an order that
     SPEC says has none. The refused writer now removes it."""
-    import orderwatch.polling.scheduler as poller_module
+    import orderwatch.polling.finish as poller_module
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
