@@ -143,6 +143,7 @@ class Daemon:
             shared = s.state_dsn is not None  # replicas may write it too
             await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)
             limiter = self._limiter(s.rate_limit.requests_per_second)
+            self.metrics.rate_limit.set(s.rate_limit.requests_per_second)
             client = await stack.enter_async_context(
                 RunaClient(
                     s.runa.base_url,

@@ -33,6 +33,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("orderwatch_ready", "1 when the daemon is ready.", registry=r)
+        self.rate_limit = Gauge(
+            "orderwatch_rate_limit_requests_per_second",
+            "The rate limit in force (rate_limit.requests_per_second; shared by every replica"
+            " of one PostgreSQL store), to draw the request rate against.",
+            registry=r,
+        )
 
     def register(self, collector: Collector) -> None:
         self.registry.register(collector)
