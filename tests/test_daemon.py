@@ -389,7 +389,9 @@ async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
             errors = [e for e in logs if e["event"] == "store.unavailable"]
             assert 2 <= len(errors) <= 3, len(errors)  # at 0, 1 and 3 s
             assert [e.get("retry_in_s") for e in errors[:2]] == [1.0, 2.0]
-            assert d._making_progress()  # the watchdog still sees the scheduler pass
+            assert (
+                d.health is not None and d.health.making_progress()
+            )  # the watchdog still sees the scheduler pass
 
 
 async def test_an_order_that_expires_leaves_no_file_a_crash_left(tmp_path: Path) -> None:

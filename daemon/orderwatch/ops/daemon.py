@@ -25,7 +25,6 @@ import structlog
 from orderwatch.config.callbacks import Callback
 from orderwatch.config.models import Settings
 from orderwatch.config.secrets import register_secrets
-from orderwatch.core.aio import wait_any
 from orderwatch.core.errors import ConfigError, StoreError, UsageError
 from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.delivery.outbox import Deliverer
@@ -34,6 +33,7 @@ from orderwatch.delivery.sinks import build_sinks
 from orderwatch.delivery.sinks.base import command_sink_id, webhook_sink_id
 from orderwatch.intake.watcher import WatchlistWatcher
 from orderwatch.ops.admin import start_admin
+from orderwatch.ops.health import Health
 from orderwatch.ops.metrics import Metrics
 from orderwatch.ops.systemd import Notifier
 from orderwatch.polling.client import RunaClient
@@ -44,10 +44,6 @@ from orderwatch.store.base import GOODBYE_S, Store
 from orderwatch.store.open import open_store
 
 log = structlog.get_logger("orderwatch.daemon")
-# The scheduler counts as stalled (no more watchdog pings) when it has not passed through its
-# loop for this long: longer than one store call may take (PostgreSQL's 30 s bound, SQLite's
-# 10 s wait for a lock) plus the claim back-off, so only a wedged loop stops the pings.
-SCHEDULER_STALL_S = 40.0
 
 
 def api_key_of(settings: Settings, source: str = "config") -> str:
@@ -112,6 +108,7 @@ class Daemon:
         self.store: Store | None = None
         self.gate = Gate(settings.polling.max_interval_s)
         self.poller: Poller | None = None
+        self.health: Health | None = None
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
         self._stop: asyncio.Event | None = None
@@ -162,7 +159,16 @@ class Daemon:
             self.deliverer = Deliverer(
                 self.store, sinks, owner=self.owner, clock=self.wall, metrics=self.metrics.delivery
             )
-            self.poller = Poller(self._poller_deps(client, limiter, [x.id for x in sinks]))
+            poller = self.poller = Poller(self._poller_deps(client, limiter, [x.id for x in sinks]))
+            self.health = Health(
+                self.store,
+                self.metrics,
+                self.notifier,
+                self.gate,
+                heartbeat=lambda: poller.heartbeat,
+                lifecycle=self._lifecycle,
+                wall=self.wall,
+            )
             await self._serve(stack, stop)
 
     def _poller_deps(
@@ -195,7 +201,7 @@ class Daemon:
 
     async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
         assert self.poller is not None and self.deliverer is not None and self.store is not None
-        assert self.watcher is not None
+        assert self.watcher is not None and self.health is not None
         if stop.is_set():  # SIGTERM during start-up: never tell systemd we are ready
             return
         admin = await start_admin(self, self.settings.admin)
@@ -219,7 +225,7 @@ class Daemon:
                 # Nothing to drain in these: they end at the stop, even inside a store call.
                 background = [
                     tg.create_task(self.watcher.run(stop), name="watchlists"),
-                    tg.create_task(self._housekeeping(stop), name="housekeeping"),
+                    tg.create_task(self.health.run(stop), name="housekeeping"),
                     tg.create_task(self._warn_stranded(), name="stranded-deliveries"),
                 ]
                 tg.create_task(self._on_stop(stop, background), name="on-stop")
@@ -282,57 +288,9 @@ class Daemon:
     def _state_label(self) -> str:
         return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
 
-    async def _housekeeping(self, stop: asyncio.Event) -> None:
-        """Pet the watchdog while the loop makes progress; refresh gauges and systemd STATUS.
-        The ping never waits for the store: a store that is down or hangs is reported (logs,
-        /readyz), and the daemon carries on when it is back, where a watchdog kill would only
-        restart it into the same outage."""
-        interval = min(5.0, self.notifier.watchdog_interval_s or 5.0)
-        while not stop.is_set():
-            started = time.monotonic()
-            if self._making_progress():
-                self.notifier.watchdog()
-            else:
-                log.error("daemon.stalled", hint="the scheduler loop has not run; no watchdog ping")
-            try:
-                async with asyncio.timeout(interval):
-                    await self.refresh_gauges()
-            except TimeoutError:
-                self._store_down("the state store is not answering")  # its callers log it
-            except StoreError as e:
-                log.error("store.unavailable", error=str(e))
-            await wait_any(stop, timeout=max(0.0, interval - (time.monotonic() - started)))
-
-    def _making_progress(self) -> bool:
-        """The loop runs (we are here) and the scheduler passed through its loop lately: within
-        the longest one store call may take, plus the claim back-off."""
-        assert self.poller is not None
-        return time.monotonic() - self.poller.heartbeat < SCHEDULER_STALL_S
-
     async def refresh_gauges(self, deliveries: bool = False) -> dict[str, int]:
-        """Gauges from the store. Order counts are O(1); delivery counts scan, so they are
-        refreshed only when /metrics is scraped."""
-        assert self.store is not None
-        try:
-            counts = await self.store.counts()
-            oldest = await self.store.oldest_pending_added_at()
-            dcounts = await self.store.delivery_counts() if deliveries else None
-        except StoreError:
-            self._store_down("the state store is unavailable")
-            raise
-        for state, n in counts.items():
-            self.metrics.orders.labels(state).set(n)
-        self.metrics.oldest_pending_age.set(0 if oldest is None else self.wall() - oldest)
-        if dcounts is not None:
-            self.metrics.dead_deliveries.set(dcounts.get("dead", 0))
-        ready, why = self.readiness()
-        self.metrics.ready.set(1 if ready else 0)
-        self.notifier.status(
-            f"pending {counts['pending']}, final {counts['final']}, "
-            f"expired {counts['expired']}, not_found {counts['not_found']}"
-            + ("" if ready else f" - NOT READY: {why}")
-        )
-        return counts
+        assert self.health is not None
+        return await self.health.refresh(deliveries)
 
     async def render_metrics(self) -> bytes:
         with contextlib.suppress(StoreError):  # families still render; /readyz says what is wrong
@@ -340,8 +298,8 @@ class Daemon:
         return self.metrics.render()
 
     async def ping_store(self) -> None:
-        assert self.store is not None
-        await self.store.ping()
+        assert self.health is not None
+        await self.health.check_store()
 
     async def order_report(self, order_id: str) -> dict[str, Any] | None:
         assert self.store is not None
@@ -351,23 +309,16 @@ class Daemon:
         deliveries = await self.store.get_deliveries([order_id])
         return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
 
-    def _store_down(self, why: str) -> None:
-        """What /readyz says by asking the store, the gauge and STATUS= say too (the counts
-        are left as they were: the store cannot tell)."""
-        self.metrics.ready.set(0)
-        self.notifier.status(f"NOT READY: {why}")
-
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): not ready while auth-paused or rate-paused for long."""
+        """(ready, reason); see ops.health."""
+        if self.health is None:
+            return False, "stopping" if self.stopping else "starting"
+        return self.health.readiness()
+
+    def _lifecycle(self) -> str | None:
         if self.stopping:
-            return False, "stopping"
-        if not self.ready.is_set():
-            return False, "starting"
-        if self.gate.auth_failed:
-            return False, self.gate.refusal
-        if self.gate.rate_paused_for() > 60:
-            return False, "rate limited by the Runa API (429) for more than a minute"
-        return True, "ok"
+            return "stopping"
+        return None if self.ready.is_set() else "starting"
 
     # -- reload --------------------------------------------------------------------------
     def reload(self) -> bool:
