@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_arguments(p)
     p = sub.add_parser("demo", help="simulator + daemon + webhook receiver in a temp dir")
     p.add_argument("--orders", type=int, default=6, help="how many orders to follow")
+    from orderwatch import verify
+
+    _config_arg(verify.add_parser(sub))
     return parser
 
 
@@ -95,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _handlers() -> dict[str, Handler]:
     from orderwatch import commands
+    from orderwatch.verify import run_verify
 
     return {
         "run": commands.run,
@@ -105,6 +109,7 @@ def _handlers() -> dict[str, Handler]:
         "wait": commands.wait,
         "simulate": commands.simulate,
         "demo": commands.demo,
+        "verify": run_verify,
     }
 
 
