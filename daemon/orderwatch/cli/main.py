@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from orderwatch.cli import verify
 from orderwatch.cli.args import config_arg, duration
 from orderwatch.core.errors import ConfigError, OrderwatchError
 from orderwatch.core.version import __version__
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulator.add_arguments(p)
     p = sub.add_parser("demo", help="simulator + daemon + webhook receiver in a temp dir")
     p.add_argument("--orders", type=int, default=6, help="how many orders to follow")
+    config_arg(verify.add_parser(sub))
     return parser
 
 
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _handlers() -> dict[str, Handler]:
     # Imported when a command runs: `orderwatch --help` and `--version` stay quick.
-    from orderwatch.cli import orders, service, tools
+    from orderwatch.cli import orders, service, tools, verify
 
     return {
         "run": service.run,
@@ -78,4 +80,5 @@ def _handlers() -> dict[str, Handler]:
         "wait": orders.wait,
         "simulate": tools.simulate,
         "demo": tools.demo,
+        "verify": verify.run_verify,
     }
