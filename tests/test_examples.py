@@ -221,7 +221,7 @@ async def test_receiver_handles_each_event_once_through_retries_replays_and_rest
             rs.base_url,
             # Long enough for a loaded machine to start the daemon and poll O-404-EX twice
             # (not_found), short enough that O-EX-SLOW expires soon.
-            polling={"give_up_after": "6s", "not_found_grace": "300ms"},
+            polling={"give_up_after": "8s", "not_found_grace": "300ms"},
             webhooks=[{"url": proxy_url, "secret": SECRET, "retry_schedule": ["100ms"] * 6}],
         )
         with (tmp_path / "daemon.log").open("wb") as daemon_log:
