@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from orderwatch.events import event_id
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.delivery.events import event_id
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, REPO, SECRET, child_env, free_port, spawn, until, write_config
 
