@@ -4,12 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-smoke clean
+# Locked, hashed dependency sets (docs/install.md): dev.txt for setup/CI, runtime.txt and
+# build.txt for the image. Resolved once for every platform and CPython 3.11+.
+LOCKS := requirements/dev.txt requirements/runtime.txt requirements/build.txt
+LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command 'make lock'
 
-$(STAMP): pyproject.toml
+.PHONY: setup demo test lint bench bench-smoke clean lock lock-upgrade
+
+# The locked set first (every file checked against its hash), then the project alone.
+$(STAMP): pyproject.toml requirements/dev.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,postgres,examples]'
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,12 +32,27 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check daemon tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 bench-smoke: $(STAMP)
 	$(BIN)/python -m bench --smoke
+
+# Re-resolve after a change to pyproject.toml's dependencies, keeping every pin that still
+# fits; lock-upgrade moves every pin to the newest release in range. dev.txt comes first and
+# bounds the others, so the image ships the versions that CI tested.
+lock: $(STAMP)
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml requirements/build.in \
+		--extra dev --extra postgres --extra examples -o requirements/dev.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml --extra postgres \
+		-c requirements/dev.txt -o requirements/runtime.txt
+	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/build.in \
+		-c requirements/dev.txt -o requirements/build.txt
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 clean:
 	rm -rf $(VENV) build *.egg-info daemon/*.egg-info

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -88,6 +89,36 @@ def test_project_installed_not_editable() -> None:
     """The build installs the project as a package: no `-e`, nothing pointing back at /src."""
     runs = [args for word, args in instructions() if word == "RUN" and "pip install" in args]
     assert runs and all(" -e " not in f" {r} " and "--editable" not in r for r in runs)
+
+
+def test_build_installs_only_from_the_lock_with_hashes() -> None:
+    """Dependencies come from requirements/runtime.txt (and the build backend from build.txt)
+    with --require-hashes; the project itself with --no-deps and no build isolation, so no
+    version is chosen at build time and nothing unhashed is fetched (tests/test_lock.py
+    checks the files)."""
+    steps = instructions()
+    copied = " ".join(args for word, args in steps if word == "COPY")
+    commands = [
+        shlex.split(command)
+        for word, args in steps
+        if word == "RUN"
+        for command in args.split("&&")
+        if "pip install" in command
+    ]
+    locks = []
+    for argv in commands:
+        if "-r" in argv:
+            lock = argv[argv.index("-r") + 1]
+            assert "--require-hashes" in argv and lock.startswith("requirements/"), argv
+            assert (ROOT / lock).is_file() and lock in copied, lock
+            locks.append((lock, next((a for a in argv if a.startswith("--prefix=")), None)))
+        else:
+            assert argv[-1] == "." and {"--no-deps", "--no-build-isolation"} <= set(argv), argv
+            assert "--prefix=/install" in argv
+    assert sorted(locks) == [
+        ("requirements/build.txt", None),  # the build stage's own, not copied to the image
+        ("requirements/runtime.txt", "--prefix=/install"),
+    ]
 
 
 def test_dockerignore_keeps_local_state_out() -> None:

@@ -81,7 +81,7 @@ def test_unit_declares_the_operational_contract() -> None:
         "Type": ["notify"],
         "NotifyAccess": ["main"],
         "ExecStart": ["/usr/local/bin/orderwatch run"],
-        "ExecReload": ["/bin/kill -HUP $MAINPID"],
+        "ExecReload": ["/bin/sh -c 'kill -s HUP ${MAINPID}'"],
         "WatchdogSec": ["30s"],
         "Restart": ["on-failure"],
         "TimeoutStopSec": ["15s"],
