@@ -1,7 +1,7 @@
 # orderwatch container image: `docker build -t orderwatch .`
 # Runs `orderwatch run` as uid/gid 10001; config from a mounted file, secrets via the *_file
 # keys (Docker/Kubernetes secrets), state on the /var/lib/orderwatch volume (it must be
-# writable by uid 10001). See README "Run in a container".
+# writable by uid 10001). See docs/operations.md "Run in a container".
 #
 # Admin HTTP (/healthz, /readyz, /metrics) listens on 127.0.0.1:9464 by default, which the
 # HEALTHCHECK below reaches from inside the container. To scrape /metrics from outside, set

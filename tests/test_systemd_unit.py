@@ -129,8 +129,8 @@ def test_the_readme_installs_a_config_the_dynamic_user_can_read() -> None:
     """With DynamicUser= and no capabilities the service runs as a fresh uid, and systemd
     never chowns ConfigurationDirectory=: a config installed 0600 root was unreadable and
     the unit failed at start. It holds no secret (those come by LoadCredential=), so the
-    README installs it 0644."""
-    readme = (UNIT.parents[1] / "README.md").read_text()
+    install steps (docs/operations.md) install it 0644."""
+    readme = (UNIT.parents[1] / "docs" / "operations.md").read_text()
     (line,) = [x for x in readme.splitlines() if "orderwatch.systemd.yaml /etc/" in x]
     mode = re.search(r"-m (0\d{3})", line)
     assert directives()["DynamicUser"] == ["yes"]
