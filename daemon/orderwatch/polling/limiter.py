@@ -114,7 +114,7 @@ class SpacedLimiter:
         self._log.append(now)
         GRANTED.set(now)
         # Slots sit on a grid, so a timer that fires late does not push every later slot
-        # back (that alone cost ~6% of the rate at 100/s, 22% at 1000/s): up to CATCH_UP_S
+        # back (which cost a measurable share of the rate): up to CATCH_UP_S
         # of lateness is made up by the waiters queued behind. After idle, spacing restarts
         # from now. The log still caps every window, whatever the grid.
         self._next = max(self._next, now - self._catch_up_s) + self.interval_s

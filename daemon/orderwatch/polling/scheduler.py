@@ -64,9 +64,8 @@ class Poller:
     def __init__(self, deps: PollerDeps) -> None:
         self.d = deps
         # Prefetch up to 8 claims a worker, at most two seconds of sends: enough that workers
-        # rarely find the queue empty while a claim is under way (at 2x, 67% of gets found it
-        # empty in the overhead bench, 15% at 8x), short enough that a claim never waits in
-        # memory anywhere near its lease.
+        # rarely find the queue empty while a claim is under way, short enough that a claim
+        # never waits in memory anywhere near its lease.
         self._prefetch = max(1, min(8 * deps.max_concurrency, math.ceil(2 * deps.rate)))
         self._lease_s = deps.lease_s
         self._ready: Prefetch[tuple[Claim, Reschedule | None]] = Prefetch(self._prefetch)
