@@ -134,6 +134,7 @@ class Simulator:
         self._script: deque[str] = deque()
         self.arrivals: deque[float] = deque(maxlen=1_000_000)
         self.requests: deque[tuple[float, str]] = deque(maxlen=1_000_000)  # (arrival, order id)
+        self.rate_limited_at: deque[float] = deque(maxlen=100_000)  # arrivals answered 429
         self.received = 0  # every order request, past the logs' caps (benchmarks count these)
         self.answered: Counter[str] = Counter()
         self.app = web.Application()
@@ -199,6 +200,8 @@ class Simulator:
         self.requests.append((now, request.match_info["id"]))
         response = await self._answer(request)
         self.answered[str(response.status)] += 1
+        if response.status == 429:
+            self.rate_limited_at.append(now)
         return response
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:

@@ -39,6 +39,7 @@ from orderwatch.ops.systemd import Notifier
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
 from orderwatch.polling.limiter import SpacedLimiter
+from orderwatch.polling.pause_memory import PauseMemory
 from orderwatch.polling.scheduler import Poller, PollerDeps
 from orderwatch.store.base import GOODBYE_S, Store
 from orderwatch.store.open import open_store
@@ -109,6 +110,7 @@ class Daemon:
         self.gate = Gate(settings.polling.max_interval_s)
         self.poller: Poller | None = None
         self.health: Health | None = None
+        self.pauses: PauseMemory | None = None
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
         self._stop: asyncio.Event | None = None
@@ -137,6 +139,8 @@ class Daemon:
         async with AsyncExitStack() as stack:
             self.store = await open_store(s, stack, daemon=True, now=self.wall(), role=self.role)
             self.watcher = WatchlistWatcher(s.watchlists, self.add_orders, self.store)
+            self.pauses = PauseMemory(self.store, self.gate, self.wall, api_key_of(s))
+            await self.pauses.recall()
             shared = s.state_dsn is not None  # replicas may write it too
             await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)
             limiter = self._limiter(s.rate_limit.requests_per_second)
@@ -192,6 +196,7 @@ class Daemon:
             metrics=self.metrics.poll,
             wall=self.wall,
             on_final=self.deliverer.wake,
+            pauses=self.pauses,
         )
 
     def _limiter(self, rate: float) -> RateLimiter:
@@ -351,6 +356,8 @@ class Daemon:
         old, self.settings = self.settings, new
         if new.runa.api_key != old.runa.api_key and new.runa.api_key is not None:
             self.client.set_api_key(new.runa.api_key.get_secret_value())
+            if self.pauses is not None:
+                self.pauses.set_key(new.runa.api_key.get_secret_value())
             self.gate.reset_auth()
         if self.poller is not None:
             self.poller.set_polling(new.polling)

@@ -20,6 +20,7 @@ log = structlog.get_logger("orderwatch.gate")
 MIN_429_PAUSE_S = 5.0
 MIN_GROWN_429_CAP_S = 4 * MIN_429_PAUSE_S  # however short polling.max_interval is
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond an hour is a server bug, not a plan
+MAX_PAUSE_S = MAX_RETRY_AFTER_S  # what a resumed pause may still last (a stored time is data)
 
 
 class Gate:
@@ -126,6 +127,16 @@ class Gate:
         else:
             self._probe_backoff_s = min(self._probe_backoff_s * 2.0, self.max_interval_s)
         self._next_probe_at = self._clock() + self._probe_backoff_s
+
+    def resume(self, pause_s: float, streak_429: int, auth_failed: bool, refusal: str) -> None:
+        """Take up the pauses a previous process was in (see pause_memory)."""
+        self.streak_429 = max(0, streak_429)
+        if pause_s > 0:
+            self.paused_until = max(self.paused_until, self._clock() + min(pause_s, MAX_PAUSE_S))
+        if auth_failed:
+            self.auth_failed = True
+            self.refusal = refusal or "the Runa API refused the last process's requests; probing"
+            self._next_probe_at = self._clock()  # one probe at once: the key may work again
 
     def reset_auth(self) -> None:
         """A reload brought a new key: probe at once."""

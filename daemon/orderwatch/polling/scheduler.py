@@ -29,6 +29,7 @@ from orderwatch.polling.finish import Finisher
 from orderwatch.polling.gate import Gate
 from orderwatch.polling.held import HeldClaims
 from orderwatch.polling.metrics import PollMetrics
+from orderwatch.polling.pause_memory import PauseMemory
 from orderwatch.polling.policy import Release, Reschedule, decide
 from orderwatch.polling.prefetch import Prefetch
 from orderwatch.store.base import GOODBYE_S, Claim, Store
@@ -55,6 +56,7 @@ class PollerDeps:
     lease_s: float = 60.0  # longer than any request plus its wait in the prefetch queue
     request_timeout_s: float = 10.0
     metrics: PollMetrics = field(default_factory=PollMetrics)
+    pauses: PauseMemory | None = None  # where the gate's pauses are kept across restarts
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     on_final: Callable[[], None] = lambda: None
@@ -302,8 +304,11 @@ class Poller:
         finally:
             if probe:
                 d.gate.leave_probe()
-        if pause:
-            await hold_limiter(d.limiter, pause)
+        if pause is not None:  # the pauses changed: share them, and keep them for a restart
+            if pause:
+                await hold_limiter(d.limiter, pause)
+            if d.pauses is not None:
+                await d.pauses.remember()
         decision = decide(answer, claim, now, d.polling, d.rng)
         if isinstance(decision, Reschedule):  # still PROCESSING (or an error): no await
             self._reschedule(claim, answer, decision, now, unsaved)
@@ -351,17 +356,22 @@ class Poller:
             await self.d.store.flush()
 
 
-def tell_gate(gate: Gate, metrics: PollMetrics, answer: Answer, now: float) -> float:
-    """Tell the gate what the API said; the pause a 429 started, else 0."""
+def tell_gate(gate: Gate, metrics: PollMetrics, answer: Answer, now: float) -> float | None:
+    """Tell the gate what the API said. The pause a 429 started; 0.0 when the pauses changed
+    otherwise (a refusal, or the first valid answer after a pause); None when they did not."""
     if answer.kind in VALID:
-        gate.on_success()
         metrics.polls.last_success = now
-    elif answer.kind is Kind.RATE_LIMITED:
+        if not gate.streak_429 and not gate.auth_failed:
+            return None
+        gate.on_success()
+        return 0.0
+    if answer.kind is Kind.RATE_LIMITED:
         metrics.rate_limited.inc()
         return gate.on_rate_limited(answer.retry_after_s)
-    elif answer.kind in (Kind.AUTH, Kind.REFUSED):
+    if answer.kind in (Kind.AUTH, Kind.REFUSED):
         gate.on_auth_failure(answer.http_status or 401, answer.detail)
-    return 0.0
+        return 0.0
+    return None
 
 
 async def hold_limiter(limiter: RateLimiter, pause_s: float) -> None:
