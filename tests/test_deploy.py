@@ -21,8 +21,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from orderwatch.receiver import Receiver, running_receiver
-from orderwatch.simulator import SimOptions, running_simulator
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 
 from harness import API_KEY, REPO, SECRET, free_port, http, spawn, until, write_config
 
