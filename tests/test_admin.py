@@ -178,3 +178,45 @@ async def test_the_ready_gauge_and_status_follow_a_store_outage(tmp_path: Path) 
             await d.refresh_gauges()
             assert d.metrics.registry.get_sample_value("orderwatch_ready") == 1
             assert "NOT READY" not in notifier.sent[-1]
+
+
+async def test_off_loopback_every_route_but_the_probes_needs_the_token(tmp_path: Path) -> None:
+    """With admin.listen on 0.0.0.0 and a token (the Kubernetes recipe), GET /orders/{id}
+    answered without the token. Off loopback only the probes and the scrape are open."""
+    port = free_port()
+    token = "an-admin-token-of-24-chars"
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        admin_cfg = {"listen": f"0.0.0.0:{port}", "token": token}
+        settings = settings_for(tmp_path, rs.base_url, admin=admin_cfg)
+        async with running_daemon(settings) as d:
+            assert d.store is not None
+            await d.store.add_orders(["O-TOK1"], 0.0, 0.0)
+            base = f"http://127.0.0.1:{port}"
+            for path in ("/healthz", "/readyz", "/metrics"):
+                assert (await http("GET", base + path))[0] == 200, path
+            assert (await http("GET", f"{base}/orders/O-TOK1"))[0] == 401
+            auth = {"Authorization": f"Bearer {token}"}
+            assert (await http("GET", f"{base}/orders/O-TOK1", headers=auth))[0] == 200
+            assert (await http("GET", f"{base}/nowhere"))[0] == 401  # not even a 404 to map
+            status, _ = await http("POST", f"{base}/orders", json={"ids": ["O-2"]})
+            assert status == 401
+
+
+async def test_one_peer_cannot_hold_every_slot(tmp_path: Path) -> None:
+    """Idle sockets from one network peer held all 64 connection slots and /healthz failed
+    27 of 27 tries (liveness probes failed, pods restarted). One address holds at most
+    MAX_PER_PEER; a probe from another is answered."""
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        admin_cfg = {"listen": f"0.0.0.0:{port}", "token": "an-admin-token-of-24-chars"}
+        settings = settings_for(tmp_path, rs.base_url, admin=admin_cfg)
+        async with running_daemon(settings):
+            links = [
+                await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0))
+                for _ in range(admin.MAX_PER_PEER + 4)
+            ]
+            closed = await asyncio.gather(*(_closed_by_server(r, 1.5) for r, _ in links))
+            assert closed.count(True) == 4, closed  # those beyond the bound, at once
+            assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
+            for _, w in links:
+                w.close()

@@ -2,14 +2,17 @@
 
 Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
 <token>` when `admin.token` (or `admin.token_file`) is set; the config refuses a non-loopback
-`listen` without a token. Nothing here ever returns a payload: those hold payout links.
+`listen` without a token. Off loopback every route needs the token but the probes and the
+scrape (`/healthz`, `/readyz`, `/metrics`), which say nothing about any order. Nothing here
+ever returns a payload: those hold payout links.
 
 Clients other than Prometheus and an operator must not cost the daemon anything: connections
-are bounded in number and dropped when idle (they share the daemon's file descriptors with
-its payload writes), a stop does not wait long for any of them, and without a token (loopback
-only) a web page on this host can neither add orders (a POST must be JSON: a browser sends
-that only after a CORS preflight, which is never approved) nor read through DNS rebinding (the
-Host must be a loopback name).
+are bounded in number, and per peer address, so one peer cannot hold every slot and starve
+the liveness probes; idle ones are dropped (they share the daemon's file descriptors with its
+payload writes), a stop does not wait long for any of them, and on loopback a web page on
+this host can neither add orders (a POST must be JSON: a browser sends that only after a
+CORS preflight, which is never approved) nor read through DNS rebinding (the Host must be a
+loopback name).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ log = structlog.get_logger("orderwatch.admin")
 MAX_BODY = 1024 * 1024
 MAX_IDS = 10_000
 MAX_CONNECTIONS = 64  # open at once; past it a new connection is closed at once
+MAX_PER_PEER = 16  # open at once from one address: the rest stay for probes and scrapes
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no token needed, anywhere
 KEEPALIVE_S = 5.0  # an idle connection (or one that has sent half a request) is closed then
 SHUTDOWN_S = 1.0  # what a stop waits for admin requests in progress (aiohttp's default: 60)
 DAEMON_KEY = web.AppKey("daemon", object)
@@ -80,7 +85,7 @@ async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServ
     token = "" if settings.token is None else settings.token.get_secret_value()
     if token:
         REDACTOR.add_secret(token)
-    app = make_app(daemon, token)
+    app = make_app(daemon, token, loopback=is_loopback(host))
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -92,8 +97,10 @@ async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServ
     http = runner.server
     assert http is not None
 
+    peers: dict[str, int] = {}
+
     def bounded() -> asyncio.Protocol:
-        return _Refused() if len(http.connections) >= MAX_CONNECTIONS else http()
+        return _Refused() if len(http.connections) >= MAX_CONNECTIONS else _PerPeer(http, peers)
 
     loop = asyncio.get_running_loop()
     try:
@@ -124,8 +131,54 @@ class _Refused(asyncio.Protocol):
         transport.close()  # uvloop's transports are not asyncio.Transport: no abort() to rely on
 
 
-def make_app(daemon: AdminTarget, token: str) -> web.Application:
-    guards = [_store_unavailable] if token else [_loopback_host, _store_unavailable]
+class _PerPeer(asyncio.Protocol):
+    """aiohttp's protocol for a connection, unless its peer already holds MAX_PER_PEER."""
+
+    def __init__(self, make: Any, peers: dict[str, int]) -> None:
+        self._make, self._peers = make, peers
+        self._inner: asyncio.Protocol | None = None
+        self._peer = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self._peers.get(self._peer, 0) >= MAX_PER_PEER:
+            transport.close()
+            return
+        self._peers[self._peer] = self._peers.get(self._peer, 0) + 1
+        self._inner = self._make()
+        self._inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is None:
+            return
+        left = self._peers[self._peer] - 1
+        if left:
+            self._peers[self._peer] = left
+        else:
+            del self._peers[self._peer]
+        self._inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received() if self._inner is not None else None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+def make_app(daemon: AdminTarget, token: str, *, loopback: bool = True) -> web.Application:
+    """On loopback the Host must name the loopback; off it, the token guards all but
+    PUBLIC_PATHS (the config refuses a non-loopback listener without a token)."""
+    guards = [_loopback_host if loopback else _token_required, _store_unavailable]
     app = web.Application(client_max_size=MAX_BODY, middlewares=guards)
     app[DAEMON_KEY] = daemon
     app[TOKEN_KEY] = token
@@ -148,9 +201,16 @@ async def _store_unavailable(request: web.Request, handler: Handler) -> web.Stre
 
 
 @web.middleware
+async def _token_required(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in PUBLIC_PATHS and not _authorized(request):
+        return _bad(401, "missing or wrong bearer token")
+    return await handler(request)
+
+
+@web.middleware
 async def _loopback_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Without a token the listener is loopback, and so must the name the client asked for
-    be: a page whose domain was rebound to 127.0.0.1 sends its own."""
+    """On a loopback listener the name the client asked for must be loopback too: a page
+    whose domain was rebound to 127.0.0.1 sends its own."""
     host = request.headers.get("Host")  # not request.host: older aiohttp fills in getfqdn()
     if host is not None and not _is_loopback_name(host):  # none: no browser sent this
         return _bad(403, "Host must be a loopback address or localhost")
