@@ -24,7 +24,7 @@ POOL_MIN, POOL_MAX = 1, 4
 # The pool retries a lost connection after 1, 2, 4, 8... s with no cap, for as long as this:
 # after a long outage its next try could come a minute after the server was back. A short
 # give-up ends each chain within a few seconds, and the next store call starts a fresh one
-# from 1 s (an outage of 35 s: back 24 s after the server, then under 8 s; a test).
+# from 1 s.
 RECONNECT_GIVE_UP_S = 10.0
 
 # libpq settings the DSN (or the PG* variable named) may override: fail fast on a dead host,

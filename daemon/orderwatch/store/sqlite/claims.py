@@ -70,7 +70,7 @@ class SqliteClaims(SqliteConnection):
         for chunk in _chunks(order_ids, _CHUNK):
             before = self.db.total_changes
             with self._tx(durable=True):
-                if self.one_statement:  # 2.5 times faster than row by row
+                if self.one_statement:  # one statement: no GIL hand-off per row
                     self.db.execute(_ADD_ALL, (now, first_poll_at, json.dumps(chunk)))
                 else:
                     self.db.executemany(_ADD, [(i, now, first_poll_at) for i in chunk])
@@ -105,12 +105,11 @@ class SqliteClaims(SqliteConnection):
                     [(owner, r[1], until, r[0]) for r in rows],
                 )
         else:
-            # Two statements, each its own transaction: no BEGIN or COMMIT around them. Each
-            # statement is a round of the GIL between this thread and the event loop's, and
-            # under load those rounds, not SQLite's work, were most of what the store cost
-            # the loop (bench.ab: +2.7%, 9 of 10 rounds). The UPDATE takes a row only if its
-            # fence is still the one the SELECT saw, so a claimer in between (another store
-            # on the same file) makes it take fewer rows than selected, never the same row.
+            # Two statements, each its own transaction: every statement is a GIL round with
+            # the event loop, which under load costs it more than SQLite's work. The UPDATE
+            # takes a row only if its fence is still the one the SELECT saw, so a claimer in
+            # between (another store on the same file) makes it take fewer rows than
+            # selected, never the same row.
             (found,) = self.db.execute(_CLAIM_ALL, (now, limit)).fetchone()
             rows = json.loads(found)
             if rows:

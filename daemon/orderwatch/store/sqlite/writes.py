@@ -21,13 +21,9 @@ _RESCHEDULE = (
     " first_404_at = ?, last_error = ?, last_body = COALESCE(?, last_body),"
     " lease_owner = NULL WHERE id = ? AND fence = ? AND state = 'pending'"
 )
-# The hot writes as one statement each. The sqlite3 module lets go of the GIL at every row
-# it steps through, and under load the event loop thread takes it each time: a claim of 128
-# rows cost about 128 thread switches each way (the store thread switched 0.9 times per poll
-# in the overhead bench; 0.2 with these and the batch wait of _write_queued, as counted by
-# bench.switches). Rows travel as one JSON parameter or result (SQLite 3.33+ with JSON,
-# checked at open; older versions go row by row). Times leave SQLite with 17 digits:
-# json_array's 15 would round them.
+# The hot writes as one statement over a JSON array, not one per row: sqlite3 lets go of the
+# GIL at every row, and under load each is a thread switch with the event loop. Needs SQLite
+# 3.33+ with JSON (checked at open: `one_statement`); older versions go row by row.
 _RESCHEDULE_ALL = (
     "UPDATE orders SET next_poll_at = {}, polls = {}, error_streak = {}, first_404_at = {},"
     " last_error = {}, last_body = COALESCE(CAST({} AS BLOB), last_body), lease_owner = NULL"
@@ -107,12 +103,10 @@ class SqliteWrites(SqliteConnection):
     # Queued writes (`reschedule_nowait`): nobody waits for them, so they gather and go as one
     # statement (`_write_queued_rows`), or ahead of the next claim if a claim comes first.
     # While writes come in company (the last batch had more than one), each batch waits up
-    # to QUEUED_WRITE_DELAY_S for more: at 1,000 polls/s that took the steady cost from 45% to
-    # 33% of a core (and to 52% from 63% on a slower day, when only the first batch waited
-    # and the rest went back to back). A lone write goes at once: at 5/s a timer per write
-    # was one more wakeup per poll (1.7% of a core against 0.8%). `flush` cuts the wait
-    # short. A failure is logged as `store.write_failed`: the orders stay leased and are
-    # polled again.
+    # to QUEUED_WRITE_DELAY_S for more: fewer, larger commits under load. A lone write goes
+    # at once: at low rates a timer per write would be one more wakeup per poll. `flush` cuts
+    # the wait short. A failure is logged as `store.write_failed`: the orders stay leased and
+    # are polled again.
     async def _write_queued(self) -> None:
         try:
             while self._queued:
