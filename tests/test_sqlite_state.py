@@ -12,7 +12,8 @@ import pytest
 
 from orderwatch.core.errors import StoreError
 from orderwatch.store.base import Claim
-from orderwatch.store.sqlite import _TAKE_CLAIMED, DB_NAME, SqliteStore
+from orderwatch.store.sqlite import DB_NAME, SqliteStore
+from orderwatch.store.sqlite.claims import _TAKE_CLAIMED
 
 
 async def test_a_state_file_from_before_the_counts_table_counts_right(tmp_path: Path) -> None:

@@ -141,8 +141,8 @@ class PostgresLimiter:
         self._lead_s = max(0.0, self.window_s - self.step_s)  # first slot: one window later
         self._first = True
         # Callers arriving while the first reservation is in flight wait for it: each of them
-        # sending its own "first" would stack one window of lead per caller (4 s at start-up
-        # with 4 workers, measured), and one sent ahead of it would skip the lead altogether.
+        # sending its own "first" would stack one window of lead per caller, and one sent
+        # ahead of it would skip the lead altogether.
         self._first_lock = asyncio.Lock()
         self._clock = clock
         self._rtts: deque[float] = deque(maxlen=32)
