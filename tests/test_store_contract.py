@@ -48,6 +48,23 @@ async def test_claim_due_earliest_first_and_leases(store: Store) -> None:
     )
 
 
+async def test_expedite_puts_orders_ahead_of_everything_due(store: Store) -> None:
+    """A pushed or swept order is claimed before every order that is merely due; a leased
+    one is reported, not taken from its holder; unknown and ended ones are ignored."""
+    await store.add_orders(["due1"], T0, T0 + 1)
+    await store.add_orders(["due2"], T0, T0 + 2)
+    await store.add_orders(["later"], T0, T0 + 100)
+    (held,) = await store.claim_due(T0 + 5, 1, "w1", 30)
+    assert held.order_id == "due1"
+    expedited, leased = await store.expedite(["later", "due1", "unknown"])
+    assert (sorted(expedited), leased) == (["later"], ["due1"])
+    claims = await store.claim_due(T0 + 5, 1, "w2", 30)
+    assert [c.order_id for c in claims] == ["later"]  # ahead of due2, due since T0 + 2
+    assert [c.order_id for c in await store.claim_due(T0 + 5, 10, "w2", 30)] == ["due2"]
+    expedited, leased = await store.expedite([])
+    assert (expedited, leased) == ([], [])
+
+
 async def test_reschedule_and_release(store: Store) -> None:
     """Reschedule stores counters and the next due time; release puts the order back as due."""
     await store.add_orders(["A"], T0, T0)

@@ -21,6 +21,9 @@ DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
 # released, queued writes): a courtesy, since leases run out by themselves, so a store
 # that hangs costs the stop this much, not its own timeouts one call after another.
 GOODBYE_S = 2.0
+# The due time of an order a push or a sweep says may be final: before every order that is
+# merely due, so the next claim takes it first.
+EXPEDITED_AT = 0.0
 
 
 class Claim(NamedTuple):
@@ -172,6 +175,13 @@ class Store(Protocol):
         the claim's, which count polls under this lease not yet written), store its event,
         queue one delivery per sink. False (and nothing written) if fenced out or the order
         is no longer pending."""
+        ...
+
+    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Pending orders that may be final now (a push, a sweep of the list endpoint): the
+        unleased ones become due at EXPEDITED_AT, ahead of everything merely due. Returns
+        (expedited, leased): a leased one is someone's claim already, and its holder polls
+        it. Unknown and ended orders are in neither list. Durable when it returns."""
         ...
 
     async def holds(self, claim: Claim) -> bool:

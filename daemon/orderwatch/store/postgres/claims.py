@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
-from orderwatch.store.base import Claim, EventRecord, OrderState, finish_params
+from orderwatch.store.base import EXPEDITED_AT, Claim, EventRecord, OrderState, finish_params
 from orderwatch.store.postgres.connection import PostgresConnection
 
 _CHUNK = 20_000
@@ -56,6 +56,25 @@ class PostgresClaims(PostgresConnection):
     async def next_due_at(self) -> float | None:
         value = await self._one("SELECT MIN(next_poll_at) FROM orders WHERE state = 'pending'")
         return None if value is None else float(value)
+
+    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        expedited: list[str] = []
+        leased: list[str] = []
+        it = iter(order_ids)
+        while chunk := sorted(set(islice(it, _CHUNK))):
+            rows = await self._all(
+                "WITH hit AS (SELECT id, lease_owner IS NOT NULL AS leased FROM orders"
+                "  WHERE state = 'pending' AND id = ANY(%s::text[]) FOR UPDATE),"
+                " upd AS (UPDATE orders o SET next_poll_at = %s FROM hit"
+                "  WHERE o.id = hit.id AND NOT hit.leased RETURNING o.id)"
+                " SELECT id, leased FROM hit",
+                chunk,
+                EXPEDITED_AT,
+                what="expedite orders",
+            )
+            for order_id, is_leased in rows:
+                (leased if is_leased else expedited).append(order_id)
+        return expedited, leased
 
     async def holds(self, claim: Claim) -> bool:
         fence = await self._one(

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from orderwatch.core.errors import StoreError
-from orderwatch.store.base import Claim, EventRecord, OrderState, finish_params
+from orderwatch.store.base import EXPEDITED_AT, Claim, EventRecord, OrderState, finish_params
 from orderwatch.store.sqlite.connection import SqliteConnection
 
 log = structlog.get_logger("orderwatch.store")
@@ -124,6 +124,29 @@ class SqliteClaims(SqliteConnection):
         return await self._run(
             self._scalar, "SELECT MIN(next_poll_at) FROM orders WHERE state = 'pending'"
         )
+
+    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        return await self._run(self._expedite, list(order_ids))
+
+    def _expedite(self, order_ids: list[str]) -> tuple[list[str], list[str]]:
+        expedited: list[str] = []
+        leased: list[str] = []
+        for chunk in _chunks(order_ids, _CHUNK):
+            ids = json.dumps(chunk)
+            with self._tx(durable=True):
+                rows = self.db.execute(
+                    "SELECT id, lease_owner IS NOT NULL FROM orders"
+                    " WHERE state = 'pending' AND id IN (SELECT value FROM json_each(?))",
+                    (ids,),
+                ).fetchall()
+                self.db.execute(
+                    "UPDATE orders SET next_poll_at = ? WHERE state = 'pending'"
+                    " AND lease_owner IS NULL AND id IN (SELECT value FROM json_each(?))",
+                    (EXPEDITED_AT, ids),
+                )
+            for order_id, is_leased in rows:
+                (leased if is_leased else expedited).append(order_id)
+        return expedited, leased
 
     async def holds(self, claim: Claim) -> bool:
         fence = await self._run(
