@@ -27,7 +27,10 @@ _ONE_LOOP = """
 import json, sys
 from bench import overhead
 from bench.common import simulator_process
-from orderwatch.core import aio
+try:
+    from orderwatch.core import aio
+except ImportError:  # a revision from before the layout move
+    from orderwatch import aio
 async def main(seconds):
     async with simulator_process("--complete-after", "100d") as base:
         run = await overhead.orderwatch_loop(base, seconds)
@@ -41,7 +44,10 @@ _ONE_DRAIN = """
 import json, sys
 from bench import finals
 from bench.common import simulator_process
-from orderwatch.core import aio
+try:
+    from orderwatch.core import aio
+except ImportError:  # a revision from before the layout move
+    from orderwatch import aio
 async def main(n):
     async with simulator_process("--complete-after", "0") as base:
         per_s, cpu_ms = await finals.drain(base, n)
