@@ -143,11 +143,16 @@ _DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined] # set by JSONDecoder.__init__, not in typeshed
 _WS = " \t\n\r"  # JSON's whitespace, all of it
 NOT_JSON = (ValueError, UnicodeDecodeError, RecursionError)  # what strict_json raises
+# Arrays and objects inside one another, the body itself the first level. Runa's orders nest
+# a handful deep; without a bound, a body the parser took (it stops near the recursion limit)
+# could be too deep for json.dumps a few frames further down, in the event built from it.
+MAX_DEPTH = 64
 
 
 def strict_json(body: bytes) -> Any:
     """A UTF-8 JSON body as RFC 8259 has it: no NaN or Infinity, no number beyond a float,
-    so whatever is built from it serializes as JSON again. Raises one of NOT_JSON."""
+    nested at most MAX_DEPTH levels, so whatever is built from it serializes as JSON again.
+    Raises one of NOT_JSON."""
     text = body.decode("utf-8")
     start = len(text) - len(text.lstrip(_WS))
     try:
@@ -156,7 +161,30 @@ def strict_json(body: bytes) -> Any:
         raise ValueError("not a JSON value") from None
     if end != len(text) and text[end:].strip(_WS):
         raise ValueError("extra data after the JSON value")
+    # Each level takes two characters and one bracket: most bodies are below either count.
+    if (
+        len(text) > 2 * MAX_DEPTH
+        and text.count("[") + text.count("{") > MAX_DEPTH
+        and _deeper_than(data, MAX_DEPTH)
+    ):
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value` (level by level,
+    without recursion)."""
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [
+            v
+            for c in level
+            for v in (c.values() if isinstance(c, dict) else c)
+            if isinstance(v, dict | list)
+        ]
+    return bool(level)
 
 
 def _error_type(body: bytes) -> object:

@@ -39,6 +39,7 @@ VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
 HOLD_S = 10.0  # how long after its claim a polled order may stay in memory, unwritten
 CLOCK_STEP_S = 5.0  # a step back of the wall clock bigger than this is acted on
+_CRASHED = Answer(Kind.INVALID, detail="crashed applying the answer")  # see `_crashed`
 
 
 @dataclass
@@ -311,12 +312,33 @@ class Poller:
                 await self.poll_one(claim, unsaved)
             except StoreError as e:
                 log.error("store.unavailable", order_id=claim.order_id, error=str(e))
-            except Exception:  # a bug must cost one poll (the lease runs out), not the worker
+            except Exception:  # a bug must cost one poll, not the worker
                 log.exception("poll.crashed", order_id=claim.order_id)
+                await self._crashed(claim, unsaved)
             finally:
                 self._busy -= 1
                 if not self._busy:
                     self._idle.set()
+
+    async def _crashed(self, claim: Claim, unsaved: Reschedule | None) -> None:
+        """A poll that crashed counts as a bad answer of its order: the error back-off, then
+        expired at give_up_after. Left to its lease, an answer that crashes came back at every
+        lease's end, forever. Should this fail too, the lease is the last resort."""
+        try:
+            if not await self.d.store.holds(claim):
+                return  # it ended before the crash, or another worker holds it now
+            now = self.d.wall()
+            decision = decide(_CRASHED, claim, now, self.d.polling, self.d.rng)
+            if isinstance(decision, Reschedule):
+                last = unsaved.last_body if unsaved is not None else None
+                self._store_due(decision.next_poll_at)
+                await self.d.store.reschedule(
+                    claim, decision.next_poll_at, **_progress(decision._replace(last_body=last))
+                )
+            elif isinstance(decision, Finish):
+                await self._finish(claim, _CRASHED, decision, now, unsaved)
+        except Exception as e:
+            log.error("poll.crash_not_counted", order_id=claim.order_id, error=type(e).__name__)
 
     # -- one poll ------------------------------------------------------------------------
     async def poll_one(self, claim: Claim, unsaved: Reschedule | None = None) -> None:
