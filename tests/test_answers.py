@@ -182,3 +182,21 @@ def test_a_body_nested_deeper_than_max_depth_is_an_invalid_answer() -> None:
         with pytest.raises(ValueError, match="nested deeper than 64"):
             strict_json(raw)
     assert strict_json(b"[" * 64 + b"]" * 64) is not None
+
+
+def test_a_body_with_a_duplicate_key_is_an_invalid_answer() -> None:
+    """`{"id": "../../x", "id": "O-1"}` was read as O-1 (the last key wins), while a consumer
+    of the file that keeps the first key saw another id. A duplicate key at any level makes
+    a body a bad answer."""
+    top = b'{"id": "../../x", "id": "O-1", "status": "COMPLETED", "items": []}'
+    inner = b'{"id": "O-1", "status": "COMPLETED", "items": [{"payout": {"url": "a", "url": "b"}}]}'
+    processing = b'{"id": "O-1", "status": "PROCESSING", "status": "PROCESSING"}'
+    for raw in (top, inner, processing):
+        answer = classify(200, raw, "O-1", None, NOW)
+        assert (answer.kind, answer.detail) == (Kind.INVALID, "body is not JSON"), raw
+        with pytest.raises(ValueError, match="duplicate key"):
+            strict_json(raw)
+    # the same keys in separate objects are no duplicates
+    ok = b'{"id": "O-1", "status": "COMPLETED", "items": [{"id": "a"}, {"id": "b"}]}'
+    assert kind(200, ok) is Kind.FINAL
+    assert strict_json(b'{"a": {"a": 1}}') == {"a": {"a": 1}}

@@ -136,10 +136,21 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: with a key twice, readers disagree on what it
+    says (the last value wins here, the first elsewhere), so neither reading is trusted."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in an object")
+    return obj
+
+
 # One decoder's C scanner, built once and called directly: json.loads with these hooks builds
 # a decoder per call (3.7 µs a body), and JSONDecoder.decode wraps the scanner in two Python
 # calls and two regex matches (1.1 µs against 0.6).
-_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(
+    parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+)
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined] # set by JSONDecoder.__init__, not in typeshed
 _WS = " \t\n\r"  # JSON's whitespace, all of it
 NOT_JSON = (ValueError, UnicodeDecodeError, RecursionError)  # what strict_json raises
@@ -151,8 +162,8 @@ MAX_DEPTH = 64
 
 def strict_json(body: bytes) -> Any:
     """A UTF-8 JSON body as RFC 8259 has it: no NaN or Infinity, no number beyond a float,
-    nested at most MAX_DEPTH levels, so whatever is built from it serializes as JSON again.
-    Raises one of NOT_JSON."""
+    nested at most MAX_DEPTH levels, so whatever is built from it serializes as JSON again;
+    no key twice in one object. Raises one of NOT_JSON."""
     text = body.decode("utf-8")
     start = len(text) - len(text.lstrip(_WS))
     try:
