@@ -279,6 +279,31 @@ def test_urls_located_at_their_key(tmp_path: Path) -> None:
     ]
 
 
+PLAIN_HTTP = (
+    "plain http:// would send the API key in clear text: use https://"
+    " (http:// only to a loopback host: 127.0.0.0/8, ::1, localhost)"
+)
+
+
+def test_a_plain_http_base_url_is_refused_off_loopback(tmp_path: Path) -> None:
+    """`http://api.runa.io/v2` passed check-config, and every request would carry the API key
+    in clear text. http:// is for a loopback host only (a local simulator or proxy)."""
+    for url in ("http://api.runa.io/v2", "http://10.0.0.5:8080/v2", "http://localhost.evil/v2",
+                "http://127.0.0.1.nip.io/v2", "http://[::2]/v2"):  # fmt: skip
+        assert problems(tmp_path, f"runa:\n  timeout: 2s\n  base_url: '{url}'\n") == [
+            f"./ow.yaml:3: runa.base_url: {PLAIN_HTTP}"
+        ], url
+    env = {"ORDERWATCH_RUNA__BASE_URL": "http://api.runa.io/v2"}
+    assert problems(tmp_path, "runa: {}\n", env) == [
+        f"env:ORDERWATCH_RUNA__BASE_URL: runa.base_url: {PLAIN_HTTP}"
+    ]
+    for url in ("http://127.0.0.1:8080/v2", "http://127.9.9.9/v2", "http://[::1]:8080/v2",
+                "http://localhost/v2", "http://LocalHost:1/v2", "https://api.runa.io/v2"):  # fmt: skip
+        assert load(tmp_path, f"runa: {{base_url: '{url}'}}\n").runa.base_url == url
+    hook = "webhooks: [{url: 'http://hooks.internal/x', secret: whsec_dGVzdA==}]\n"
+    assert load(tmp_path, hook).webhooks[0].url == "http://hooks.internal/x"  # not the key
+
+
 def test_several_problems_reported_at_once(tmp_path: Path) -> None:
     """Problems of different kinds and steps are all reported together, in line order."""
     got = problems(

@@ -95,6 +95,17 @@ def _http_url(cls: type, v: str) -> str:
     return v
 
 
+def _key_not_in_clear(cls: type, v: str) -> str:
+    # Every request carries the API key in a header: plain HTTP only where it cannot leave
+    # the machine (a local simulator, a TLS-terminating sidecar).
+    if v.startswith("http://") and not is_loopback(urlsplit(v).hostname or ""):
+        raise ValueError(
+            "plain http:// would send the API key in clear text: use https://"
+            " (http:// only to a loopback host: 127.0.0.0/8, ::1, localhost)"
+        )
+    return v
+
+
 def _api_version(cls: type, v: str) -> str:
     # Runa's versions are dates (API-NOTES); anything else is answered 400, and this value
     # is logged, so a key pasted here by mistake would be too.
@@ -112,6 +123,7 @@ class RunaSettings(_Section):
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
     _http = field_validator("base_url")(_http_url)
+    _tls = field_validator("base_url")(_key_not_in_clear)
     _version = field_validator("api_version")(_api_version)
 
     @field_validator("api_key")
