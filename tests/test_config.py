@@ -264,8 +264,34 @@ def test_booleans_empty_commands_and_bad_listen_addresses(tmp_path: Path) -> Non
     assert problems(tmp_path, "admin: {listen: '[::1]:1', token: '  '}\n") == [
         "./ow.yaml:1: admin.token: is empty"
     ]
-    s = load(tmp_path, "admin: {listen: '[::]:9464', token: ' t0k '}\n")
-    assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k"
+    s = load(tmp_path, "admin: {listen: '[::]:9464', token: ' t0k-of-16-chars-x '}\n")
+    assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k-of-16-chars-x"
+
+
+WEAK_TOKEN = (
+    "should be at least 16 characters when admin.listen is not loopback"
+    " (anyone who can reach it may guess it)"
+)
+
+
+def test_a_short_admin_token_off_loopback_is_refused(tmp_path: Path) -> None:
+    """An admin listener off loopback took `tok` as its token: anyone who could reach it could
+    guess it. Off loopback the token needs 16 characters, wherever it comes from; on
+    loopback any token is taken."""
+    assert problems(tmp_path, "admin:\n  listen: '0.0.0.0:9464'\n  token: tok\n") == [
+        f"./ow.yaml:3: admin.token: {WEAK_TOKEN}"
+    ]
+    (tmp_path / "token").write_text("fifteen-chars-x\n")
+    assert problems(tmp_path, "admin:\n  listen: '[::]:9464'\n  token_file: token\n") == [
+        f"./ow.yaml:3: admin.token_file: {WEAK_TOKEN}"
+    ]
+    env = {"ORDERWATCH_ADMIN__TOKEN": "abc"}
+    assert problems(tmp_path, "admin: {listen: '10.1.2.3:9464'}\n", env) == [
+        f"env:ORDERWATCH_ADMIN__TOKEN: admin.token: {WEAK_TOKEN}"
+    ]
+    ok = load(tmp_path, "admin: {listen: '0.0.0.0:9464', token: sixteen-chars-xx}\n")
+    assert ok.admin.token is not None
+    assert load(tmp_path, "admin: {listen: '127.0.0.1:9464', token: t}\n").admin.token is not None
 
 
 def test_urls_located_at_their_key(tmp_path: Path) -> None:

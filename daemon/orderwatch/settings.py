@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -176,6 +177,9 @@ class WebhookSettings(_Section):
         return self
 
 
+MIN_REMOTE_TOKEN = 16  # an admin token guarding a listener others can reach
+
+
 class AdminSettings(_Section):
     listen: str | None = "127.0.0.1:9464"
     token: SecretStr | None = None  # bearer token for the admin API; or token_file
@@ -190,11 +194,17 @@ class AdminSettings(_Section):
 
     @field_validator("token")
     @classmethod
-    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+    def _token(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is None:
             return v
         if not (token := v.get_secret_value().strip()):
             raise ValueError("is empty")
+        listen = info.data.get("listen")  # validated before: it comes first
+        if len(token) < MIN_REMOTE_TOKEN and listen and not is_loopback(split_listen(listen)[0]):
+            raise ValueError(
+                f"should be at least {MIN_REMOTE_TOKEN} characters when admin.listen is not"
+                " loopback (anyone who can reach it may guess it)"
+            )
         return SecretStr(token)  # as the Authorization header carries it
 
     @model_validator(mode="after")
