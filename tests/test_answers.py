@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from orderwatch.core.retry_after import parse_retry_after
-from orderwatch.core.strict_json import strict_json
+from orderwatch.core.strict_json import MAX_DEPTH, strict_json
 from orderwatch.delivery.events import make_event, terminal_data
 from orderwatch.polling.answers import Kind, classify
 
@@ -153,3 +155,50 @@ def test_a_404_body_with_numbers_json_cannot_carry_is_not_quoted_in_its_event() 
 
 def _refuse(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
+
+
+def _nested(levels: int) -> bytes:
+    """A COMPLETED body whose value `x` is `levels` arrays deep (the body itself one more)."""
+    return b'{"id": "O-1", "status": "COMPLETED", "items": [], "x": %s%s}' % (
+        b"[" * levels,
+        b"]" * levels,
+    )
+
+
+def test_a_body_nested_deeper_than_max_depth_is_an_invalid_answer() -> None:
+    """A COMPLETED body 985 levels deep parsed, and building its event then raised
+    RecursionError after the payload file was written: poll.crashed at every lease, forever.
+    Nesting is bounded explicitly (MAX_DEPTH, the body itself counting as one level)."""
+    for levels in (MAX_DEPTH, 985):
+        answer = classify(200, _nested(levels), "O-1", None, NOW)
+        assert answer.kind is Kind.INVALID, levels
+        assert answer.detail == "body is not JSON"
+    ok = classify(200, _nested(MAX_DEPTH - 1), "O-1", None, NOW)
+    assert ok.kind is Kind.FINAL
+    event = make_event("O-1", "COMPLETED", ok.data, NOW)  # what the answer is for
+    assert json.loads(event.body)["data"] == json.loads(_nested(MAX_DEPTH - 1))
+    # the same bound for the bodies an expired / not_found event quotes
+    deep_404 = b'{"type": "not_found", "x": ' + b'{"a": ' * 70 + b"1" + b"}" * 71
+    assert terminal_data("O-1", "NOT_FOUND", deep_404)["last_response"] is None
+    for raw in (b"[" * 65 + b"]" * 65, b'{"a": ' * 65 + b"1" + b"}" * 65):
+        with pytest.raises(ValueError, match="nested deeper than 64"):
+            strict_json(raw)
+    assert strict_json(b"[" * 64 + b"]" * 64) is not None
+
+
+def test_a_body_with_a_duplicate_key_is_an_invalid_answer() -> None:
+    """`{"id": "../../x", "id": "O-1"}` was read as O-1 (the last key wins), while a consumer
+    of the file that keeps the first key saw another id. A duplicate key at any level makes
+    a body a bad answer."""
+    top = b'{"id": "../../x", "id": "O-1", "status": "COMPLETED", "items": []}'
+    inner = b'{"id": "O-1", "status": "COMPLETED", "items": [{"payout": {"url": "a", "url": "b"}}]}'
+    processing = b'{"id": "O-1", "status": "PROCESSING", "status": "PROCESSING"}'
+    for raw in (top, inner, processing):
+        answer = classify(200, raw, "O-1", None, NOW)
+        assert (answer.kind, answer.detail) == (Kind.INVALID, "body is not JSON"), raw
+        with pytest.raises(ValueError, match="duplicate key"):
+            strict_json(raw)
+    # the same keys in separate objects are no duplicates
+    ok = b'{"id": "O-1", "status": "COMPLETED", "items": [{"id": "a"}, {"id": "b"}]}'
+    assert kind(200, ok) is Kind.FINAL
+    assert strict_json(b'{"a": {"a": 1}}') == {"a": {"a": 1}}

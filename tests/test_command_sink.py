@@ -256,3 +256,38 @@ def test_variables_holding_config_secrets_are_not_passed_on(
     env = CommandSink(["true"], timeout_s=5).environment(event)
     assert "RUNA_API_KEY" not in env and "SOME_URL" not in env
     assert env["ORDINARY"] == "kept" and env["ORDERWATCH_ORDER_ID"] == "O-ENV"
+
+
+async def test_no_secret_of_the_config_reaches_a_command_however_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADMIN_TOKEN=Zq9 (`token: ${ADMIN_TOKEN}`, loopback admin) reached a command's
+    environment: secrets under 4 characters were never told to the redactor, so the
+    variables holding them passed its check. Every configured secret counts now, a short
+    one as a whole value; a real child shows what it was given."""
+    from orderwatch.config.load import load_settings_from_mapping
+    from orderwatch.config.secrets import register_secrets
+
+    environ = {"ADMIN_TOKEN": "Zq9", "RUNA_KEY": "xx.cmd-env-key-424242"}
+    settings = load_settings_from_mapping(
+        {
+            "runa": {"api_key": "${RUNA_KEY}"},
+            "admin": {"listen": "127.0.0.1:9464", "token": "${ADMIN_TOKEN}"},
+        },
+        environ=environ,
+    )
+    register_secrets(settings)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ORDERWATCH_ADMIN__TOKEN", " Zq9 ")  # an override, as written
+    monkeypatch.setenv("ORDINARY", "Zq9 is not the whole value here")
+    out = tmp_path / "env.json"
+    dump = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    event = make_event("O-ENV2", "COMPLETED", {"id": "O-ENV2", "status": "COMPLETED"}, 0.0)
+    result = await CommandSink([sys.executable, "-c", dump, str(out)], 10).attempt(event)
+    assert result.delivered
+    env = json.loads(out.read_text())
+    assert not {"ADMIN_TOKEN", "RUNA_KEY", "ORDERWATCH_ADMIN__TOKEN"} & set(env)
+    assert "Zq9" not in env.values() and "xx.cmd-env-key-424242" not in repr(env)
+    assert env["ORDINARY"] == "Zq9 is not the whole value here"
+    assert env["ORDERWATCH_ORDER_ID"] == "O-ENV2"

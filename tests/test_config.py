@@ -264,8 +264,34 @@ def test_booleans_empty_commands_and_bad_listen_addresses(tmp_path: Path) -> Non
     assert problems(tmp_path, "admin: {listen: '[::1]:1', token: '  '}\n") == [
         "./ow.yaml:1: admin.token: is empty"
     ]
-    s = load(tmp_path, "admin: {listen: '[::]:9464', token: ' t0k '}\n")
-    assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k"
+    s = load(tmp_path, "admin: {listen: '[::]:9464', token: ' t0k-of-16-chars-x '}\n")
+    assert s.admin.token is not None and s.admin.token.get_secret_value() == "t0k-of-16-chars-x"
+
+
+WEAK_TOKEN = (
+    "should be at least 16 characters when admin.listen is not loopback"
+    " (anyone who can reach it may guess it)"
+)
+
+
+def test_a_short_admin_token_off_loopback_is_refused(tmp_path: Path) -> None:
+    """An admin listener off loopback took `tok` as its token: anyone who could reach it could
+    guess it. Off loopback the token needs 16 characters, wherever it comes from; on
+    loopback any token is taken."""
+    assert problems(tmp_path, "admin:\n  listen: '0.0.0.0:9464'\n  token: tok\n") == [
+        f"./ow.yaml:3: admin.token: {WEAK_TOKEN}"
+    ]
+    (tmp_path / "token").write_text("fifteen-chars-x\n")
+    assert problems(tmp_path, "admin:\n  listen: '[::]:9464'\n  token_file: token\n") == [
+        f"./ow.yaml:3: admin.token_file: {WEAK_TOKEN}"
+    ]
+    env = {"ORDERWATCH_ADMIN__TOKEN": "abc"}
+    assert problems(tmp_path, "admin: {listen: '10.1.2.3:9464'}\n", env) == [
+        f"env:ORDERWATCH_ADMIN__TOKEN: admin.token: {WEAK_TOKEN}"
+    ]
+    ok = load(tmp_path, "admin: {listen: '0.0.0.0:9464', token: sixteen-chars-xx}\n")
+    assert ok.admin.token is not None
+    assert load(tmp_path, "admin: {listen: '127.0.0.1:9464', token: t}\n").admin.token is not None
 
 
 def test_urls_located_at_their_key(tmp_path: Path) -> None:
@@ -277,6 +303,31 @@ def test_urls_located_at_their_key(tmp_path: Path) -> None:
         "./ow.yaml:2: runa.base_url: must start with https:// (or http:// on a trusted network)",
         "./ow.yaml:5: webhooks[0].url: must start with https:// (or http:// on a trusted network)",
     ]
+
+
+PLAIN_HTTP = (
+    "plain http:// would send the API key in clear text: use https://"
+    " (http:// only to a loopback host: 127.0.0.0/8, ::1, localhost)"
+)
+
+
+def test_a_plain_http_base_url_is_refused_off_loopback(tmp_path: Path) -> None:
+    """`http://api.runa.io/v2` passed check-config, and every request would carry the API key
+    in clear text. http:// is for a loopback host only (a local simulator or proxy)."""
+    for url in ("http://api.runa.io/v2", "http://10.0.0.5:8080/v2", "http://localhost.evil/v2",
+                "http://127.0.0.1.nip.io/v2", "http://[::2]/v2"):  # fmt: skip
+        assert problems(tmp_path, f"runa:\n  timeout: 2s\n  base_url: '{url}'\n") == [
+            f"./ow.yaml:3: runa.base_url: {PLAIN_HTTP}"
+        ], url
+    env = {"ORDERWATCH_RUNA__BASE_URL": "http://api.runa.io/v2"}
+    assert problems(tmp_path, "runa: {}\n", env) == [
+        f"env:ORDERWATCH_RUNA__BASE_URL: runa.base_url: {PLAIN_HTTP}"
+    ]
+    for url in ("http://127.0.0.1:8080/v2", "http://127.9.9.9/v2", "http://[::1]:8080/v2",
+                "http://localhost/v2", "http://LocalHost:1/v2", "https://api.runa.io/v2"):  # fmt: skip
+        assert load(tmp_path, f"runa: {{base_url: '{url}'}}\n").runa.base_url == url
+    hook = "webhooks: [{url: 'http://hooks.internal/x', secret: whsec_dGVzdA==}]\n"
+    assert load(tmp_path, hook).webhooks[0].url == "http://hooks.internal/x"  # not the key
 
 
 def test_several_problems_reported_at_once(tmp_path: Path) -> None:

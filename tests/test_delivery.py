@@ -500,3 +500,39 @@ def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
     on_final = sinks[0].func  # type: ignore[attr-defined]
     with pytest.raises(UsageError, match="configured twice"):
         build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final, on_final])
+
+
+async def test_a_callback_error_never_quotes_the_event_data() -> None:
+    """A callback that raises with the event's data in its message (a card code, a PIN: no
+    URL, so the redactor let them through) was logged as is, traceback and all. Logged now:
+    the exception's type and its message with every string of `data` of 4 characters or more
+    replaced, cut to about 200 characters."""
+    code, pin = "GIFT-7Q2X-99ZK", "4821"
+    data = {
+        "id": "O-CARD",
+        "status": "COMPLETED",
+        "items": [{"redemption": {"code": code, "pin": pin, "kind": "abc"}}],
+    }
+    event = make_event("O-CARD", "COMPLETED", data, time.time())
+
+    async def on_final(event: dict[str, Any]) -> None:
+        item = event["data"]["items"][0]["redemption"]
+        try:
+            raise KeyError(item["code"])
+        except KeyError as e:
+            raise ValueError(
+                f"card {item['code']} with pin {item['pin']} ({item['kind']}) refused; " * 20
+            ) from e
+
+    sink = CallbackSink(on_final)
+    with structlog.testing.capture_logs() as logs:
+        result = await sink.attempt(event)
+    assert (result.delivered, result.outcome) == (False, "raised ValueError")
+    (raised,) = [e for e in logs if e["event"] == "callback.raised"]
+    assert raised["error_type"] == "ValueError"
+    assert raised["where"].startswith(f"{__file__}:") and raised["where"].endswith(" on_final")
+    message = raised["error"]
+    assert message.startswith("ValueError: card [REDACTED] with pin [REDACTED] (abc) refused;")
+    assert len(message) <= 201
+    logged = repr(raised)
+    assert code not in logged and pin not in logged and "7Q2X" not in logged

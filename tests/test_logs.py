@@ -201,7 +201,8 @@ def test_configure_twice_keeps_one_handler() -> None:
 
 
 def test_redactor_rebuilds_its_pattern_when_a_secret_is_added() -> None:
-    """Secrets added later are redacted; overlapping secrets go longest first; tiny ones skip."""
+    """Secrets added later are redacted; overlapping secrets go longest first; tiny ones only
+    as a whole value (see the next test)."""
     r = Redactor()
     assert r.text("abc-secret-1") == "abc-secret-1"
     r.add_secret("abc-secret-1")
@@ -209,6 +210,22 @@ def test_redactor_rebuilds_its_pattern_when_a_secret_is_added() -> None:
     r.add_secret("ab")
     assert r.text("x abc-secret-1-longer y abc-secret-1") == f"x {REDACTED} y {REDACTED}"
     assert r.text("ab cd") == "ab cd"
+
+
+def test_a_secret_under_four_characters_is_redacted_as_a_whole_value() -> None:
+    """A 1-3 character secret (`admin.token: abc` on loopback) was not registered at all: a
+    log field or an environment variable holding exactly it went out as is. It is redacted
+    where it is a whole value (surrounding whitespace aside); inside longer text it stays,
+    since replacing every "abc" would wreck every line that has those letters."""
+    r = Redactor()
+    r.add_secret("Zq9")
+    r.add_secret(" k ")
+    assert r.text("Zq9") == REDACTED and r.text(" Zq9\n") == REDACTED and r.text("k") == REDACTED
+    assert r.text("a Zq9 b") == "a Zq9 b" and r.text("kilo") == "kilo"
+    assert r.holds_secret("Zq9") and r.holds_secret("k ") and not r.holds_secret("Zq9 x")
+    line = r(None, "info", {"event": "x", "given": "Zq9", "nested": {"v": ["Zq9"]}})
+    assert line == {"event": "x", "given": REDACTED, "nested": {"v": [REDACTED]}}
+    assert r(None, "info", {"event": "Zq9"})["event"] == REDACTED  # even an event name
 
 
 def test_redactor_without_safe_prefixes_redacts_every_url() -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 
 from orderwatch.core.errors import OrderwatchError, StoreError
 from orderwatch.delivery.payload_files import (
@@ -249,3 +250,31 @@ def test_a_shared_output_dir_keeps_the_temp_files_of_live_writers(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name]
     prepare_output_dir(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_regular_temp_files_of_ours_are_removed_at_start(tmp_path: Path) -> None:
+    """A directory named `.tmp-...` in output_dir stopped the start ("Is a directory", exit
+    1): every name that matched was unlinked. Only our own regular files go now; a
+    directory, a symlink (and its target), a FIFO and another user's file stay, logged once."""
+    out, outside = tmp_path / "orders", tmp_path / "outside"
+    out.mkdir(mode=0o700)
+    outside.write_bytes(b"keep")
+    ours = out / f"{TMP_PREFIX}O-1.1.a"
+    ours.write_bytes(b"{")
+    (out / f"{TMP_PREFIX}dir").mkdir()
+    (out / f"{TMP_PREFIX}dir" / "inside").write_bytes(b"x")
+    (out / f"{TMP_PREFIX}link").symlink_to(outside)
+    os.mkfifo(out / f"{TMP_PREFIX}fifo")
+    kept = {f"{TMP_PREFIX}dir", f"{TMP_PREFIX}link", f"{TMP_PREFIX}fifo"}
+    if os.geteuid() == 0:  # root can make a file of another user
+        theirs = out / f"{TMP_PREFIX}O-2.1.b"
+        theirs.write_bytes(b"{")
+        os.chown(theirs, 65534, 65534)
+        kept.add(theirs.name)
+    with structlog.testing.capture_logs() as logs:
+        prepare_output_dir(out)
+    assert {p.name for p in out.iterdir()} == kept
+    assert outside.read_bytes() == b"keep"
+    assert (out / f"{TMP_PREFIX}dir" / "inside").read_bytes() == b"x"
+    (line,) = [e for e in logs if e["log_level"] == "warning"]
+    assert line["event"] == "payload.leftovers_kept" and line["count"] == len(kept)

@@ -49,26 +49,32 @@ def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:
 
 def test_hostile_lines_reported_exactly(tmp_path: Path) -> None:
     """Path tricks, separators, a 10 KB line, NUL, non-UTF-8 bytes and control characters are
-    each `file:line: invalid order id ...`, quoted safely; the valid lines around them count."""
+    each `file:line: invalid order id ...`, quoted safely; the valid lines around them count.
+    (Two files: past MAX_PROBLEMS lines a file's problems are only counted.)"""
     ids, problems = parse(
         tmp_path,
-        b"O-A\n../../etc/passwd\na/b\n"
-        + b"Z" * 10240
-        + b"\nO-\x00B\nO-\xff\xfeC\n\x1b[31mO-D\n"
-        + "O-\u202eE\n".encode()  # a right-to-left override
-        + b"O E\n-O\nO-F\n",
+        b"O-A\n../../etc/passwd\na/b\n" + b"Z" * 10240 + b"\nO-\x00B\nO-\xff\xfeC\nO-F\n",
     )
     assert ids == ["O-A", "O-F"]
     assert problems == [
-        "wl:2: invalid order id '../../etc/passwd'",
+        "wl:2: invalid order id '../../etc/pa…'",
         "wl:3: invalid order id 'a/b'",
-        f"wl:4: invalid order id '{'Z' * 40}…' (longer than 4096 bytes)",
+        f"wl:4: invalid order id '{'Z' * 12}…' (longer than 4096 bytes)",
         "wl:5: invalid order id 'O-\\x00B'",
         "wl:6: invalid order id 'O-\ufffd\ufffdC' (not UTF-8)",
-        "wl:7: invalid order id '\\x1b[31mO-D'",
-        "wl:8: invalid order id 'O-\\u202eE'",
-        "wl:9: invalid order id 'O E'",
-        "wl:10: invalid order id '-O'",
+    ]
+    ids, problems = parse(
+        tmp_path,
+        b"\x1b[31mO-D\n"
+        + "O-\u202eE\n".encode()  # a right-to-left override
+        + b"O E\n-O\nO-G\n",
+    )
+    assert ids == ["O-G"]
+    assert problems == [
+        "wl:1: invalid order id '\\x1b[31mO-D'",
+        "wl:2: invalid order id 'O-\\u202eE'",
+        "wl:3: invalid order id 'O E'",
+        "wl:4: invalid order id '-O'",
     ]
 
 
@@ -77,7 +83,7 @@ def test_id_length_limit(tmp_path: Path) -> None:
     ok, bad = "A" * 128, "B" * 129
     ids, problems = parse(tmp_path, f"{ok}\n{bad}\n".encode())
     assert ids == [ok]
-    assert problems == [f"wl:2: invalid order id '{'B' * 40}…'"]
+    assert problems == [f"wl:2: invalid order id '{'B' * 12}…'"]
 
 
 def test_long_comment_is_not_an_error(tmp_path: Path) -> None:
@@ -116,7 +122,7 @@ def test_problems_capped_per_file(tmp_path: Path) -> None:
     ids, problems = parse(tmp_path, b"bad line\n" * (MAX_PROBLEMS + 50) + b"O-1\n")
     assert ids == ["O-1"]
     assert len(problems) == MAX_PROBLEMS + 1
-    assert problems[-1] == "wl: 50 more invalid lines"
+    assert problems[-1] == "wl: 50 more invalid lines not shown"
 
 
 def test_large_file_streams_in_bounded_memory(tmp_path: Path) -> None:
@@ -151,3 +157,19 @@ def test_example_watchlist_is_clean() -> None:
     """config/watchlist.example.txt has IDs and no problems."""
     result = read_watchlist(REPO / "config" / "watchlist.example.txt")
     assert len(result.ids) == 2 and result.problems == []
+
+
+def test_a_file_that_is_no_watchlist_is_quoted_a_few_characters_of_a_few_lines(
+    tmp_path: Path,
+) -> None:
+    """A watchlist path pointing at /etc/shadow logged the first 40 characters of every line,
+    hashes included. Quotes stop at 12 characters, and after the first 5 invalid lines of a
+    file the rest are only counted."""
+    lines = [f"user{i}:$6$s4ltS4lt$H4shH4shH4shH4sh{i:02d}:19000:0:99999:7:::" for i in range(9)]
+    ids, problems = parse(tmp_path, "".join(f"{line}\n" for line in lines).encode() + b"O-1\n")
+    assert ids == ["O-1"]
+    assert problems == [
+        *(f"wl:{i + 1}: invalid order id '{lines[i][:12]}…'" for i in range(5)),
+        "wl: 4 more invalid lines not shown",
+    ]
+    assert not any("H4sh" in p for p in problems)

@@ -304,7 +304,7 @@ def _validate(data: dict[str, Any], c: Collector) -> Settings | None:
     except ValidationError as e:
         said = {p.key for p in c.problems}  # an earlier step's word on a key is the one kept
         for err in e.errors(include_url=False):
-            loc: Loc = tuple(err["loc"])
+            loc: Loc = _where_written(data, tuple(err["loc"]))
             if dotted(loc) in said:
                 continue
             if err["type"] == "extra_forbidden":
@@ -312,6 +312,22 @@ def _validate(data: dict[str, Any], c: Collector) -> Settings | None:
             else:
                 c.add(loc, _message(err))
     return None
+
+
+def _where_written(data: Any, loc: Loc) -> Loc:
+    """A secret read from its *_file is reported at that key: the line the user wrote."""
+    file_key = _FILE_OF.get(str(loc[-1])) if loc else None
+    node = data
+    for part in loc[:-1] if file_key else ():
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return loc
+    if file_key and isinstance(node, dict) and node.get(file_key) is not None:
+        return (*loc[:-1], file_key)
+    return loc
 
 
 _PLAIN = {

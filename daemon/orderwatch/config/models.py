@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -95,6 +96,17 @@ def _http_url(cls: type, v: str) -> str:
     return v
 
 
+def _key_not_in_clear(cls: type, v: str) -> str:
+    # Every request carries the API key in a header: plain HTTP only where it cannot leave
+    # the machine (a local simulator, a TLS-terminating sidecar).
+    if v.startswith("http://") and not is_loopback(urlsplit(v).hostname or ""):
+        raise ValueError(
+            "plain http:// would send the API key in clear text: use https://"
+            " (http:// only to a loopback host: 127.0.0.0/8, ::1, localhost)"
+        )
+    return v
+
+
 def _api_version(cls: type, v: str) -> str:
     # Runa's versions are dates (API-NOTES); anything else is answered 400, and this value
     # is logged, so a key pasted here by mistake would be too.
@@ -112,6 +124,7 @@ class RunaSettings(_Section):
     timeout_s: PositiveSeconds = Field(10.0, alias="timeout")
 
     _http = field_validator("base_url")(_http_url)
+    _tls = field_validator("base_url")(_key_not_in_clear)
     _version = field_validator("api_version")(_api_version)
 
     @field_validator("api_key")
@@ -164,6 +177,9 @@ class WebhookSettings(_Section):
         return self
 
 
+MIN_REMOTE_TOKEN = 16  # an admin token guarding a listener others can reach
+
+
 class AdminSettings(_Section):
     listen: str | None = "127.0.0.1:9464"
     token: SecretStr | None = None  # bearer token for the admin API; or token_file
@@ -178,11 +194,17 @@ class AdminSettings(_Section):
 
     @field_validator("token")
     @classmethod
-    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+    def _token(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if v is None:
             return v
         if not (token := v.get_secret_value().strip()):
             raise ValueError("is empty")
+        listen = info.data.get("listen")  # validated before: it comes first
+        if len(token) < MIN_REMOTE_TOKEN and listen and not is_loopback(split_listen(listen)[0]):
+            raise ValueError(
+                f"should be at least {MIN_REMOTE_TOKEN} characters when admin.listen is not"
+                " loopback (anyone who can reach it may guess it)"
+            )
         return SecretStr(token)  # as the Authorization header carries it
 
     @model_validator(mode="after")

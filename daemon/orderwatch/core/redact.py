@@ -38,7 +38,7 @@ SENSITIVE_KEYS = frozenset(
 # prefix is safe to show (API-NOTES), and a Standard Webhooks secret, `whsec_<base64>`.
 # Twelve characters at least, so that names like `xx.example.com` stay readable.
 SECRET_SHAPES = re.compile(r"\b(wg|xx|XX)\.[A-Za-z0-9_+/=-]{12,}|(whsec)_[A-Za-z0-9+/=_-]+")
-MIN_SECRET_LEN = 4  # shorter "secrets" would blank out ordinary words in every line
+MIN_SECRET_LEN = 4  # shorter secrets are redacted only as whole values (see add_secret)
 _MAX_DEPTH = 16
 _KEY_CACHE_MAX = 4096
 _URL = re.compile(r"https?://[^\s\"'<>\\`]+", re.IGNORECASE)
@@ -69,13 +69,20 @@ class Redactor:
         self._lock = threading.Lock()
         self._secrets: frozenset[str] = frozenset()
         self._secret_re: re.Pattern[str] | None = None
+        self._short: frozenset[str] = frozenset()  # secrets under MIN_SECRET_LEN
         self._safe: tuple[str, ...] = ()
         self._key_cache: dict[str, bool] = {}
 
     def add_secret(self, value: str) -> None:
-        """Every later occurrence of `value` inside any logged string becomes [REDACTED]."""
+        """Every later occurrence of `value` inside any logged string becomes [REDACTED]. One
+        under MIN_SECRET_LEN characters, only where it is a whole value (a log field, an
+        environment variable): inside text it would blank out "abc" in every word it is in."""
         value = value.strip()
-        if len(value) < MIN_SECRET_LEN or value in self._secrets:
+        if not value or value in self._secrets or value in self._short:
+            return
+        if len(value) < MIN_SECRET_LEN:
+            with self._lock:
+                self._short = self._short | {value}
             return
         with self._lock:
             secrets = self._secrets | {value}
@@ -111,6 +118,8 @@ class Redactor:
         return url if cut < 0 else f"{url[:cut]}?{REDACTED}"
 
     def text(self, value: str) -> str:
+        if self._short and value.strip() in self._short:
+            return REDACTED
         pattern = self._secret_re
         if pattern is not None:
             value = pattern.sub(REDACTED, value)
@@ -120,7 +129,9 @@ class Redactor:
         return value
 
     def holds_secret(self, value: str) -> bool:
-        """True when `value` contains a registered secret."""
+        """True when `value` contains a registered secret (is one, for a short one)."""
+        if self._short and value.strip() in self._short:
+            return True
         pattern = self._secret_re
         return pattern is not None and pattern.search(value) is not None
 

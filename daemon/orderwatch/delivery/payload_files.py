@@ -5,12 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
+
+import structlog
 
 from orderwatch.core.errors import OrderwatchError
 from orderwatch.core.files import open_regular, private_dir
 from orderwatch.core.ids import is_valid_order_id
+
+log = structlog.get_logger("orderwatch.payloads")
 
 TMP_PREFIX = ".tmp-"
 TMP_STALE_S = 600.0  # a temp file this old in a shared output_dir is a crash's, not a writer's
@@ -18,17 +23,28 @@ TMP_STALE_S = 600.0  # a temp file this old in a shared output_dir is a crash's,
 
 def prepare_output_dir(output_dir: Path, *, shared: bool = False) -> None:
     """Create output_dir 0700 (or tighten ours, see `private_dir`) and remove the temp files a
-    crash left behind. `shared` (replicas writing the same directory): only those older than
+    crash left behind (regular files of ours only; anything else is logged and left).
+    `shared` (replicas writing the same directory): only those older than
     TMP_STALE_S, since a younger one may be a live replica's write in progress."""
     try:
         private_dir(output_dir)
         if not os.access(output_dir, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
-        stale_before = time.time() - TMP_STALE_S
+        stale_before, kept = time.time() - TMP_STALE_S, 0
         for leftover in output_dir.glob(f"{TMP_PREFIX}*"):
             with contextlib.suppress(FileNotFoundError):
-                if not shared or leftover.lstat().st_mtime < stale_before:
+                st = leftover.lstat()
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                    kept += 1  # a directory, a link, another user's file: none we wrote
+                elif not shared or st.st_mtime < stale_before:
                     leftover.unlink()
+        if kept:
+            log.warning(
+                "payload.leftovers_kept",
+                output_dir=str(output_dir),
+                count=kept,
+                reason=f"{TMP_PREFIX}* entries that are not regular files of ours",
+            )
     except OSError as e:
         raise OrderwatchError(f"output_dir {output_dir}: {e.strerror or e}") from None
 

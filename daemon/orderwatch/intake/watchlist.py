@@ -16,7 +16,10 @@ from orderwatch.core.files import open_regular
 from orderwatch.core.ids import ORDER_ID_RE, quote_for_error
 
 MAX_LINE = 4096  # bytes; a longer line is invalid and is never held whole
-MAX_PROBLEMS = 100  # per file and read: past this, one summary line
+# A watchlist path may name a file that is no watchlist (/etc/shadow): its lines are quoted in
+# logs, so only the first few lines of a file, and only a few characters of each.
+MAX_PROBLEMS = 5  # per file and read: past this, one count of the rest
+QUOTE_CHARS = 12
 # The common case in one C-level match on the raw bytes: an ID, maybe spaces, maybe a newline.
 _PLAIN_LINE = re.compile(rb"[ \t]*(" + ORDER_ID_RE.pattern.encode() + rb")[ \t]*\r?\n?")
 
@@ -47,7 +50,7 @@ def iter_watchlist(
     path: Path, state: ReadState, *, hold_tail: bool = False
 ) -> Generator[str, None, None]:
     """The valid IDs of a watchlist, one at a time; problems are appended to
-    `state.problems` as they are met (at most MAX_PROBLEMS lines each, then a count).
+    `state.problems` as they are met (at most MAX_PROBLEMS lines, then a count).
     `hold_tail`: a last line without a newline may be an append caught half-way ("O-12" of
     "O-123456\n"), so it is left unread and `state.held_tail` says so."""
     name, reported, skipped, problems = str(path), 0, 0, state.problems
@@ -72,7 +75,7 @@ def iter_watchlist(
         state.failed = True
         problems.append(Problem(name, None, None, f"cannot read watchlist: {e.strerror or e}"))
     if skipped:
-        problems.append(Problem(name, None, None, f"{skipped} more invalid lines"))
+        problems.append(Problem(name, None, None, f"{skipped} more invalid lines not shown"))
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -103,9 +106,10 @@ def _classify(raw: bytes, whole: bool) -> tuple[str | None, str | None]:
     except UnicodeDecodeError:
         text, note = raw[:60].decode("utf-8", "replace").strip(), " (not UTF-8)"
     if not whole:
-        return None, f"invalid order id {quote_for_error(text[:60] + '…')} (longer than 4096 bytes)"
+        shown = quote_for_error(text[:QUOTE_CHARS] + "…", QUOTE_CHARS + 1)
+        return None, f"invalid order id {shown} (longer than 4096 bytes)"
     if not text:
         return None, None
     if not note and ORDER_ID_RE.fullmatch(text):
         return text, None
-    return None, f"invalid order id {quote_for_error(text)}{note}"
+    return None, f"invalid order id {quote_for_error(text, QUOTE_CHARS)}{note}"

@@ -5,19 +5,24 @@ is never final without its file; a stale writer's rename is put right after the 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
+from orderwatch.config.models import PollingSettings
 from orderwatch.delivery.events import committed_payload, make_event, terminal_data
 from orderwatch.delivery.payload_files import remove_payload, restore_payload, write_payload
-from orderwatch.polling.answers import Answer
+from orderwatch.polling.answers import Answer, Kind
 from orderwatch.polling.metrics import PollMetrics
-from orderwatch.polling.policy import Finish, Reschedule
+from orderwatch.polling.policy import Finish, Reschedule, decide
 from orderwatch.store.base import Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
+
+
+CRASHED = Answer(Kind.INVALID, detail="crashed applying the answer")  # see `crashed`
 
 
 class Finisher:
@@ -27,7 +32,7 @@ class Finisher:
         output_dir: Path,
         sinks: Sequence[str],
         metrics: PollMetrics,
-        max_interval_s: Callable[[], float],
+        polling: Callable[[], PollingSettings],
         on_final: Callable[[], None],
         store_due: Callable[[float], None],
     ) -> None:
@@ -35,9 +40,36 @@ class Finisher:
         self.output_dir = output_dir
         self.sinks = sinks
         self.metrics = metrics
-        self._max_interval_s = max_interval_s
+        self._polling = polling
         self._on_final = on_final
         self._store_due = store_due
+
+    async def crashed(
+        self, claim: Claim, unsaved: Reschedule | None, now: float, rng: random.Random
+    ) -> None:
+        """A poll that crashed counts as a bad answer of its order: the error back-off, then
+        expired at give_up_after. Left to its lease, an answer that crashes came back at every
+        lease's end, forever. Should this fail too, the lease is the last resort."""
+        try:
+            if not await self.store.holds(claim):
+                return  # it ended before the crash, or another worker holds it now
+            decision = decide(CRASHED, claim, now, self._polling(), rng)
+            if isinstance(decision, Reschedule):
+                last = unsaved.last_body if unsaved is not None else None
+                self._store_due(decision.next_poll_at)
+                await self.store.reschedule(
+                    claim,
+                    decision.next_poll_at,
+                    polls=decision.polls,
+                    error_streak=decision.error_streak,
+                    first_404_at=decision.first_404_at,
+                    last_error=decision.last_error,
+                    last_body=last,
+                )
+            elif isinstance(decision, Finish):
+                await self.finish(claim, CRASHED, decision, now, unsaved)
+        except Exception as e:
+            log.error("poll.crash_not_counted", order_id=claim.order_id, error=type(e).__name__)
 
     async def finish(
         self, claim: Claim, answer: Answer, fin: Finish, now: float, unsaved: Reschedule | None
@@ -128,7 +160,7 @@ class Finisher:
         reason = self._disk_error(what, e)
         log.error("payload.write_failed", order_id=claim.order_id, error=reason)
         streak = claim.error_streak + 1
-        at = now + min(self._max_interval_s(), 2.0 ** min(streak, 64))
+        at = now + min(self._polling().max_interval_s, 2.0 ** min(streak, 64))
         self._store_due(at)
         await self.store.reschedule(
             claim,

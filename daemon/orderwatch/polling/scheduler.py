@@ -77,7 +77,7 @@ class Poller:
             deps.output_dir,
             deps.sinks,
             deps.metrics,
-            lambda: self.d.polling.max_interval_s,
+            lambda: self.d.polling,
             deps.on_final,
             self._held.store_due,
         )
@@ -265,8 +265,9 @@ class Poller:
                 await self.poll_one(claim, unsaved)
             except StoreError as e:
                 log.error("store.unavailable", order_id=claim.order_id, error=str(e))
-            except Exception:  # a bug must cost one poll (the lease runs out), not the worker
+            except Exception:  # a bug must cost one poll, not the worker
                 log.exception("poll.crashed", order_id=claim.order_id)
+                await self._finisher.crashed(claim, unsaved, self.d.wall(), self.d.rng)
             finally:
                 self._busy -= 1
                 if not self._busy:

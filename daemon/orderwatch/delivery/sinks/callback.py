@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ import structlog
 
 from orderwatch.config.callbacks import Callback, is_async_callable
 from orderwatch.core.errors import UsageError
-from orderwatch.core.redact import REDACTOR
+from orderwatch.core.redact import REDACTED, REDACTOR
 from orderwatch.delivery.sinks.base import DEFAULT_SCHEDULE_S, AttemptResult, callback_sink_id
 from orderwatch.store.base import EventRecord
 
@@ -38,6 +39,47 @@ def event_dict(event: EventRecord) -> dict[str, Any]:
     """What a callback receives: the parsed body plus "id" (the webhook-id)."""
     parsed = json.loads(event.body)
     return {"id": event.event_id, **parsed}
+
+
+MAX_ERROR_CHARS = 200
+MIN_QUOTED_LEAF = 4  # shorter values ("abc", "EUR") would blank out ordinary words
+
+
+def error_summary(e: BaseException, data: Any) -> str:
+    """`Type: message` of a callback's exception, safe to log: every string of the event's
+    `data` (MIN_QUOTED_LEAF characters or more, numbers as JSON writes them) replaced, then
+    the log redactor's secrets and URLs, then cut to MAX_ERROR_CHARS."""
+    try:
+        message = f"{type(e).__name__}: {e}"
+    except Exception:  # a __str__ of the user's that raises
+        message = f"{type(e).__name__}: (message cannot be shown)"
+    leaves = sorted(_leaves(data), key=len, reverse=True)
+    if leaves:
+        message = re.sub("|".join(map(re.escape, leaves)), REDACTED, message)
+    message = REDACTOR.text(message)
+    return message if len(message) <= MAX_ERROR_CHARS else message[:MAX_ERROR_CHARS] + "…"
+
+
+def _leaves(data: Any) -> set[str]:
+    """The scalar values in `data`, as text, MIN_QUOTED_LEAF characters or more."""
+    found, todo = set(), [data]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+        elif isinstance(value, str | int | float) and not isinstance(value, bool):
+            text = value if isinstance(value, str) else json.dumps(value)
+            if len(text) >= MIN_QUOTED_LEAF:
+                found.add(text)
+    return found
+
+
+def _where(e: BaseException) -> str | None:
+    """The line that raised, `file:line in function`: code, never a value."""
+    frames = traceback.extract_tb(e.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
 
 
 class CallbackSink:
@@ -75,10 +117,17 @@ class CallbackSink:
         return AttemptResult(True, "ok")
 
     def _raised(self, event: EventRecord, e: BaseException) -> AttemptResult:
-        # The traceback is the user's to debug, and it may quote the payout link: redacted
-        # here, not only by our log chain, which an embedding application does not use.
-        trace = REDACTOR.text("".join(traceback.format_exception(e)).rstrip())
-        log.warning("callback.raised", order_id=event.order_id, sink=self.id, error=trace)
+        # Redacted here, not only by our log chain, which an embedding application does not
+        # use. No traceback: its messages (and its chained exceptions') quote what the
+        # callback was given, a card code or a PIN as readily as a payout link.
+        log.warning(
+            "callback.raised",
+            order_id=event.order_id,
+            sink=self.id,
+            error_type=type(e).__name__,
+            error=error_summary(e, json.loads(event.body).get("data")),
+            where=_where(e),
+        )
         return AttemptResult(False, f"raised {type(e).__name__}")
 
     async def close(self) -> None:
