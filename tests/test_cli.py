@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -288,3 +289,44 @@ def test_a_root_owned_lock_left_behind_is_one_line_for_the_service_user() -> Non
         assert (added.returncode, added.stdout) == (0, "accepted 1 order(s), 1 new\n")
     finally:
         shutil.rmtree(base)
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    from orderwatch.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", sorted(_subcommands()))
+def test_every_command_help_has_a_description_and_its_defaults(command: str) -> None:
+    """Each command's --help says what it does and, for every option that takes a value, what
+    happens when it is left out (a new user read `simulate --help` and learnt neither)."""
+    parser = _subcommands()[command]
+    assert parser.description and len(parser.description) > 40, command
+    text = parser.format_help()
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0:
+            continue  # positionals, --help, flags
+        assert action.help and "default" in action.help, (command, action.dest)
+        assert "%(default)s" not in text  # every placeholder was expanded
+
+
+def test_simulate_help_says_what_a_user_needs() -> None:
+    """`orderwatch simulate --help` (the real CLI) names its address and port, which API key
+    it accepts, which IDs answer 404 and how long orders take."""
+    r = ow("simulate", "--help")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "http://127.0.0.1:8765/v2" in text
+    assert "(default: 8765)" in text and "(default: 127.0.0.1)" in text
+    assert "O-404" in text and "404" in text
+    assert "--api-key" in text and "any key is accepted" in text
+    assert "(default: 3s)" in text
+
+
+def test_wait_help_says_what_no_timeout_means() -> None:
+    """`wait --timeout` had no default shown: the help says it waits until every order ends."""
+    r = ow("wait", "--help")
+    text = " ".join(r.stdout.split())
+    assert "default: no limit, wait until every order has ended" in text
