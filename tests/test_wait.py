@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import os
 import pty
+import re
 import signal
 import struct
 import termios
@@ -72,30 +73,79 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
 
 
+async def run_in_pty(*args: str) -> tuple[int, str]:
+    """`orderwatch ARGS` with a terminal (80 columns) as stdin, stdout and stderr: (exit
+    code, everything the terminal was sent)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    p = await spawn(*args, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
+        except OSError:  # EIO: every holder of the terminal's other end has closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    code = await p.wait()
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
 async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal, wait draws a progress bar (tqdm) that reaches 100%."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
         cfg = write_config(tmp_path, rs.base_url)
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        p = await spawn(
-            "wait", "-c", str(cfg), "O-T1", "O-T2", stdin=slave, stdout=slave, stderr=slave
-        )
-        os.close(slave)
-        chunks: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        while p.returncode is None:
-            try:
-                chunks.append(
-                    await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
-                )
-            except OSError:
-                break
-        await p.wait()
-        os.close(master)
-    screen = b"".join(chunks).decode(errors="replace")
-    assert p.returncode == 0
+        code, screen = await run_in_pty("wait", "-c", str(cfg), "O-T1", "O-T2")
+    assert code == 0
     assert "100%" in screen and "2/2" in screen
+
+
+async def test_wait_on_a_terminal_says_who_polls_and_each_change(tmp_path: Path) -> None:
+    """On a terminal `wait` showed `0%| | 0/3 [00:00<?]`, frozen until an order ended. Now
+    it says that it polls the orders itself, its elapsed time ticks, and each change of an
+    order's state is a line: ID, state, answers so far."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=1.5)) as rs:
+        # A poll a second, each written to the store at once (a short lease holds none in
+        # memory: held polls reach the store, and so `wait`, up to 10 s late).
+        polling = {"initial_delay": "1s", "backoff_factor": 1, "max_interval": "1s", "lease": "3s"}
+        cfg = write_config(tmp_path, rs.base_url, runa={"timeout": "1s"}, polling=polling)
+        code, screen = await run_in_pty("wait", "-c", str(cfg), "O-P1", "O-404A")
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in screen.splitlines()]
+    assert code == 1, screen  # O-404A ends NOT_FOUND (not_found_grace is 1s here)
+    assert f"no daemon runs on {tmp_path / 'state'}: polling 2 order(s) here" in lines
+    assert any(re.fullmatch(r"O-P1 processing \(answers: \d+ processing\)", x) for x in lines)
+    assert any(
+        re.fullmatch(r"O-404A http 404 \(answers: 0 processing, \d+ failed in a row\)", x)
+        for x in lines
+    )
+    assert any(re.fullmatch(r"O-P1 COMPLETED \(answers: \d+ processing\)", x) for x in lines)
+    assert any(
+        re.fullmatch(r"O-404A NOT_FOUND \(answers: 0 processing, \d+ failed in a row\)", x)
+        for x in lines
+    )
+    elapsed = set(re.findall(r"\[(\d\d:\d\d)<", screen))
+    assert len(elapsed) >= 2, screen  # 1.5 s without an order ending: the clock moved
+
+
+async def test_wait_on_a_terminal_says_it_handed_the_orders_over(tmp_path: Path) -> None:
+    """With a daemon on the same state, `wait` on a terminal says it handed the orders to it."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
+        try:
+            code, screen = await run_in_pty("wait", "-c", str(cfg), "O-H1")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+    assert code == 0, screen
+    assert (
+        f"handed 1 order(s) to the daemon running on {tmp_path / 'state'}; following them" in screen
+    )
+    assert "O-H1 COMPLETED" in screen
 
 
 async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
