@@ -330,3 +330,27 @@ def test_wait_help_says_what_no_timeout_means() -> None:
     r = ow("wait", "--help")
     text = " ".join(r.stdout.split())
     assert "default: no limit, wait until every order has ended" in text
+
+
+def test_check_config_names_a_watchlist_that_is_not_there(tmp_path: Path) -> None:
+    """A mistyped watchlist (`watchlsit.txt`) passed check-config, and `run` only logged a
+    warning once started: it is a located problem, exit 2, as is one that cannot be read."""
+    cfg = tmp_path / "ow.yaml"
+    (tmp_path / "adir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "ok.txt").write_text("O-1\n")
+    cfg.write_text(
+        f"runa:\n  base_url: http://127.0.0.1:9/v2\n  api_key: {API_KEY}\n"
+        "watchlists:\n  - ok.txt\n  - watchlsit.txt\n  - adir\n  - fifo\n"
+    )
+    r = ow("check-config", "-c", str(cfg))
+    assert (r.returncode, r.stderr.splitlines()) == (
+        2,
+        [
+            f"{cfg}:6: watchlists[1]: no such file: {tmp_path / 'watchlsit.txt'}",
+            f"{cfg}:7: watchlists[2]: cannot read {tmp_path / 'adir'}: Is a directory",
+            f"{cfg}:8: watchlists[3]: cannot read {tmp_path / 'fifo'}: not a regular file",
+        ],
+    ), r.stdout
+    cfg.write_text(cfg.read_text().split("watchlists:")[0] + "watchlists: [ok.txt]\n")
+    assert ow("check-config", "-c", str(cfg)).returncode == 0

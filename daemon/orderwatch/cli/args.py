@@ -33,11 +33,12 @@ def duration(value: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def load(args: argparse.Namespace, *, delivers: bool = False) -> Settings:
-    """The config; `delivers` (commands that build the sinks) also imports the callbacks."""
+def load(args: argparse.Namespace, *, delivers: bool = False, checks: bool = False) -> Settings:
+    """The config; `delivers` (commands that build the sinks) also imports the callbacks,
+    `checks` (check-config) also opens the watchlists."""
 
     path = resolve_config_path(args.config, os.environ)
-    return load_settings(path, os.environ, import_callbacks=delivers)
+    return load_settings(path, os.environ, import_callbacks=delivers, check_files=checks)
 
 
 def split_ids(ids: Sequence[str]) -> tuple[list[str], str | None]:

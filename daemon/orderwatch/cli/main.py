@@ -20,8 +20,9 @@ watchlists and of `orderwatch add` under the rate limit, write each final order 
 output_dir/ID.json and announce it to the webhooks, commands and callbacks.
 SIGHUP reloads the config."""
 CHECK_CONFIG = """\
-Read the config as `run` would and report each problem as `file:line: key: problem`.
-Exit 0 when it is valid, 2 when it is not."""
+Read the config as `run` would and report each problem as `file:line: key: problem`;
+also each watchlist that this user cannot read (missing, a directory, no permission),
+which `run` would only warn about once started. Exit 0 when valid, 2 when not."""
 ADD = """\
 Add order IDs to the state. A daemon running on the same state polls them at once;
 otherwise the next `orderwatch run` (or `wait`) does. Adding an ID twice tracks it once."""

@@ -39,6 +39,7 @@ from orderwatch.config.source import (
     read_config,
     reason,
 )
+from orderwatch.config.watchlist_files import check_watchlists
 from orderwatch.core.errors import ConfigError, Problem
 from orderwatch.core.files import read_capped
 from orderwatch.core.redact import mask_secret_shapes
@@ -68,14 +69,19 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Pat
 
 
 def load_settings(
-    path: Path, environ: Mapping[str, str], *, import_callbacks: bool = False
+    path: Path,
+    environ: Mapping[str, str],
+    *,
+    import_callbacks: bool = False,
+    check_files: bool = False,
 ) -> Settings:
     """The settings in `path`, ${ENV} expanded and overrides applied; ConfigError holds every
     problem found. `import_callbacks` also imports each callback (commands that deliver):
-    one that cannot be loaded is then a located problem like any other."""
+    one that cannot be loaded is then a located problem like any other. `check_files`
+    (check-config) also makes a watchlist that cannot be read one."""
     c = Collector(str(path))
     data = parse(read_config(path), c)
-    return _build(data, c, environ, path.absolute().parent, import_callbacks)
+    return _build(data, c, environ, path.absolute().parent, import_callbacks, check_files)
 
 
 def load_settings_from_mapping(
@@ -94,6 +100,7 @@ def _build(
     environ: Mapping[str, str],
     base: Path | None,
     import_callbacks: bool = False,
+    check_files: bool = False,
 ) -> Settings:
     if data is None:
         data = {}
@@ -106,6 +113,8 @@ def _build(
     settings = _validate(data, c)
     if settings is not None:
         _check_sinks(settings, c, import_callbacks)
+        if check_files:
+            check_watchlists(settings.watchlists, c)
     if c.problems or settings is None:
         problems = _mask_secrets(c.problems, data, c.expanded)
         problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
