@@ -354,3 +354,19 @@ def test_check_config_names_a_watchlist_that_is_not_there(tmp_path: Path) -> Non
     ), r.stdout
     cfg.write_text(cfg.read_text().split("watchlists:")[0] + "watchlists: [ok.txt]\n")
     assert ow("check-config", "-c", str(cfg)).returncode == 0
+
+
+async def test_the_demo_logs_at_its_level_and_shows_progress(tmp_path: Path) -> None:
+    """The demo's level is info, yet it printed `[debug] order.polled` lines (it lowered the
+    poller's logger to debug to show each poll): no debug line now, and each order's progress
+    shows as `wait` shows it on a terminal."""
+    import re
+
+    from harness import run_in_pty
+
+    code, screen = await run_in_pty("demo", "--orders", "2", env={"TMPDIR": str(tmp_path)})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", screen)  # the console renderer's colours
+    assert code == 0, text
+    assert "[info" in text and "[debug" not in text
+    assert re.search(r"O-\w{26} processing \(answers: \d+ processing\)", text), text
+    assert "demo: ok" in text

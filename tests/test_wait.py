@@ -4,13 +4,8 @@ doubling the rate) and `replay` (same event id, delivered again)."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import pty
 import re
 import signal
-import struct
-import termios
 from pathlib import Path
 
 import pytest
@@ -19,7 +14,7 @@ from orderwatch.devtools.receiver import Receiver, running_receiver
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.lock import DaemonLock
 
-from harness import API_KEY, SECRET, spawn, until, write_config
+from harness import API_KEY, SECRET, run_in_pty, spawn, until, write_config
 
 
 async def spawn_holder(cfg: Path, state: Path) -> asyncio.subprocess.Process:
@@ -71,28 +66,6 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
         finally:
             daemon.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
-
-
-async def run_in_pty(*args: str) -> tuple[int, str]:
-    """`orderwatch ARGS` with a terminal (80 columns) as stdin, stdout and stderr: (exit
-    code, everything the terminal was sent)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    p = await spawn(*args, stdin=slave, stdout=slave, stderr=slave)
-    os.close(slave)
-    chunks: list[bytes] = []
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
-        except OSError:  # EIO: every holder of the terminal's other end has closed it
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    code = await p.wait()
-    os.close(master)
-    return code, b"".join(chunks).decode(errors="replace")
 
 
 async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
