@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -370,3 +371,34 @@ async def test_the_demo_logs_at_its_level_and_shows_progress(tmp_path: Path) -> 
     assert "[info" in text and "[debug" not in text
     assert re.search(r"O-\w{26} processing \(answers: \d+ processing\)", text), text
     assert "demo: ok" in text
+
+
+async def test_status_counts_failed_answers_beside_the_last_error(tmp_path: Path) -> None:
+    """`status ID` showed `POLLS 0` beside `LAST ERROR http 404`: the store counts PROCESSING
+    answers (polls) apart from failed ones in a row (error_streak), and the column showed only
+    the first. It now shows both, under a name that says what they count."""
+    import re
+
+    from orderwatch.devtools.simulator import SimOptions, running_simulator
+
+    from harness import write_config
+
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        cfg = write_config(tmp_path, rs.base_url, polling={"not_found_grace": "10m"})
+        r = await asyncio.to_thread(ow, "wait", "-c", str(cfg), "--timeout", "2s", "O-404X")
+        assert r.returncode == 1 and "1 order(s) still pending" in r.stderr, r.stderr
+    r = ow("status", "-c", str(cfg), "O-404X")
+    header, row = r.stdout.splitlines()[1:3]
+    assert header.split() == [
+        "ORDER",
+        "STATE",
+        "RESULT",
+        "ANSWERS",
+        "NEXT",
+        "POLL",
+        "LAST",
+        "ERROR",
+    ]
+    assert re.fullmatch(
+        r"O-404X +pending +- +0 processing, [1-9]\d* failed in a row +\S+( \S+)? +http 404", row
+    ), row
