@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import API_KEY, child_env
+from harness import API_KEY, REPO, SECRET, child_env
 
 
 def ow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -402,3 +402,63 @@ async def test_status_counts_failed_answers_beside_the_last_error(tmp_path: Path
     assert re.fullmatch(
         r"O-404X +pending +- +0 processing, [1-9]\d* failed in a row +\S+( \S+)? +http 404", row
     ), row
+
+
+def _ow_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orderwatch", *args],
+        capture_output=True,
+        text=True,
+        env={**child_env(), **env},
+        timeout=60,
+    )
+
+
+def test_commands_need_only_the_secrets_they_use(tmp_path: Path) -> None:
+    """`add` and `status` failed with `runa.api_key: environment variable RUNA_API_KEY is not
+    set`, though they never call the API. They use no secret (but a PostgreSQL DSN); `replay`
+    signs webhooks, so it needs their secrets and nothing else; `wait` needs every one."""
+    cfg = tmp_path / "ow.yaml"
+    cfg.write_text(
+        "runa:\n  base_url: http://127.0.0.1:9/v2\n  api_key: ${RUNA_API_KEY}\n"
+        f"state_dir: {tmp_path / 'state'}\noutput_dir: {tmp_path / 'orders'}\n"
+        "webhooks:\n  - url: http://127.0.0.1:9/hook\n    secret: ${WEBHOOK_SECRET}\n"
+        "admin:\n  listen: 0.0.0.0:0\n  token_file: ${CREDENTIALS_DIRECTORY}/admin\n"
+    )
+    for var in ("RUNA_API_KEY", "WEBHOOK_SECRET", "CREDENTIALS_DIRECTORY"):
+        assert var not in child_env()
+    r = _ow_env("add", "-c", str(cfg), "O-1")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    r = _ow_env("status", "-c", str(cfg), "O-1")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert "O-1" in r.stdout and "pending" in r.stdout
+    r = _ow_env("replay", "-c", str(cfg), "O-1")
+    assert (r.returncode, r.stderr.splitlines()) == (
+        2,
+        [f"{cfg}:8: webhooks[0].secret: environment variable WEBHOOK_SECRET is not set"],
+    )
+    r = _ow_env("replay", "-c", str(cfg), "O-1", WEBHOOK_SECRET=SECRET)
+    assert (r.returncode, r.stderr.strip()) == (2, "orderwatch: no final event yet for: O-1")
+    r = _ow_env("wait", "-c", str(cfg), "O-1")
+    assert (r.returncode, r.stderr.splitlines()) == (
+        2,
+        [
+            f"{cfg}:3: runa.api_key: environment variable RUNA_API_KEY is not set",
+            f"{cfg}:8: webhooks[0].secret: environment variable WEBHOOK_SECRET is not set",
+            f"{cfg}:11: admin.token_file: environment variable CREDENTIALS_DIRECTORY is not set",
+        ],
+    )
+
+
+def test_status_and_add_work_with_the_systemd_config_outside_the_unit(tmp_path: Path) -> None:
+    """With the shipped systemd config, `status` and `add` run by hand failed with
+    `CREDENTIALS_DIRECTORY is not set` (only the unit has one): they read no secret now."""
+    shipped = REPO / "config" / "orderwatch.systemd.yaml"
+    dirs = {"ORDERWATCH_STATE_DIR": str(tmp_path / "state")}
+    dirs["ORDERWATCH_OUTPUT_DIR"] = str(tmp_path / "orders")
+    r = _ow_env("add", "-c", str(shipped), "O-1", **dirs)
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    r = _ow_env("status", "-c", str(shipped), **dirs)
+    assert r.returncode == 0 and "pending 1" in r.stdout, r.stderr
+    r = _ow_env("check-config", "-c", str(shipped), **dirs)
+    assert r.returncode == 2 and "CREDENTIALS_DIRECTORY is not set" in r.stderr
