@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench bench-smoke clean
+.PHONY: setup demo test test-quick lint bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The tests not marked slow (child processes, real-time waits, rate windows): for the edit-
+# and-test loop. pytest's header says how many it selected and left out; `make test` runs all.
+test-quick: $(STAMP)
+	@echo 'test-quick: the tests not marked slow; `make test` runs every one'
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

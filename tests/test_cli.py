@@ -43,6 +43,7 @@ def config(tmp_path: Path, **extra: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_check_config_ok_and_broken(tmp_path: Path) -> None:
     """check-config exits 0 on a good config; 2 with one located line per problem."""
     good = config(tmp_path)
@@ -58,6 +59,7 @@ def test_check_config_ok_and_broken(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     """No API key and a callback that cannot be imported: check-config said ok and `run`
     then exited 2; both are now check-config's errors, located at the config file (the
@@ -73,6 +75,7 @@ def test_check_config_refuses_what_run_would_refuse(tmp_path: Path) -> None:
     assert r.stderr.splitlines() == [f"{cfg}: runa.api_key: is required (or runa.api_key_file)"]
 
 
+@pytest.mark.slow
 def test_callbacks_that_cannot_be_loaded_are_located(tmp_path: Path) -> None:
     """Each callback that cannot be loaded is its own located line, as other config problems
     are (it was one unlocated line for the first of them, from check-config, run, wait and
@@ -100,6 +103,7 @@ def test_callbacks_that_cannot_be_loaded_are_located(tmp_path: Path) -> None:
     assert ow("add", "-c", str(cfg), "O-1").returncode == 0  # it runs nobody's code
 
 
+@pytest.mark.slow
 def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:
     """A missing config, a missing API key, a bad argument: one line, exit 2, no traceback."""
     r = ow("run", "-c", str(tmp_path / "missing.yaml"))
@@ -124,6 +128,7 @@ def test_no_traceback_for_user_mistakes(tmp_path: Path) -> None:
     assert "argument --timeout: invalid duration 'soon'" in r.stderr
 
 
+@pytest.mark.slow
 def test_add_hostile_ids_rejected_valid_kept(tmp_path: Path) -> None:
     """add reports invalid IDs (exit 2) but keeps the valid ones; nothing escapes the dirs."""
     cfg = config(tmp_path)
@@ -148,6 +153,7 @@ def test_status_of_a_state_dir_that_does_not_exist(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.slow
 def test_add_twice_tracks_once(tmp_path: Path) -> None:
     """An order is tracked once however often it is added."""
     cfg = config(tmp_path)
@@ -158,6 +164,7 @@ def test_add_twice_tracks_once(tmp_path: Path) -> None:
     assert status["orders"]["pending"] == 2
 
 
+@pytest.mark.slow
 def test_status_per_order_and_unknown(tmp_path: Path) -> None:
     """status ID shows state and polls; an untracked ID is named and exits 1."""
     cfg = config(tmp_path)
@@ -169,6 +176,7 @@ def test_status_per_order_and_unknown(tmp_path: Path) -> None:
     assert data["orders"][0]["state"] == "pending" and data["unknown"] == []
 
 
+@pytest.mark.slow
 def test_second_daemon_on_same_state_refused(tmp_path: Path) -> None:
     """One embedded state has one daemon: a second `run` exits 2 with a clear line."""
     import fcntl
@@ -186,6 +194,7 @@ def test_second_daemon_on_same_state_refused(tmp_path: Path) -> None:
     assert "another orderwatch daemon is already running" in r.stderr
 
 
+@pytest.mark.slow
 def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
     """An admin.listen port another process holds is one clear line and exit 1."""
     with socket.socket() as taken:
@@ -198,6 +207,7 @@ def test_admin_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert f"admin.listen 127.0.0.1:{port}: Address already in use" in r.stderr
 
 
+@pytest.mark.slow
 def test_unusable_directories_are_one_line(tmp_path: Path) -> None:
     """A state_dir or output_dir that cannot be created is one clear line, exit 1."""
     blocker = tmp_path / "a-file"
@@ -209,6 +219,7 @@ def test_unusable_directories_are_one_line(tmp_path: Path) -> None:
         assert f"{key} {blocker / 'sub'}: Not a directory" in r.stderr
 
 
+@pytest.mark.slow
 async def test_ctrl_c_during_the_demo_is_one_line(tmp_path: Path) -> None:
     """Ctrl-C stopped the demo's daemon, which closed its store while the demo still read
     it: a traceback (RuntimeError: cannot schedule new futures after shutdown), exit 1."""
@@ -258,6 +269,7 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
+@pytest.mark.slow
 def test_a_root_owned_lock_left_behind_is_one_line_for_the_service_user() -> None:
     """The service user's state, after one `sudo orderwatch run` left a root-owned 0600
     daemon.lock: `run` says so in one line; `add` keeps the orders it accepted and says so."""
@@ -314,11 +326,9 @@ def test_every_command_help_has_a_description_and_its_defaults(command: str) -> 
 
 
 def test_simulate_help_says_what_a_user_needs() -> None:
-    """`orderwatch simulate --help` (the real CLI) names its address and port, which API key
-    it accepts, which IDs answer 404 and how long orders take."""
-    r = ow("simulate", "--help")
-    assert r.returncode == 0, r.stderr
-    text = " ".join(r.stdout.split())
+    """`orderwatch simulate --help` names its address and port, which API key it accepts,
+    which IDs answer 404 and how long orders take."""
+    text = " ".join(_subcommands()["simulate"].format_help().split())
     assert "http://127.0.0.1:8765/v2" in text
     assert "(default: 8765)" in text and "(default: 127.0.0.1)" in text
     assert "O-404" in text and "404" in text
@@ -328,11 +338,11 @@ def test_simulate_help_says_what_a_user_needs() -> None:
 
 def test_wait_help_says_what_no_timeout_means() -> None:
     """`wait --timeout` had no default shown: the help says it waits until every order ends."""
-    r = ow("wait", "--help")
-    text = " ".join(r.stdout.split())
+    text = " ".join(_subcommands()["wait"].format_help().split())
     assert "default: no limit, wait until every order has ended" in text
 
 
+@pytest.mark.slow
 def test_check_config_names_a_watchlist_that_is_not_there(tmp_path: Path) -> None:
     """A mistyped watchlist (`watchlsit.txt`) passed check-config, and `run` only logged a
     warning once started: it is a located problem, exit 2, as is one that cannot be read."""
@@ -357,6 +367,7 @@ def test_check_config_names_a_watchlist_that_is_not_there(tmp_path: Path) -> Non
     assert ow("check-config", "-c", str(cfg)).returncode == 0
 
 
+@pytest.mark.slow
 async def test_the_demo_logs_at_its_level_and_shows_progress(tmp_path: Path) -> None:
     """The demo's level is info, yet it printed `[debug] order.polled` lines (it lowered the
     poller's logger to debug to show each poll): no debug line now, and each order's progress
@@ -373,6 +384,7 @@ async def test_the_demo_logs_at_its_level_and_shows_progress(tmp_path: Path) -> 
     assert "demo: ok" in text
 
 
+@pytest.mark.slow
 async def test_status_counts_failed_answers_beside_the_last_error(tmp_path: Path) -> None:
     """`status ID` showed `POLLS 0` beside `LAST ERROR http 404`: the store counts PROCESSING
     answers (polls) apart from failed ones in a row (error_streak), and the column showed only
@@ -414,6 +426,7 @@ def _ow_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_commands_need_only_the_secrets_they_use(tmp_path: Path) -> None:
     """`add` and `status` failed with `runa.api_key: environment variable RUNA_API_KEY is not
     set`, though they never call the API. They use no secret (but a PostgreSQL DSN); `replay`
@@ -450,6 +463,7 @@ def test_commands_need_only_the_secrets_they_use(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_status_and_add_work_with_the_systemd_config_outside_the_unit(tmp_path: Path) -> None:
     """With the shipped systemd config, `status` and `add` run by hand failed with
     `CREDENTIALS_DIRECTORY is not set` (only the unit has one): they read no secret now."""

@@ -587,6 +587,7 @@ def test_unreadable_huge_and_binary_config(tmp_path: Path) -> None:
         assert rendered == [f"{tmp_path}{os.sep if path != tmp_path else ''}{message}"]
 
 
+@pytest.mark.slow
 def test_alias_bomb_and_deep_nesting_rejected(tmp_path: Path) -> None:
     """A 'billion laughs' file and absurd nesting are refused instead of eating the machine."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]

@@ -35,6 +35,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return p.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
     """No daemon: wait polls the orders itself; exit 0 when all COMPLETED, 1 if one FAILED."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
@@ -47,6 +48,7 @@ async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
         assert not DaemonLock(tmp_path / "state").is_held_elsewhere()  # lock given back
 
 
+@pytest.mark.slow
 async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
     """With a daemon on the same state, wait only enqueues and follows the store: the server
     sees the daemon's rate, never two pollers."""
@@ -68,6 +70,7 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
 
 
+@pytest.mark.slow
 async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal, wait draws a progress bar (tqdm) that reaches 100%."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
@@ -77,6 +80,7 @@ async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "100%" in screen and "2/2" in screen
 
 
+@pytest.mark.slow
 async def test_wait_on_a_terminal_says_who_polls_and_each_change(tmp_path: Path) -> None:
     """On a terminal `wait` showed `0%| | 0/3 [00:00<?]`, frozen until an order ended. Now
     it says that it polls the orders itself, its elapsed time ticks, and each change of an
@@ -104,6 +108,7 @@ async def test_wait_on_a_terminal_says_who_polls_and_each_change(tmp_path: Path)
     assert len(elapsed) >= 2, screen  # 1.5 s without an order ending: the clock moved
 
 
+@pytest.mark.slow
 async def test_wait_on_a_terminal_says_it_handed_the_orders_over(tmp_path: Path) -> None:
     """With a daemon on the same state, `wait` on a terminal says it handed the orders to it."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
@@ -121,6 +126,7 @@ async def test_wait_on_a_terminal_says_it_handed_the_orders_over(tmp_path: Path)
     assert "O-H1 COMPLETED" in screen
 
 
+@pytest.mark.slow
 async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
     """replay sends a final event again to every sink, under the same webhook-id and bytes."""
     receiver = Receiver(SECRET)
@@ -141,6 +147,7 @@ async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
     assert first.headers["webhook-timestamp"] <= again.headers["webhook-timestamp"]
 
 
+@pytest.mark.slow
 async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_path: Path) -> None:
     """A second `wait` hands its orders to the first one's embedded daemon; when the first
     exits (its own orders ended), the second takes the state over and polls them itself."""
@@ -160,6 +167,7 @@ async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_pa
         assert first.stdout is not None and b"O-FIRST COMPLETED" in await first.stdout.read()
 
 
+@pytest.mark.slow
 async def test_a_wait_leaves_a_restarting_daemon_its_state(tmp_path: Path) -> None:
     """The daemon `wait` handed its orders to stops and is started again a second later (as
     systemd's Restart= does): the restart gets the state and finishes the orders. `wait` took
@@ -213,6 +221,7 @@ async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> Non
         )
 
 
+@pytest.mark.slow
 async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) -> None:
     """The daemon `wait` handed over to stops: `wait` leaves it 10 s to restart, but not past
     its own --timeout (it waited the whole grace, then started a daemon of its own only to
@@ -237,6 +246,7 @@ async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+@pytest.mark.slow
 async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
     tmp_path: Path, sig: signal.Signals
 ) -> None:

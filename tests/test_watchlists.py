@@ -98,6 +98,7 @@ async def test_a_watchlist_whose_ingest_failed_is_read_again(tmp_path: Path) -> 
     assert await watcher.scan() == 0  # unchanged since it was read: not read again
 
 
+@pytest.mark.slow
 async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_path: Path) -> None:
     """A 400,000-line file goes in by chunks, each its own store call: the rest of the daemon
     (the scheduler, the watchdog's gauges) gets the store between them, and SIGTERM stops the
