@@ -70,10 +70,11 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
         with capture_logs() as logs:
             async with running_daemon(settings) as d:
 
-                async def tracked() -> bool:
-                    return len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
+                async def read() -> bool:  # the log line comes after the IDs are stored
+                    return any(e["event"] == "watchlist.read" for e in logs)
 
-                await until(tracked)
+                await until(read)
+                assert len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
         assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]
 
 
