@@ -10,7 +10,7 @@ LOCKS := requirements/dev.txt requirements/runtime.txt requirements/build.txt
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet \
 	--custom-compile-command 'make lock'
 
-.PHONY: setup demo test lint bench bench-smoke clean lock lock-upgrade
+.PHONY: setup demo test test-quick lint bench bench-smoke clean lock lock-upgrade
 
 # The locked set first (every file checked against its hash), then the project alone.
 $(STAMP): pyproject.toml requirements/dev.txt
@@ -27,6 +27,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The tests not marked slow (child processes, real-time waits, rate windows): for the edit-
+# and-test loop. pytest's header says how many it selected and left out; `make test` runs all.
+test-quick: $(STAMP)
+	@echo 'test-quick: the tests not marked slow; `make test` runs every one'
+	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

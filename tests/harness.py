@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import pty
 import socket
+import struct
 import sys
+import termios
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -225,3 +229,25 @@ class RecordingNotifier(Notifier):
     def send(self, *fields: str) -> bool:
         self.sent.append(fields[0])
         return True
+
+
+async def run_in_pty(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`orderwatch ARGS` with a terminal (80 columns) as stdin, stdout and stderr: (exit
+    code, everything the terminal was sent)."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    p = await spawn(*args, env=env, stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
+        except OSError:  # EIO: every holder of the terminal's other end has closed it
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    code = await p.wait()
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")

@@ -39,6 +39,7 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool
         return True
 
 
+@pytest.mark.slow
 async def test_idle_connections_are_bounded_and_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,6 +63,7 @@ async def test_idle_connections_are_bounded_and_dropped(
             assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
 
 
+@pytest.mark.slow
 async def test_slow_admin_clients_do_not_hold_the_stop(tmp_path: Path) -> None:
     """A scrape waiting on a slow store, or a client pipelining requests without reading the
     answers, held the admin server's cleanup for aiohttp's default 60 s (twice over): the

@@ -174,6 +174,7 @@ async def test_a_timeout_ends_even_when_a_daemonized_child_lives_on(tmp_path: Pa
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.slow
 async def test_shutdown_is_bounded_with_such_a_command(tmp_path: Path, store: SqliteStore) -> None:
     """SIGTERM while that command runs: the deliverer stops within its shutdown bound."""
     sink = CommandSink([sys.executable, "-c", DAEMONIZES], 60.0)

@@ -638,6 +638,7 @@ def test_unreadable_huge_and_binary_config(tmp_path: Path) -> None:
         assert rendered == [f"{tmp_path}{os.sep if path != tmp_path else ''}{message}"]
 
 
+@pytest.mark.slow
 def test_alias_bomb_and_deep_nesting_rejected(tmp_path: Path) -> None:
     """A 'billion laughs' file and absurd nesting are refused instead of eating the machine."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
@@ -687,3 +688,31 @@ def test_loaded_settings_are_frozen(tmp_path: Path) -> None:
     s: Any = load(tmp_path, "rate_limit: {requests_per_second: 3}\n")
     with pytest.raises(ValueError, match="frozen"):
         s.rate_limit.requests_per_second = 9
+
+
+def test_unused_secrets_are_left_as_written(tmp_path: Path) -> None:
+    """A command that names secrets it does not use gets them as the file wrote them: no
+    ${NAME} expanded (an unset one is no problem), no *_file read; the others as always."""
+    from orderwatch.config.unused_secrets import STORE_ONLY
+
+    path = tmp_path / "ow.yaml"
+    path.write_text(
+        "runa:\n  api_key_file: ${CREDENTIALS_DIRECTORY}/runa\n"
+        "webhooks:\n  - url: http://127.0.0.1:9/hook\n    secret: ${WEBHOOK_SECRET}\n"
+        "admin:\n  token_file: /nonexistent/admin.token\n"
+        "state_dsn: ${DSN}\n"
+    )
+    env = {"DSN": "postgresql://u:dsn-pass-123456@db/ow"}
+    s = load_settings(path, env, unused_secrets=STORE_ONLY)
+    assert s.runa.api_key is None and str(s.runa.api_key_file) == "${CREDENTIALS_DIRECTORY}/runa"
+    secret = s.webhooks[0].secret
+    assert secret is not None and secret.get_secret_value() == "${WEBHOOK_SECRET}"
+    assert s.admin.token is None and str(s.admin.token_file) == "/nonexistent/admin.token"
+    assert s.state_dsn is not None and s.state_dsn.get_secret_value() == env["DSN"]
+    with pytest.raises(ConfigError) as e:
+        load_settings(path, env)
+    assert [p.key for p in e.value.problems] == [
+        "runa.api_key_file",
+        "webhooks[0].secret",
+        "admin.token_file",
+    ]

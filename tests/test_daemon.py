@@ -10,6 +10,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.polling.answers import Kind
 from orderwatch.store.base import Store
@@ -126,6 +128,7 @@ async def test_connection_reset_retried(tmp_path: Path) -> None:
     await _retried_then_final(tmp_path, "reset", "transport")
 
 
+@pytest.mark.slow
 async def test_timeout_retried(tmp_path: Path) -> None:
     """A request that times out is retried."""
     await _retried_then_final(tmp_path, "timeout", "transport")
@@ -229,6 +232,7 @@ async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path:
     assert json.loads((tmp_path / "orders" / "O-SUR.json").read_bytes()) == json.loads(body)
 
 
+@pytest.mark.slow
 async def test_an_order_due_soon_is_polled_on_time_while_it_is_leased(tmp_path: Path) -> None:
     """One order polled every 200 ms: while it is leased the store says "nothing due before
     the lease ends", so its sooner reschedule must wake the scheduler (it slept its full
@@ -272,6 +276,7 @@ async def test_polling_goes_on_after_the_wall_clock_steps_back(tmp_path: Path) -
             await until(lambda: polled(seen + 3), timeout=10)
 
 
+@pytest.mark.slow
 async def test_a_webhook_retry_is_not_delayed_by_a_clock_step_back(tmp_path: Path) -> None:
     """A retry is due at a wall-clock time too: after a step back of an hour, a retry due in
     2 s came an hour late. The step moves waiting retries back by as much."""
@@ -324,6 +329,7 @@ async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> N
             assert later.polls == 0
 
 
+@pytest.mark.slow
 async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_path: Path) -> None:
     """With the state database unusable, the idle scheduler reports it and tries again after
     its one-second wait, instead of spinning on the error."""
@@ -373,6 +379,7 @@ async def _claims_fail_while_work_looks_due(
     return logs
 
 
+@pytest.mark.slow
 async def test_a_store_that_reads_but_cannot_write_is_retried_with_backoff(
     tmp_path: Path,
 ) -> None:
@@ -412,6 +419,7 @@ async def test_an_order_that_expires_leaves_no_file_a_crash_left(tmp_path: Path)
     assert not (settings.output_dir / "O-STRAY.json").exists()
 
 
+@pytest.mark.slow
 async def test_a_stop_while_the_store_hangs_ends_in_bounded_time(tmp_path: Path) -> None:
     """SIGTERM while every write waits out the store's own timeout (another process holds
     the SQLite write lock; PostgreSQL down is the same with its pool's timeout): the
@@ -447,6 +455,7 @@ async def _polled(rs: object, n: int) -> bool:
     return len(rs.sim.arrivals) >= n  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_a_sink_whose_claims_fail_backs_off(tmp_path: Path) -> None:
     """The same for deliveries: reads say a retry is due, every claim fails (a read-only
     database, a full disk). Each sink waits longer after each failure; it asked again at once,

@@ -330,6 +330,7 @@ async def test_hanging_endpoint_does_not_slow_a_healthy_one(store: SqliteStore) 
             await close_all(sinks)
 
 
+@pytest.mark.slow
 async def test_hanging_endpoint_does_not_slow_polling_or_a_healthy_one(tmp_path: Path) -> None:
     """The whole daemon: one endpoint never answers; every order still ends final and the
     healthy endpoint gets every event, while the hanging one holds at most its concurrency."""

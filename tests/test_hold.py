@@ -99,6 +99,7 @@ async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> N
             await until(given_back, timeout=5.0)  # HOLD_S (10 s) would not have written it
 
 
+@pytest.mark.slow
 async def test_an_order_that_expires_while_held_quotes_the_body_it_held(tmp_path: Path) -> None:
     """Expiry on a failed GET quotes the last PROCESSING body, which only memory has."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:

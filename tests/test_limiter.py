@@ -14,6 +14,7 @@ from orderwatch.polling.client import QUICK_CONNECT_S
 from orderwatch.polling.limiter import SpacedLimiter
 
 
+@pytest.mark.slow
 async def test_spacing_and_window_under_contention() -> None:
     """100 concurrent callers at 40/s: never more than 40 in any 1 s window, evenly spaced."""
     lim = SpacedLimiter(40, start_full=False)

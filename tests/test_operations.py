@@ -331,6 +331,7 @@ async def test_a_reload_during_start_up_is_applied_once_ready(tmp_path: Path) ->
     assert notifier.sent[:3] == ["READY=1", "RELOADING=1", "READY=1"]
 
 
+@pytest.mark.slow
 async def test_draining_is_visible_from_outside(tmp_path: Path) -> None:
     """From SIGTERM on: STOPPING=1 at once (not after the drain), /readyz 503 "stopping",
     POST /orders refused with 503, and a SIGHUP ignored."""

@@ -40,6 +40,7 @@ async def test_429_pauses_everyone_and_honours_retry_after(tmp_path: Path) -> No
         assert d.metrics.poll.rate_limited._value.get() == 1
 
 
+@pytest.mark.slow
 async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
     """401s pause polling (not ready), probe one request at a time, never fail an order,
     and resume when the key works again."""
@@ -73,6 +74,7 @@ async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
             assert d.readiness() == (True, "ok")
 
 
+@pytest.mark.slow
 async def test_a_retired_api_version_pauses_polling_and_fails_no_order(tmp_path: Path) -> None:
     """410 version_removed for every order: polling pauses and probes, the daemon says
     why it is not ready, and no order is failed or expired. It resumes when the API
@@ -142,6 +144,7 @@ async def test_a_claim_whose_lease_ran_short_in_a_pause_is_not_polled(tmp_path: 
     assert len(rs.sim.arrivals) == 0
 
 
+@pytest.mark.slow
 async def test_the_scheduler_waits_quietly_while_the_key_is_rejected(tmp_path: Path) -> None:
     """While auth-paused, a probe holds the one claim there is; other orders stay due. The
     scheduler saw them due, waited 1 ms and asked the store again: hundreds of queries a

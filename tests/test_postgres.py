@@ -140,6 +140,7 @@ async def test_callers_starting_together_share_one_restart_wait(pg_store: Postgr
     assert span < after.window_s, f"4 first calls spread over {span:.2f}s"
 
 
+@pytest.mark.slow
 async def test_a_429_on_one_replica_holds_every_replica(pg_dsn: str) -> None:
     """One replica's 429 pause (`hold`) reaches the others through the shared limiter: their
     next send waits until the pause has passed."""

@@ -4,12 +4,8 @@ doubling the rate) and `replay` (same event id, delivered again)."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-import pty
+import re
 import signal
-import struct
-import termios
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ from orderwatch.devtools.receiver import Receiver, running_receiver
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.lock import DaemonLock
 
-from harness import API_KEY, SECRET, spawn, until, write_config
+from harness import API_KEY, SECRET, run_in_pty, spawn, until, write_config
 
 
 async def spawn_holder(cfg: Path, state: Path) -> asyncio.subprocess.Process:
@@ -39,6 +35,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
     return p.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.slow
 async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
     """No daemon: wait polls the orders itself; exit 0 when all COMPLETED, 1 if one FAILED."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
@@ -51,6 +48,7 @@ async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
         assert not DaemonLock(tmp_path / "state").is_held_elsewhere()  # lock given back
 
 
+@pytest.mark.slow
 async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
     """With a daemon on the same state, wait only enqueues and follows the store: the server
     sees the daemon's rate, never two pollers."""
@@ -72,32 +70,63 @@ async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
             assert await asyncio.wait_for(daemon.wait(), 15) == 0
 
 
+@pytest.mark.slow
 async def test_wait_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal, wait draws a progress bar (tqdm) that reaches 100%."""
     async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
         cfg = write_config(tmp_path, rs.base_url)
-        master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        p = await spawn(
-            "wait", "-c", str(cfg), "O-T1", "O-T2", stdin=slave, stdout=slave, stderr=slave
-        )
-        os.close(slave)
-        chunks: list[bytes] = []
-        loop = asyncio.get_running_loop()
-        while p.returncode is None:
-            try:
-                chunks.append(
-                    await asyncio.wait_for(loop.run_in_executor(None, os.read, master, 4096), 30)
-                )
-            except OSError:
-                break
-        await p.wait()
-        os.close(master)
-    screen = b"".join(chunks).decode(errors="replace")
-    assert p.returncode == 0
+        code, screen = await run_in_pty("wait", "-c", str(cfg), "O-T1", "O-T2")
+    assert code == 0
     assert "100%" in screen and "2/2" in screen
 
 
+@pytest.mark.slow
+async def test_wait_on_a_terminal_says_who_polls_and_each_change(tmp_path: Path) -> None:
+    """On a terminal `wait` showed `0%| | 0/3 [00:00<?]`, frozen until an order ended. Now
+    it says that it polls the orders itself, its elapsed time ticks, and each change of an
+    order's state is a line: ID, state, answers so far."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=1.5)) as rs:
+        # A poll a second, each written to the store at once (a short lease holds none in
+        # memory: held polls reach the store, and so `wait`, up to 10 s late).
+        polling = {"initial_delay": "1s", "backoff_factor": 1, "max_interval": "1s", "lease": "3s"}
+        cfg = write_config(tmp_path, rs.base_url, runa={"timeout": "1s"}, polling=polling)
+        code, screen = await run_in_pty("wait", "-c", str(cfg), "O-P1", "O-404A")
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in screen.splitlines()]
+    assert code == 1, screen  # O-404A ends NOT_FOUND (not_found_grace is 1s here)
+    assert f"no daemon runs on {tmp_path / 'state'}: polling 2 order(s) here" in lines
+    assert any(re.fullmatch(r"O-P1 processing \(answers: \d+ processing\)", x) for x in lines)
+    assert any(
+        re.fullmatch(r"O-404A http 404 \(answers: 0 processing, \d+ failed in a row\)", x)
+        for x in lines
+    )
+    assert any(re.fullmatch(r"O-P1 COMPLETED \(answers: \d+ processing\)", x) for x in lines)
+    assert any(
+        re.fullmatch(r"O-404A NOT_FOUND \(answers: 0 processing, \d+ failed in a row\)", x)
+        for x in lines
+    )
+    elapsed = set(re.findall(r"\[(\d\d:\d\d)<", screen))
+    assert len(elapsed) >= 2, screen  # 1.5 s without an order ending: the clock moved
+
+
+@pytest.mark.slow
+async def test_wait_on_a_terminal_says_it_handed_the_orders_over(tmp_path: Path) -> None:
+    """With a daemon on the same state, `wait` on a terminal says it handed the orders to it."""
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.3)) as rs:
+        cfg = write_config(tmp_path, rs.base_url)
+        daemon = await spawn_holder(cfg, tmp_path / "state")
+        try:
+            code, screen = await run_in_pty("wait", "-c", str(cfg), "O-H1")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(daemon.wait(), 15) == 0
+    assert code == 0, screen
+    assert (
+        f"handed 1 order(s) to the daemon running on {tmp_path / 'state'}; following them" in screen
+    )
+    assert "O-H1 COMPLETED" in screen
+
+
+@pytest.mark.slow
 async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
     """replay sends a final event again to every sink, under the same webhook-id and bytes."""
     receiver = Receiver(SECRET)
@@ -118,6 +147,7 @@ async def test_replay_redelivers_with_the_same_id(tmp_path: Path) -> None:
     assert first.headers["webhook-timestamp"] <= again.headers["webhook-timestamp"]
 
 
+@pytest.mark.slow
 async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_path: Path) -> None:
     """A second `wait` hands its orders to the first one's embedded daemon; when the first
     exits (its own orders ended), the second takes the state over and polls them itself."""
@@ -137,6 +167,7 @@ async def test_a_wait_that_handed_over_polls_itself_when_the_holder_stops(tmp_pa
         assert first.stdout is not None and b"O-FIRST COMPLETED" in await first.stdout.read()
 
 
+@pytest.mark.slow
 async def test_a_wait_leaves_a_restarting_daemon_its_state(tmp_path: Path) -> None:
     """The daemon `wait` handed its orders to stops and is started again a second later (as
     systemd's Restart= does): the restart gets the state and finishes the orders. `wait` took
@@ -190,6 +221,7 @@ async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> Non
         )
 
 
+@pytest.mark.slow
 async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) -> None:
     """The daemon `wait` handed over to stops: `wait` leaves it 10 s to restart, but not past
     its own --timeout (it waited the whole grace, then started a daemon of its own only to
@@ -214,6 +246,7 @@ async def test_a_wait_keeps_its_timeout_when_the_daemon_stops(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+@pytest.mark.slow
 async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
     tmp_path: Path, sig: signal.Signals
 ) -> None:

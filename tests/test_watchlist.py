@@ -125,6 +125,7 @@ def test_problems_capped_per_file(tmp_path: Path) -> None:
     assert problems[-1] == "wl: 50 more invalid lines not shown"
 
 
+@pytest.mark.slow
 def test_large_file_streams_in_bounded_memory(tmp_path: Path) -> None:
     """200,000 IDs pass through iter_watchlist (which the daemon streams into the store)
     without the whole list ever existing: peak memory stays far below the full list's."""

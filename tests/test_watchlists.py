@@ -70,10 +70,11 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
         with capture_logs() as logs:
             async with running_daemon(settings) as d:
 
-                async def tracked() -> bool:
-                    return len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
+                async def read() -> bool:  # the log line comes after the IDs are stored
+                    return any(e["event"] == "watchlist.read" for e in logs)
 
-                await until(tracked)
+                await until(read)
+                assert len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
         assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]
 
 
@@ -98,6 +99,7 @@ async def test_a_watchlist_whose_ingest_failed_is_read_again(tmp_path: Path) -> 
     assert await watcher.scan() == 0  # unchanged since it was read: not read again
 
 
+@pytest.mark.slow
 async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_path: Path) -> None:
     """A 400,000-line file goes in by chunks, each its own store call: the rest of the daemon
     (the scheduler, the watchdog's gauges) gets the store between them, and SIGTERM stops the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from orderwatch.config.durations import parse_duration
 from orderwatch.config.load import load_settings, resolve_config_path
@@ -33,11 +33,21 @@ def duration(value: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def load(args: argparse.Namespace, *, delivers: bool = False) -> Settings:
-    """The config; `delivers` (commands that build the sinks) also imports the callbacks."""
+def load(
+    args: argparse.Namespace,
+    *,
+    delivers: bool = False,
+    checks: bool = False,
+    unused: Collection[str] = (),
+) -> Settings:
+    """The config; `delivers` (commands that build the sinks) also imports the callbacks,
+    `checks` (check-config) also opens the watchlists; the secrets in `unused` are neither
+    expanded nor read (config.unused_secrets: the command never uses them)."""
 
     path = resolve_config_path(args.config, os.environ)
-    return load_settings(path, os.environ, import_callbacks=delivers)
+    return load_settings(
+        path, os.environ, import_callbacks=delivers, check_files=checks, unused_secrets=unused
+    )
 
 
 def split_ids(ids: Sequence[str]) -> tuple[list[str], str | None]:

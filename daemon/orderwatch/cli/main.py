@@ -15,6 +15,35 @@ from orderwatch.devtools import simulator
 
 Handler = Callable[[argparse.Namespace], int]
 
+RUN = """\
+Run the daemon in the foreground until SIGTERM or Ctrl-C: poll every order of the
+watchlists and of `orderwatch add` under the rate limit, write each final order to
+output_dir/ID.json and announce it to the webhooks, commands and callbacks.
+SIGHUP reloads the config."""
+CHECK_CONFIG = """\
+Read the config as `run` would and report each problem as `file:line: key: problem`;
+also each watchlist that this user cannot read (missing, a directory, no permission),
+which `run` would only warn about once started. Exit 0 when valid, 2 when not."""
+ADD = """\
+Add order IDs to the state. A daemon running on the same state polls them at once;
+otherwise the next `orderwatch run` (or `wait`) does. Adding an ID twice tracks it once."""
+STATUS = """\
+Without IDs: how many orders and deliveries are in each state. With IDs: each order's
+state, its answers so far, its next poll, its last error and its deliveries.
+Exit 1 when one of the IDs is not tracked."""
+REPLAY = """\
+Deliver the final events of these orders again to every configured sink, under the same
+event id (receivers de-duplicate on it). A running daemon sends them; otherwise they are
+sent now and each delivery's outcome is printed. Exit 1 when one was not delivered."""
+WAIT = """\
+Follow orders until each has ended; exit 0 when all COMPLETED, else 1. When a daemon
+runs on the same state the orders are handed to it and followed; otherwise `wait` polls
+them itself, under the same rate limit. Each ended order is printed as `ID STATUS`."""
+DEMO = """\
+Start the bundled simulator, a daemon and a signature-checking webhook receiver in a
+temporary directory, follow a few orders until they end, then show the payload files
+and the webhooks received. No file outside the temporary directory is written."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -23,30 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"orderwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    p = sub.add_parser("run", help="run the daemon in the foreground")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=summary,
+            description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command("run", "run the daemon in the foreground", RUN)
     config_arg(p)
-    p = sub.add_parser("check-config", help="validate the config; exit 2 when invalid")
+    p = command("check-config", "validate the config; exit 2 when invalid", CHECK_CONFIG)
     config_arg(p)
-    p = sub.add_parser("add", help="enqueue order IDs (daemon running or not)")
+    p = command("add", "enqueue order IDs (daemon running or not)", ADD)
     config_arg(p)
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p = sub.add_parser("status", help="counts by state, or each order's state")
+    p.add_argument("ids", nargs="+", metavar="ID", help="Runa order IDs (O-...)")
+    p = command("status", "counts by state, or each order's state", STATUS)
     config_arg(p)
-    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID", help="orders to show (none: counts only)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("replay", help="deliver orders' final events again, same event id")
+    p = command("replay", "deliver orders' final events again, same event id", REPLAY)
     config_arg(p)
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p = sub.add_parser("wait", help="follow orders until final; exit 0 if all COMPLETED")
+    p.add_argument("ids", nargs="+", metavar="ID", help="orders whose final event to send again")
+    p = command("wait", "follow orders until final; exit 0 if all COMPLETED", WAIT)
     config_arg(p)
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="+", metavar="ID", help="Runa order IDs (O-...)")
     p.add_argument(
-        "--timeout", type=duration, metavar="DURATION", help="give up waiting after this long"
+        "--timeout",
+        type=duration,
+        metavar="DURATION",
+        help="give up after this long, e.g. 90s or 10m, and exit 1"
+        " (default: no limit, wait until every order has ended)",
     )
-    p = sub.add_parser("simulate", help="serve the bundled Runa API simulator")
+    p = command("simulate", "serve the bundled Runa API simulator", simulator.DESCRIPTION)
     simulator.add_arguments(p)
-    p = sub.add_parser("demo", help="simulator + daemon + webhook receiver in a temp dir")
-    p.add_argument("--orders", type=int, default=6, help="how many orders to follow")
+    p = command("demo", "simulator + daemon + webhook receiver in a temp dir", DEMO)
+    p.add_argument(
+        "--orders", type=int, default=6, help="how many orders to follow (default: %(default)s)"
+    )
     config_arg(verify.add_parser(sub))
     return parser
 

@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from orderwatch.cli.args import load, need_valid_ids, setup_logging, split_ids
 from orderwatch.cli.status_view import gather_status, render_status
 from orderwatch.config.models import Settings
+from orderwatch.config.unused_secrets import NOT_CALLING, STORE_ONLY
 from orderwatch.core import aio
 from orderwatch.core.errors import StoreError
 from orderwatch.ops.oneshot import replay_orders, wait_for_orders
@@ -19,7 +20,7 @@ from orderwatch.store.open import daemon_running, open_store
 
 
 def add(args: argparse.Namespace) -> int:
-    settings = load(args)
+    settings = load(args, unused=STORE_ONLY)
     good, error = split_ids(args.ids)
     added = asyncio.run(_add(settings, good)) if good else 0
     try:
@@ -47,7 +48,7 @@ async def _add(settings: Settings, ids: list[str]) -> int:
 
 def status(args: argparse.Namespace) -> int:
 
-    settings = load(args)
+    settings = load(args, unused=STORE_ONLY)
     ids = need_valid_ids(args.ids) if args.ids else []
     report = asyncio.run(gather_status(settings, ids))
     if args.json:
@@ -60,7 +61,7 @@ def status(args: argparse.Namespace) -> int:
 
 def replay(args: argparse.Namespace) -> int:
 
-    settings = load(args, delivers=True)
+    settings = load(args, delivers=True, unused=NOT_CALLING)
     ids = need_valid_ids(args.ids)
     setup_logging(settings, one_shot=True)
     return asyncio.run(replay_orders(settings, ids))

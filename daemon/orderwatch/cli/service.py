@@ -13,7 +13,7 @@ from orderwatch.ops.run import run_daemon
 
 def check_config(args: argparse.Namespace) -> int:
 
-    settings = load(args, delivers=True)
+    settings = load(args, delivers=True, checks=True)
     api_key_of(settings, source(args))
     build_sinks(settings)
     print(

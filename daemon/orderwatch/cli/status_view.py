@@ -9,6 +9,7 @@ from typing import Any
 
 from orderwatch.config.models import Settings
 from orderwatch.core.errors import OrderwatchError
+from orderwatch.ops.progress import answers_text
 from orderwatch.store.open import daemon_running, open_store, state_exists
 
 
@@ -64,7 +65,7 @@ def render_status(report: dict[str, Any], now: float) -> str:
         if oldest is not None:
             lines.append(f"oldest pending added {_ago(oldest, now)}")
         return "\n".join(lines)
-    header = ("ORDER", "STATE", "RESULT", "POLLS", "NEXT POLL", "LAST ERROR")
+    header = ("ORDER", "STATE", "RESULT", "ANSWERS", "NEXT POLL", "LAST ERROR")
     table = [header]
     for o in orders:
         table.append(
@@ -72,13 +73,13 @@ def render_status(report: dict[str, Any], now: float) -> str:
                 o["order_id"],
                 o["state"],
                 o["final_status"] or "-",
-                str(o["polls"]),
+                answers_text(o["polls"], o["error_streak"]),
                 _ago(o["next_poll_at"], now) if o["state"] == "pending" else "-",
                 o["last_error"] or "-",
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     for o in orders:
         for d in o["deliveries"]:
             nxt = _ago(d["next_attempt_at"], now) if d["state"] == "pending" else "-"

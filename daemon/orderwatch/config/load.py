@@ -14,7 +14,7 @@ import dataclasses
 import datetime
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from orderwatch.config.source import (
     read_config,
     reason,
 )
+from orderwatch.config.unused_secrets import put_back, take_out
+from orderwatch.config.watchlist_files import check_watchlists
 from orderwatch.core.errors import ConfigError, Problem
 from orderwatch.core.files import read_capped
 from orderwatch.core.redact import mask_secret_shapes
@@ -68,14 +70,22 @@ def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> Pat
 
 
 def load_settings(
-    path: Path, environ: Mapping[str, str], *, import_callbacks: bool = False
+    path: Path,
+    environ: Mapping[str, str],
+    *,
+    import_callbacks: bool = False,
+    check_files: bool = False,
+    unused_secrets: Collection[str] = (),
 ) -> Settings:
     """The settings in `path`, ${ENV} expanded and overrides applied; ConfigError holds every
     problem found. `import_callbacks` also imports each callback (commands that deliver):
-    one that cannot be loaded is then a located problem like any other."""
+    one that cannot be loaded is then a located problem like any other. `check_files`
+    (check-config) also makes a watchlist that cannot be read one. `unused_secrets` (kinds
+    from config.unused_secrets) are left as written: not expanded, not read."""
     c = Collector(str(path))
     data = parse(read_config(path), c)
-    return _build(data, c, environ, path.absolute().parent, import_callbacks)
+    base = path.absolute().parent
+    return _build(data, c, environ, base, import_callbacks, check_files, unused_secrets)
 
 
 def load_settings_from_mapping(
@@ -94,18 +104,24 @@ def _build(
     environ: Mapping[str, str],
     base: Path | None,
     import_callbacks: bool = False,
+    check_files: bool = False,
+    unused_secrets: Collection[str] = (),
 ) -> Settings:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise c.fail(None, "the config must be a mapping of sections")
     _overrides(data, environ, c)
+    unused = take_out(data, unused_secrets)
     data = _expand(data, (), environ, c)
     _read_secret_files(data, base, c)
+    put_back(data, unused)
     _rebase_paths(data, base, c)
     settings = _validate(data, c)
     if settings is not None:
         _check_sinks(settings, c, import_callbacks)
+        if check_files:
+            check_watchlists(settings.watchlists, c)
     if c.problems or settings is None:
         problems = _mask_secrets(c.problems, data, c.expanded)
         problems.sort(key=lambda p: (p.file != c.source, p.file, p.line or 0))
@@ -249,6 +265,8 @@ def _secret_file(
         c.add(at, f"give {key} or {file_key}, not both")
         return
     path = _rebase(mapping[file_key], at, base, c)
+    if any(p.key == dotted(at) for p in c.problems):
+        return  # its path is not what was meant (a ${NAME} not set): reading it says nothing
     if isinstance(path, Path) and "\0" not in str(path):  # NUL: validation says so
         mapping[file_key] = path
         secret = _read_secret(path, at, c)

@@ -209,7 +209,8 @@ class AdminSettings(_Section):
 
     @model_validator(mode="after")
     def _protected(self) -> AdminSettings:
-        if self.listen and self.token is None and not is_loopback(split_listen(self.listen)[0]):
+        given = self.token is not None or self.token_file is not None  # a file: maybe unread
+        if self.listen and not given and not is_loopback(split_listen(self.listen)[0]):
             raise ValueError(
                 f"{self.listen} is not loopback: set admin.token or admin.token_file to protect it"
             )

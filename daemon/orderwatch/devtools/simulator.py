@@ -335,21 +335,72 @@ async def serve_forever(options: SimOptions, host: str, port: int) -> None:
         await asyncio.Event().wait()
 
 
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+_NOT_FOUND = SimOptions.not_found_prefix
+DESCRIPTION = f"""\
+Serve a stand-in for Runa's order API, to try orderwatch without a Runa account.
+Point the config at it:  runa.base_url: http://{DEFAULT_HOST}:{DEFAULT_PORT}/v2
+(--host and --port change the address).
+
+GET /v2/order/ID answers PROCESSING until --complete-after has passed since the
+order was first asked for, then its final body: COMPLETED, or FAILED for a
+--fail-ratio share of the IDs. IDs that start with {_NOT_FOUND} answer 404 not_found
+(an order Runa does not know). GET /v2/ping answers pong.
+
+API key: with --api-key KEY only requests whose X-Api-Key is KEY are answered
+(the others get 401); without it any key is accepted. The --rate-* options
+answer that share of requests with a fault instead."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--api-key", help="answer 401 unless X-Api-Key equals this")
-    p.add_argument("--complete-after", default="3s", help="orders are final after this")
-    p.add_argument("--fail-ratio", type=float, default=0.0, help="share of orders that FAIL")
-    p.add_argument("--latency", default="0s", help="added to every answer")
-    for name in ("429", "5xx", "timeout", "malformed", "reset"):
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="answer 401 unless X-Api-Key equals this (default: none, any key is accepted)",
+    )
+    p.add_argument(
+        "--complete-after",
+        default="3s",
+        metavar="DURATION",
+        help="orders are final this long after they are first asked for (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fail-ratio",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of orders that end FAILED, 0 to 1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--latency",
+        default="0s",
+        metavar="DURATION",
+        help="added to every answer (default: %(default)s)",
+    )
+    for name, what in (
+        ("429", "with 429 Too Many Requests"),
+        ("5xx", "with 500 Internal Server Error"),
+        ("timeout", f"only after {Faults.hang_s:g} s (a timeout)"),
+        ("malformed", "with HTML or another order's body"),
+        ("reset", "by resetting the connection"),
+    ):
         p.add_argument(
             f"--rate-{name}",
             type=float,
             default=0.0,
-            help=f"share of requests answered with {name}",
+            metavar="SHARE",
+            help=f"share of requests answered {what} (default: %(default)s)",
         )
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--seed", type=int, help="seed of the fault draws, for a repeatable run (default: random)"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:

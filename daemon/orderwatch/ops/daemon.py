@@ -30,9 +30,9 @@ from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.delivery.outbox import Deliverer
 from orderwatch.delivery.payload_files import prepare_output_dir
 from orderwatch.delivery.sinks import build_sinks
-from orderwatch.delivery.sinks.base import command_sink_id, webhook_sink_id
 from orderwatch.intake.watcher import WatchlistWatcher
 from orderwatch.ops.admin import start_admin
+from orderwatch.ops.config_log import config_summary
 from orderwatch.ops.health import Health
 from orderwatch.ops.metrics import Metrics
 from orderwatch.ops.systemd import Notifier
@@ -70,17 +70,6 @@ RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
     "logging": lambda s: s.logging,
     "shutdown_timeout": lambda s: s.shutdown_timeout_s,
 }
-
-
-def _for_log(settings: Settings) -> dict[str, Any]:
-    """The settings as logged: secrets masked by pydantic, each webhook by its sink id (an
-    incoming-webhook URL often carries its credential in the path) and each command by its
-    sink id too (its arguments may carry one: `curl -H "Authorization: ..."`)."""
-    config = settings.model_dump(mode="json")
-    for hook in config["webhooks"]:
-        hook["url"] = webhook_sink_id(hook["url"])
-    config["commands"] = [command_sink_id(argv) for argv in config["commands"]]
-    return config
 
 
 class Daemon:
@@ -216,7 +205,7 @@ class Daemon:
         self.ready.set()
         self.notifier.ready()
         log.info("daemon.ready", owner=self.owner, state=self._state_label())
-        log.info("config.loaded", config=_for_log(self.settings))
+        log.info("config.loaded", **config_summary(self.settings, len(self._callbacks)))
         if self._reload_pending:
             self.reload()
         try:

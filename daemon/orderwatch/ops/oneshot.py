@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 
-from tqdm import tqdm
-
 from orderwatch.config.models import Settings
 from orderwatch.core.aio import wait_any
 from orderwatch.core.errors import StateLockedError, UsageError
 from orderwatch.delivery.outbox import Deliverer
 from orderwatch.delivery.sinks import build_sinks
 from orderwatch.ops.daemon import Daemon
+from orderwatch.ops.progress import WaitProgress
 from orderwatch.ops.run import run_daemon
-from orderwatch.store.base import OrderRow, Store
+from orderwatch.store.base import Store
 from orderwatch.store.open import daemon_running, last_holder_role, open_store
 
 FOLLOW_INTERVAL_S = 0.5
@@ -37,7 +36,7 @@ RESTART_GRACE_S = 10.0
 
 async def wait_for_orders(settings: Settings, ids: list[str], limit_s: float | None) -> int:
     deadline = _deadline(limit_s)
-    progress = _Progress(len(ids))
+    progress = WaitProgress(len(ids))
     stopped = asyncio.Event()  # SIGINT or SIGTERM while no daemon of ours runs
     try:
         while True:
@@ -97,7 +96,7 @@ async def _hand_over(
     settings: Settings,
     ids: list[str],
     deadline: float | None,
-    progress: _Progress,
+    progress: WaitProgress,
     stopped: asyncio.Event,
 ) -> int | None:
     """Enqueue for the process that holds the state and follow the store while it does (and
@@ -106,6 +105,10 @@ async def _hand_over(
         store = await open_store(settings, stack, daemon=False, now=time.time())
         now = time.time()
         await store.add_orders(ids, now, now + settings.polling.initial_delay_s)
+        progress.say(
+            f"handed {len(ids)} order(s) to the daemon running on {settings.state_dir};"
+            " following them"
+        )
         return await _follow(
             store,
             ids,
@@ -116,7 +119,7 @@ async def _hand_over(
 
 
 async def _poll_here(
-    settings: Settings, ids: list[str], deadline: float | None, progress: _Progress
+    settings: Settings, ids: list[str], deadline: float | None, progress: WaitProgress
 ) -> int | None:
     daemon = Daemon(settings, role="wait")
     stop = asyncio.Event()
@@ -129,6 +132,7 @@ async def _poll_here(
         return 1
     try:
         await daemon.add_orders(ids)
+        progress.say(_polling_here(settings, len(ids)))
         # Followed through a connection of its own: the daemon closes its store when a
         # signal stops it, and this one still reads.
         async with AsyncExitStack() as stack:
@@ -145,9 +149,15 @@ async def _poll_here(
         await task
 
 
+def _polling_here(settings: Settings, n: int) -> str:
+    if settings.state_dsn is not None:
+        return f"polling {n} order(s) here, one more replica on the shared PostgreSQL state"
+    return f"no daemon runs on {settings.state_dir}: polling {n} order(s) here"
+
+
 async def follow(store: Store, ids: list[str], limit_s: float | None) -> int:
     """Watch the store until every order has ended; 0 if all COMPLETED, else 1."""
-    progress = _Progress(len(ids))
+    progress = WaitProgress(len(ids))
     try:
         code = await _follow(store, ids, _deadline(limit_s), progress, lambda: True)
     finally:
@@ -160,7 +170,7 @@ async def _follow(
     store: Store,
     ids: list[str],
     deadline: float | None,
-    progress: _Progress,
+    progress: WaitProgress,
     polled: Callable[[], bool],
 ) -> int | None:
     """`follow`, and None as soon as `polled()` says nobody polls the pending orders."""
@@ -178,36 +188,6 @@ async def _follow(
 
 def _deadline(limit_s: float | None) -> float | None:
     return None if limit_s is None else time.monotonic() + limit_s
-
-
-class _Progress:
-    """What `wait` has shown: one bar, and one line per ended order however often the
-    orders change hands."""
-
-    def __init__(self, total: int) -> None:
-        self.bar = tqdm(total=total, unit="order", disable=not sys.stderr.isatty(), leave=True)
-        self._announced: set[str] = set()
-
-    def show(self, rows: list[OrderRow]) -> list[OrderRow]:
-        """Announce the orders that ended since the last call; all that have ended."""
-        done = [r for r in rows if r.state != "pending"]
-        for r in done:
-            if r.order_id not in self._announced:
-                self._announced.add(r.order_id)
-                self.bar.update(1)
-                _announce(r, self.bar)
-        return done
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _announce(row: OrderRow, bar: tqdm) -> None:
-    line = f"{row.order_id} {row.final_status}"
-    if bar.disable:
-        print(line, flush=True)
-    else:
-        bar.write(line)
 
 
 async def settle_deliveries(store: Store, ids: list[str], budget_s: float) -> None:
