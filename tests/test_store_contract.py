@@ -587,3 +587,110 @@ async def test_shift_retries_moves_waiting_retries_by_the_step(store: Store) -> 
     assert rows["B"].next_attempt_at == T0
     assert rows["C"].state == "delivered"
     assert rows["D"].next_attempt_at == T0 + 300
+
+
+async def _ended(store: Store, order_id: str, status: str, at: float, sinks: list[str]) -> None:
+    """Add an order and end it with `status` at `at` (no other order may be due then)."""
+    await store.add_orders([order_id], at, at)
+    (c,) = await store.claim_due(at, 1, "w", 30)
+    ev = make_event(order_id, status, {"id": order_id, "status": status}, at)
+    assert await store.finish(c, "final", status, ev, sinks)
+
+
+async def test_oldest_pending_lists_the_oldest_first_with_details(store: Store) -> None:
+    """The status page's oldest pending orders: oldest added first, ties by id, at most
+    `limit`, with their polls and last error; ended orders are not among them."""
+    assert await store.oldest_pending(5) == []
+    await store.add_orders(["C"], T0 + 2, T0 + 9_000)
+    await store.add_orders(["B", "A"], T0 + 1, T0 + 9_000)
+    await store.add_orders(["D"], T0 + 3, T0 + 9_000)
+    await _ended(store, "OLDEST-BUT-ENDED", "COMPLETED", T0, [])
+    (c,) = await store.claim_due(T0 + 9_000, 1, "w", 30)  # B or A: due together
+    assert await store.reschedule(
+        c,
+        T0 + 9_500,
+        polls=3,
+        error_streak=1,
+        first_404_at=None,
+        last_error="http 503",
+        last_body=None,
+    )
+    rows = await store.oldest_pending(3)
+    assert [r.order_id for r in rows] == ["A", "B", "C"]
+    polled = next(r for r in rows if r.order_id == c.order_id)
+    assert (polled.polls, polled.last_error, polled.state) == (3, "http 503", "pending")
+    assert len(await store.oldest_pending(100)) == 4
+
+
+async def test_recent_finals_lists_the_latest_first_and_every_ending(store: Store) -> None:
+    """The status page's recent finals: every final state, the latest finished first, at
+    most `limit`; pending orders are not among them."""
+    assert await store.recent_finals(5) == []
+    await store.add_orders(["WAITING"], T0, T0 + 9_000)
+    await _ended(store, "F1", "COMPLETED", T0 + 1, [])
+    await _ended(store, "F2", "FAILED", T0 + 3, [])
+    await _ended(store, "F3", "COMPLETED", T0 + 2, [])
+    await store.add_orders(["X"], T0 + 4, T0 + 4)
+    (c,) = await store.claim_due(T0 + 4, 1, "w", 30)
+    ev = make_event("X", "EXPIRED", None, T0 + 4)
+    assert await store.finish(c, "expired", "EXPIRED", ev, [])
+    rows = await store.recent_finals(3)
+    assert [(r.order_id, r.state, r.final_status, r.finished_at) for r in rows] == [
+        ("X", "expired", "EXPIRED", T0 + 4),
+        ("F2", "final", "FAILED", T0 + 3),
+        ("F3", "final", "COMPLETED", T0 + 2),
+    ]
+    assert len(await store.recent_finals(100)) == 4
+
+
+async def test_dead_deliveries_lists_the_latest_to_die_and_replay_takes_them_off(
+    store: Store,
+) -> None:
+    """The status page's dead deliveries: the latest to die first, at most `limit`, with
+    their order, sink, attempts and last outcome; a replay makes one pending again."""
+    assert await store.dead_deliveries(5) == []
+    await _ended(store, "A", "COMPLETED", T0, ["s1", "s2"])
+    await _ended(store, "B", "FAILED", T0 + 1, ["s1"])
+    claims = await store.claim_deliveries(T0 + 2, 10, "w", 30, ["s1", "s2"])
+    at = {("A", "s1"): T0 + 5, ("A", "s2"): None, ("B", "s1"): T0 + 7}
+    for d in claims:
+        when = at[(d.event.order_id, d.sink)]
+        if when is None:
+            assert await store.record_delivery(d, T0 + 3, "delivered", "http 204", None)
+        else:
+            assert await store.record_delivery(d, when, "dead", "http 500", None)
+    rows = await store.dead_deliveries(5)
+    assert [(r.order_id, r.sink, r.attempts, r.last_outcome, r.dead_at) for r in rows] == [
+        ("B", "s1", 1, "http 500", T0 + 7),
+        ("A", "s1", 1, "http 500", T0 + 5),
+    ]
+    ev = await store.get_event("B")
+    assert ev is not None and rows[0].event_id == ev.event_id
+    assert [r.order_id for r in await store.dead_deliveries(1)] == ["B"]
+    assert await store.replay(["B"], ["s1"], T0 + 8) == 1
+    assert [r.order_id for r in await store.dead_deliveries(5)] == ["A"]
+
+
+async def test_the_status_page_lists_read_indexes_not_tables(sqlite_store: SqliteStore) -> None:
+    """The status page asks for a few rows of tables that may hold millions: each of its
+    queries walks an index in order, and neither scans a table nor sorts all of it."""
+    await _ended(sqlite_store, "A", "COMPLETED", T0, ["s1"])
+    await sqlite_store.add_orders(["B"], T0, T0 + 9_000)
+    seen: list[str] = []
+    sqlite_store.db.set_trace_callback(seen.append)
+    try:
+        assert len(await sqlite_store.oldest_pending(20)) == 1
+        assert len(await sqlite_store.recent_finals(20)) == 1
+        assert await sqlite_store.dead_deliveries(20) == []
+    finally:
+        sqlite_store.db.set_trace_callback(None)
+    selects = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3, seen
+    for sql in selects:
+        plan = [r[3] for r in sqlite_store.db.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert not [
+            step
+            for step in plan
+            if (step.startswith("SCAN") and "INDEX" not in step)
+            or step == "USE TEMP B-TREE FOR ORDER BY"
+        ], (sql, plan)

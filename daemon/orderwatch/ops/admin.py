@@ -1,10 +1,11 @@
-"""The admin HTTP server: health, readiness, metrics, and a small orders API.
+"""The admin HTTP server: health, readiness, metrics, a small orders API, and a status page
+(`GET /`, ops/status_page.py) with a replay action (`POST /replay`).
 
-Loopback by default. The writing endpoint (`POST /orders`) needs `Authorization: Bearer
-<token>` when `admin.token` (or `admin.token_file`) is set; the config refuses a non-loopback
-`listen` without a token. Off loopback every route needs the token but the probes and the
-scrape (`/healthz`, `/readyz`, `/metrics`), which say nothing about any order. Nothing here
-ever returns a payload: those hold payout links.
+Loopback by default. The writing endpoints (`POST /orders`, `POST /replay`) need
+`Authorization: Bearer <token>` when `admin.token` (or `admin.token_file`) is set; the config
+refuses a non-loopback `listen` without a token. Off loopback every route needs the token but
+the probes and the scrape (`/healthz`, `/readyz`, `/metrics`), which say nothing about any
+order. Nothing here ever returns a payload: those hold payout links.
 
 Clients other than Prometheus and an operator must not cost the daemon anything: connections
 are bounded in number, and per peer address, so one peer cannot hold every slot and starve
@@ -22,7 +23,8 @@ import contextlib
 import hmac
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -32,6 +34,9 @@ from orderwatch.config.models import AdminSettings, is_loopback, split_listen
 from orderwatch.core.errors import OrderwatchError, StoreError
 from orderwatch.core.ids import is_valid_order_id
 from orderwatch.core.redact import REDACTOR
+from orderwatch.ops.status_page import HEADERS as PAGE_HEADERS
+from orderwatch.ops.status_page import StatusSnapshot, render_status_page
+from orderwatch.ops.status_service import ReplayResult
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import Handler
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("orderwatch.admin")
 MAX_BODY = 1024 * 1024
 MAX_IDS = 10_000
+MAX_REPLAY_IDS = 100
 MAX_CONNECTIONS = 64  # open at once; past it a new connection is closed at once
 MAX_PER_PEER = 16  # open at once from one address: the rest stay for probes and scrapes
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # no token needed, anywhere
@@ -70,6 +76,14 @@ class AdminTarget(Protocol):
 
     async def render_metrics(self) -> bytes:
         """The Prometheus exposition, gauges refreshed from the store where it answers."""
+        ...
+
+    async def status_snapshot(self) -> StatusSnapshot:
+        """What the status page (`GET /`) shows; never raises for a failing store."""
+        ...
+
+    async def replay(self, order_ids: Sequence[str]) -> ReplayResult:
+        """Queue the final events of these orders again (`orderwatch replay`)."""
         ...
 
 
@@ -187,6 +201,8 @@ def make_app(daemon: AdminTarget, token: str, *, loopback: bool = True) -> web.A
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/orders", post_orders)
     app.router.add_get("/orders/{id}", get_order)
+    app.router.add_get("/", status_page)
+    app.router.add_post("/replay", post_replay)
     return app
 
 
@@ -272,6 +288,18 @@ async def post_orders(request: web.Request) -> web.Response:
         return _bad(401, "missing or wrong bearer token")
     if _daemon(request).stopping:
         return _bad(503, "stopping; send the orders to the next instance")
+    ids = await _json_ids(request, MAX_IDS)
+    if isinstance(ids, web.Response):
+        return ids
+    good = [i for i in ids if is_valid_order_id(i)]
+    bad = [i[:140] for i in ids if not is_valid_order_id(i)]
+    added = await _daemon(request).add_orders(good) if good else 0
+    status = 400 if bad and not good else 200
+    return web.json_response({"accepted": len(good), "new": added, "invalid": bad}, status=status)
+
+
+async def _json_ids(request: web.Request, most: int) -> list[str] | web.Response:
+    """The ids of a `{"ids": [...]}` JSON body, or the answer that refuses it."""
     if request.content_type != "application/json":
         return _bad(415, "Content-Type must be application/json")
     try:
@@ -281,13 +309,40 @@ async def post_orders(request: web.Request) -> web.Response:
     ids = body.get("ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return _bad(400, 'body must be {"ids": [string, ...]}')
-    if len(ids) > MAX_IDS:
-        return _bad(413, f"at most {MAX_IDS} ids per request")
-    good = [i for i in ids if is_valid_order_id(i)]
-    bad = [i[:140] for i in ids if not is_valid_order_id(i)]
-    added = await _daemon(request).add_orders(good) if good else 0
-    status = 400 if bad and not good else 200
-    return web.json_response({"accepted": len(good), "new": added, "invalid": bad}, status=status)
+    if len(ids) > most:
+        return _bad(413, f"at most {most} ids per request")
+    return ids
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """The status page: read-only, so on loopback without the token, like GET /orders/{id}."""
+    snapshot = await _daemon(request).status_snapshot()
+    html = render_status_page(snapshot, token_required=bool(request.app[TOKEN_KEY]))
+    return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    """Send orders' final events again (`orderwatch replay`). Another site's page cannot:
+    the body must be JSON (a form cannot send it; a cross-site fetch needs a preflight that
+    is never approved), a browser's cross-site request is refused by its Sec-Fetch-Site,
+    the token travels in a header (never a cookie), and on loopback the Host is checked."""
+    if not _authorized(request):
+        return _bad(401, "missing or wrong bearer token")
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("same-origin", "none"):
+        return _bad(403, "requests from another site are refused")
+    ids = await _json_ids(request, MAX_REPLAY_IDS)
+    if isinstance(ids, web.Response):
+        return ids
+    if bad := [i[:140] for i in ids if not is_valid_order_id(i)]:
+        return web.json_response({"error": "invalid order ids", "invalid": bad}, status=400)
+    if _daemon(request).stopping:
+        return _bad(503, "stopping; replay on the next instance")
+    result = await _daemon(request).replay(ids)
+    if not result.replayed:
+        return _bad(404, "no final event for these orders (unknown, or still pending)")
+    if not result.queued:
+        return _bad(409, "no sinks configured (webhooks, commands or callbacks)")
+    return web.json_response(asdict(result))
 
 
 async def get_order(request: web.Request) -> web.Response:

@@ -35,6 +35,8 @@ from orderwatch.ops.admin import start_admin
 from orderwatch.ops.config_log import config_summary
 from orderwatch.ops.health import Health
 from orderwatch.ops.metrics import Metrics
+from orderwatch.ops.status_page import StatusSnapshot
+from orderwatch.ops.status_service import ReplayResult, StatusService
 from orderwatch.ops.systemd import Notifier
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
@@ -102,6 +104,7 @@ class Daemon:
         self.pauses: PauseMemory | None = None
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
+        self.status: StatusService | None = None  # what the status page shows (ops.admin)
         self._stop: asyncio.Event | None = None
         self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of the watchlists
         self._rescan_again = False  # a reload came during it: one more when it ends
@@ -153,6 +156,9 @@ class Daemon:
                 self.store, sinks, owner=self.owner, clock=self.wall, metrics=self.metrics.delivery
             )
             poller = self.poller = Poller(self._poller_deps(client, limiter, [x.id for x in sinks]))
+            self.status = StatusService(
+                self.store, self.gate, self.deliverer, self.metrics, s, self.readiness, self.wall
+            )
             self.health = Health(
                 self.store,
                 self.metrics,
@@ -195,7 +201,7 @@ class Daemon:
 
     async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
         assert self.poller is not None and self.deliverer is not None and self.store is not None
-        assert self.watcher is not None and self.health is not None
+        assert self.watcher is not None and self.health is not None and self.status is not None
         if stop.is_set():  # SIGTERM during start-up: never tell systemd we are ready
             return
         admin = await start_admin(self, self.settings.admin)
@@ -221,6 +227,7 @@ class Daemon:
                     tg.create_task(self.watcher.run(stop), name="watchlists"),
                     tg.create_task(self.health.run(stop), name="housekeeping"),
                     tg.create_task(self._warn_stranded(), name="stranded-deliveries"),
+                    tg.create_task(self.status.count_requests(stop), name="request-count"),
                 ]
                 tg.create_task(self._on_stop(stop, background), name="on-stop")
         finally:
@@ -302,6 +309,14 @@ class Daemon:
             return None
         deliveries = await self.store.get_deliveries([order_id])
         return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
+
+    async def status_snapshot(self) -> StatusSnapshot:
+        assert self.status is not None  # made before the admin server starts
+        return await self.status.snapshot()
+
+    async def replay(self, order_ids: Sequence[str]) -> ReplayResult:
+        assert self.status is not None
+        return await self.status.replay(order_ids)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason); see ops.health."""

@@ -105,6 +105,19 @@ class DeliveryRow:
     last_outcome: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadDelivery:
+    """A delivery that spent its retry schedule (or an old `disabled` one): what the status
+    page lists, with the replay that sends it again."""
+
+    event_id: str
+    order_id: str
+    sink: str
+    attempts: int
+    last_outcome: str | None
+    dead_at: float  # when its last attempt was recorded
+
+
 class Store(Protocol):
     """Durable queue of orders and outbox of deliveries. Every method is safe to call from
     the event loop (backends do blocking I/O off the loop)."""
@@ -205,6 +218,14 @@ class Store(Protocol):
         """Rows for the IDs that exist, in the order asked."""
         ...
 
+    async def oldest_pending(self, limit: int) -> list[OrderRow]:
+        """Up to `limit` pending orders, the oldest added first (then by id)."""
+        ...
+
+    async def recent_finals(self, limit: int) -> list[OrderRow]:
+        """Up to `limit` ended orders (every final state), the latest finished first."""
+        ...
+
     # -- deliveries (outbox) ---------------------------------------------------------------
     async def claim_deliveries(
         self, now: float, limit: int, owner: str, lease_s: float, sinks: Sequence[str]
@@ -253,6 +274,10 @@ class Store(Protocol):
 
     async def pending_deliveries_by_sink(self) -> dict[str, int]:
         """Pending deliveries by sink id (a scan: for start-up, not for every pass)."""
+        ...
+
+    async def dead_deliveries(self, limit: int) -> list[DeadDelivery]:
+        """Up to `limit` dead (or disabled) deliveries, the latest to die first."""
         ...
 
     async def get_event(self, order_id: str) -> EventRecord | None:

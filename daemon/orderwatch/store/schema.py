@@ -27,6 +27,9 @@ TABLES = [
         WHERE state = 'pending'""",
     """CREATE INDEX IF NOT EXISTS orders_oldest ON orders (added_at)
         WHERE state = 'pending'""",
+    # The status page's recent finals and dead deliveries: a few rows, never a scan.
+    """CREATE INDEX IF NOT EXISTS orders_finished ON orders (finished_at)
+        WHERE finished_at IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS order_counts (
         state TEXT PRIMARY KEY,
         n BIGINT NOT NULL)""",
@@ -50,9 +53,15 @@ TABLES = [
         PRIMARY KEY (event_id, sink))""",
     """CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_attempt_at)
         WHERE state = 'pending'""",
+    """CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (updated_at)
+        WHERE state IN ('dead', 'disabled')""",
 ]
 
 ORDER_STATES = ("pending", "final", "expired", "not_found")
+# The columns of an `OrderRow`, in its order.
+ORDER_ROW = (
+    "id, state, added_at, polls, error_streak, next_poll_at, last_error, final_status, finished_at"
+)
 
 # order_counts is kept in step by add_orders and finish, in their own transactions, so counting
 # a million orders is one small read, not a scan (status, metrics and systemd STATUS ask often).

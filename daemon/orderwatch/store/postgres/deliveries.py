@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orderwatch.store.base import DeliveryClaim, DeliveryRow, DeliveryState, EventRecord
+from orderwatch.store.base import (
+    DeadDelivery,
+    DeliveryClaim,
+    DeliveryRow,
+    DeliveryState,
+    EventRecord,
+)
 from orderwatch.store.postgres.connection import PostgresConnection
 from orderwatch.store.schema import DELIVERY_STATES
 
@@ -119,3 +125,13 @@ class PostgresDeliveries(PostgresConnection):
             "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    async def dead_deliveries(self, limit: int) -> list[DeadDelivery]:
+        rows = await self._all(
+            "SELECT d.event_id, e.order_id, d.sink, d.attempts, d.last_outcome, d.updated_at"
+            " FROM deliveries d JOIN events e ON e.event_id = d.event_id"
+            " WHERE d.state IN ('dead', 'disabled')"
+            " ORDER BY d.updated_at DESC, d.event_id, d.sink LIMIT %s",
+            limit,
+        )
+        return [DeadDelivery(*r) for r in rows]

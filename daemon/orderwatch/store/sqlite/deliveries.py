@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orderwatch.store.base import DeliveryClaim, DeliveryRow, DeliveryState
+from orderwatch.store.base import DeadDelivery, DeliveryClaim, DeliveryRow, DeliveryState
 from orderwatch.store.schema import DELIVERY_STATES
 from orderwatch.store.sqlite.connection import SqliteConnection
 from orderwatch.store.sqlite.reads import read_event
@@ -135,3 +135,14 @@ class SqliteDeliveries(SqliteConnection):
             self._all, "SELECT sink, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY sink"
         )
         return {r[0]: r[1] for r in rows}
+
+    async def dead_deliveries(self, limit: int) -> list[DeadDelivery]:
+        rows = await self._run(
+            self._all,
+            "SELECT d.event_id, e.order_id, d.sink, d.attempts, d.last_outcome, d.updated_at"
+            " FROM deliveries d JOIN events e ON e.event_id = d.event_id"
+            " WHERE d.state IN ('dead', 'disabled')"
+            " ORDER BY d.updated_at DESC, d.event_id, d.sink LIMIT ?",
+            limit,
+        )
+        return [DeadDelivery(*r) for r in rows]

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from orderwatch.store.base import EventRecord, OrderRow
-from orderwatch.store.schema import ORDER_STATES
+from orderwatch.store.schema import ORDER_ROW, ORDER_STATES
 from orderwatch.store.sqlite.connection import SqliteConnection
 
 
@@ -47,6 +47,23 @@ class SqliteReads(SqliteConnection):
             ):
                 found[r[0]] = OrderRow(*r)
         return [found[i] for i in order_ids if i in found]
+
+    async def oldest_pending(self, limit: int) -> list[OrderRow]:
+        rows = await self._run(
+            self._all,
+            f"SELECT {ORDER_ROW} FROM orders WHERE state = 'pending' ORDER BY added_at, id LIMIT ?",
+            limit,
+        )
+        return [OrderRow(*r) for r in rows]
+
+    async def recent_finals(self, limit: int) -> list[OrderRow]:
+        rows = await self._run(
+            self._all,
+            f"SELECT {ORDER_ROW} FROM orders WHERE finished_at IS NOT NULL"
+            " ORDER BY finished_at DESC, id LIMIT ?",
+            limit,
+        )
+        return [OrderRow(*r) for r in rows]
 
     async def last_body(self, order_id: str) -> bytes | None:
         body = await self._run(self._scalar, "SELECT last_body FROM orders WHERE id = ?", order_id)
