@@ -196,6 +196,24 @@ class Deliverer:
         except StoreError as e:  # what is left stays queued for the next run
             log.error("store.unavailable", sink=sink.id, error=str(e))
 
+    async def warn_stranded(self) -> None:
+        """Pending deliveries of a sink no longer configured (a webhook URL or a command's
+        argv changed: the sink id with it) are sent by nobody: say so once, at start."""
+        configured = {s.id for s in self.sinks}
+        try:
+            pending = await self.store.pending_deliveries_by_sink()
+        except StoreError as e:
+            log.error("store.unavailable", error=str(e))
+            return
+        stranded = {sink: n for sink, n in pending.items() if sink not in configured}
+        if stranded:
+            log.warning(
+                "delivery.stranded",
+                sinks=stranded,
+                hint="no configured sink has these ids any more; `orderwatch replay ID` sends"
+                " an order's event to the sinks configured now",
+            )
+
 
 async def _settle(inflight: set[asyncio.Task[None]], grace_s: float) -> None:
     """Give in-flight attempts a bounded time, then cancel them and wait for them to unwind."""

@@ -49,6 +49,23 @@ class WatchlistWatcher:
         self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
         self._held: dict[Path, tuple[int, int, int, int] | None] = {}  # unread last lines
         self._reported: dict[Path, tuple[str, ...]] = {}  # the problems last logged
+        self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of every file
+        self._rescan_again = False  # a reload came during it: one more when it ends
+
+    def rescan(self) -> None:
+        """A reload: read every watchlist again, in the background. A burst of reloads reads
+        them at most twice (once more if one came during the read), not once each."""
+        if self._rescan is not None and not self._rescan.done():
+            self._rescan_again = True
+        else:
+            self._rescan = asyncio.get_running_loop().create_task(self._read_all())
+
+    async def _read_all(self) -> None:
+        again = True
+        while again:
+            self._rescan_again = False
+            await self.scan(force=True)
+            again = self._rescan_again
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""

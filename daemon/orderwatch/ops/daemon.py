@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import asdict
 from typing import Any
 
 import structlog
@@ -106,8 +105,6 @@ class Daemon:
         self.watcher: WatchlistWatcher | None = None
         self.status: StatusService | None = None  # what the status page shows (ops.admin)
         self._stop: asyncio.Event | None = None
-        self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of the watchlists
-        self._rescan_again = False  # a reload came during it: one more when it ends
         self._reload_pending = False  # a SIGHUP that came before start-up ended
         self._stopping_told = False
 
@@ -226,7 +223,7 @@ class Daemon:
                 background = [
                     tg.create_task(self.watcher.run(stop), name="watchlists"),
                     tg.create_task(self.health.run(stop), name="housekeeping"),
-                    tg.create_task(self._warn_stranded(), name="stranded-deliveries"),
+                    tg.create_task(self.deliverer.warn_stranded(), name="stranded-deliveries"),
                     tg.create_task(self.status.count_requests(stop), name="request-count"),
                 ]
                 tg.create_task(self._on_stop(stop, background), name="on-stop")
@@ -267,25 +264,6 @@ class Daemon:
     def stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
 
-    async def _warn_stranded(self) -> None:
-        """Pending deliveries of a sink no longer configured (a webhook URL or a command's
-        argv changed: the sink id with it) are sent by nobody: say so once, at start."""
-        assert self.store is not None and self.deliverer is not None
-        configured = {s.id for s in self.deliverer.sinks}
-        try:
-            pending = await self.store.pending_deliveries_by_sink()
-        except StoreError as e:
-            log.error("store.unavailable", error=str(e))
-            return
-        stranded = {sink: n for sink, n in pending.items() if sink not in configured}
-        if stranded:
-            log.warning(
-                "delivery.stranded",
-                sinks=stranded,
-                hint="no configured sink has these ids any more; `orderwatch replay ID` sends"
-                " an order's event to the sinks configured now",
-            )
-
     def _state_label(self) -> str:
         return "postgresql" if self.settings.state_dsn else str(self.settings.state_dir)
 
@@ -303,12 +281,8 @@ class Daemon:
         await self.health.check_store()
 
     async def order_report(self, order_id: str) -> dict[str, Any] | None:
-        assert self.store is not None
-        rows = await self.store.get_orders([order_id])
-        if not rows:
-            return None
-        deliveries = await self.store.get_deliveries([order_id])
-        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
+        assert self.status is not None
+        return await self.status.order_report(order_id)
 
     async def status_snapshot(self) -> StatusSnapshot:
         assert self.status is not None  # made before the admin server starts
@@ -371,16 +345,4 @@ class Daemon:
         built = self._built  # not `old`: a change waiting for a restart is still waiting
         restart_needed = [k for k, part in RESTART_KEYS.items() if part(new) != part(built)]
         log.info("config.reloaded", needs_restart=restart_needed or None)
-        if self._rescan is not None and not self._rescan.done():
-            self._rescan_again = True  # a burst of reloads: one more re-read, not one each
-        else:
-            self._rescan = asyncio.get_running_loop().create_task(self._read_watchlists())
-
-    async def _read_watchlists(self) -> None:
-        """Read every watchlist again (a reload), and once more if a reload came meanwhile."""
-        again = True
-        while again:
-            self._rescan_again = False
-            assert self.watcher is not None
-            await self.watcher.scan(force=True)
-            again = self._rescan_again
+        self.watcher.rescan()

@@ -12,7 +12,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import structlog
 
@@ -122,6 +123,14 @@ class StatusService:
     async def count_requests(self, stop: asyncio.Event) -> None:
         """Sample the request count until `stop` (a background task of the daemon)."""
         await self._requests.run(stop)
+
+    async def order_report(self, order_id: str) -> dict[str, Any] | None:
+        """What `GET /orders/{id}` shows: the order's row and its deliveries, never a payload."""
+        rows = await self._store.get_orders([order_id])
+        if not rows:
+            return None
+        deliveries = await self._store.get_deliveries([order_id])
+        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
 
     async def snapshot(self) -> StatusSnapshot:
         now = self._wall()
