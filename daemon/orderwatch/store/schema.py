@@ -50,6 +50,13 @@ TABLES = [
         PRIMARY KEY (event_id, sink))""",
     """CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_attempt_at)
         WHERE state = 'pending'""",
+    # Runa's pushes, by Svix message id: a retry of one is a duplicate (store/pushes.py).
+    """CREATE TABLE IF NOT EXISTS pushes (
+        push_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pushes_received ON pushes (received_at)",
+    "CREATE INDEX IF NOT EXISTS pushes_order ON pushes (order_id)",
 ]
 
 ORDER_STATES = ("pending", "final", "expired", "not_found")
