@@ -31,10 +31,12 @@ from orderwatch.delivery.outbox import Deliverer
 from orderwatch.delivery.payload_files import prepare_output_dir
 from orderwatch.delivery.sinks import build_sinks
 from orderwatch.delivery.sinks.base import command_sink_id, webhook_sink_id
+from orderwatch.intake.push import PushListener
 from orderwatch.intake.watcher import WatchlistWatcher
 from orderwatch.ops.admin import start_admin
 from orderwatch.ops.health import Health
 from orderwatch.ops.metrics import Metrics
+from orderwatch.ops.push_wiring import push_report, serve_push
 from orderwatch.ops.systemd import Notifier
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
@@ -67,6 +69,7 @@ RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
     "command_timeout": lambda s: s.command_timeout_s,
     "callbacks": lambda s: s.callbacks,
     "admin": lambda s: s.admin,
+    "push.listen": lambda s: (s.push.listen, s.push.path),  # its secrets apply at once
     "logging": lambda s: s.logging,
     "shutdown_timeout": lambda s: s.shutdown_timeout_s,
 }
@@ -113,6 +116,7 @@ class Daemon:
         self.pauses: PauseMemory | None = None
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
+        self.push: PushListener | None = None
         self._stop: asyncio.Event | None = None
         self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of the watchlists
         self._rescan_again = False  # a reload came during it: one more when it ends
@@ -212,6 +216,7 @@ class Daemon:
         admin = await start_admin(self, self.settings.admin)
         if admin is not None:
             stack.push_async_callback(admin.cleanup)
+        self.push = await serve_push(self, stack)
         gc.freeze()  # start-up objects never need scanning again: shorter GC pauses later
         self.ready.set()
         self.notifier.ready()
@@ -312,7 +317,8 @@ class Daemon:
         if not rows:
             return None
         deliveries = await self.store.get_deliveries([order_id])
-        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
+        push = await push_report(self.store, order_id)
+        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries], "push": push}
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason); see ops.health."""
