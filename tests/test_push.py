@@ -4,6 +4,7 @@ never deciding an order by itself (the GET does)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -20,8 +21,15 @@ from standardwebhooks.webhooks import Webhook
 
 from orderwatch.cli.status_view import gather_status, render_status
 from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.core.errors import UsageError
 from orderwatch.devtools.pusher import completion_body
-from orderwatch.devtools.simulator import RunningSim, SimOptions, running_simulator
+from orderwatch.devtools.simulator import (
+    RunningSim,
+    SimOptions,
+    add_arguments,
+    options_from_args,
+    running_simulator,
+)
 from orderwatch.ops.daemon import Daemon
 from orderwatch.ops.metrics import Metrics
 from orderwatch.polling.expedite import Expedited
@@ -465,6 +473,37 @@ async def test_any_replica_may_receive_a_push(tmp_path: Path, pg_dsn: str) -> No
             outcomes = sorted(a[1]["outcome"] for a in answers)
             assert outcomes == ["added", "duplicate"]
             await final(a, "O-TWICE")
+
+
+async def test_the_simulator_pushes_as_runa_does(tmp_path: Path) -> None:
+    """`orderwatch simulate --push-*`: each order's completion is pushed, signed, after the
+    delay; with --push-duplicates 1 each is sent twice with one svix-id (the daemon keeps
+    one); the flags need a secret and a sane delay."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/runa/webhook"
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    flags = ["--push-url", url, "--push-secret", SECRET, "--push-delay", "0s..200ms"]
+    options = options_from_args(p.parse_args([*flags, "--push-duplicates", "1"]))
+    options.api_key = API_KEY
+    with pytest.raises(UsageError):
+        options_from_args(p.parse_args(["--push-url", url]))
+    with pytest.raises(UsageError):
+        options_from_args(p.parse_args([*flags[:4], "--push-delay", "2s..1s"]))
+    async with running_simulator(options) as rs:
+        cfg = config_dict(tmp_path, rs.base_url, polling=NOT_PUSHED)
+        cfg["push"] = {"listen": f"127.0.0.1:{port}", "secret": SECRET}
+        async with running_daemon(load_settings_from_mapping(cfg)) as d:
+            ids = ["O-SIM1", "O-SIM2", "O-SIM3"]
+            rs.sim.create(ids, complete_after=0.3)
+            await final(d, *ids)
+
+            async def both_copies() -> bool:
+                return pushes_metric(d, "duplicate") == len(ids)
+
+            await until(both_copies)
+            assert pushes_metric(d, "accepted") == len(ids)
+            assert rs.sim.received == len(ids)  # polling alone would wait an hour
 
 
 async def test_check_config_wants_a_secret_with_listen(tmp_path: Path) -> None:
