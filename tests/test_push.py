@@ -21,7 +21,9 @@ from standardwebhooks.webhooks import Webhook
 
 from orderwatch.cli.status_view import gather_status, render_status
 from orderwatch.config.load import load_settings_from_mapping
+from orderwatch.config.secrets import register_secrets
 from orderwatch.core.errors import UsageError
+from orderwatch.core.redact import REDACTOR
 from orderwatch.devtools.pusher import completion_body
 from orderwatch.devtools.simulator import (
     RunningSim,
@@ -263,6 +265,34 @@ async def test_a_reload_applies_new_secrets_at_once(tmp_path: Path) -> None:
             assert d.reload()
             assert (await post(url, body, signed(body, "msg_b", SECRET)))[0] == 200
             assert (await post(url, body, signed(body, "msg_c", OLD)))[0] == 401
+
+
+async def test_a_push_for_a_leased_order_is_followed_up(tmp_path: Path) -> None:
+    """A push for an order another replica holds (its GET may have left before the order
+    completed): once the holder puts it back at its normal cadence, the order is polled at
+    once, not an hour later."""
+    async with sim() as rs, pushing(tmp_path, rs) as (d, url):
+        store = d.store
+        assert store is not None
+        await d.add_orders(["O-HELD"])  # due in an hour
+        (claim,) = await store.claim_due(time.time() + 7200, 1, "other-replica", 60)
+        rs.sim.complete(["O-HELD"])
+        body = completion_body("O-HELD", "COMPLETED")
+        assert await post(url, body, signed(body)) == (200, {"outcome": "leased"})
+        # The holder's GET said PROCESSING: back at its cadence, due in an hour.
+        args = {"polls": 1, "error_streak": 0, "first_404_at": None, "last_error": None}
+        assert await store.reschedule(claim, time.time() + 3600, **args, last_body=None)
+        await final(d, "O-HELD")
+        assert rs.sim.received == 1
+
+
+async def test_push_secrets_are_kept_out_of_logs(tmp_path: Path) -> None:
+    """Both forms of every push secret (with and without whsec_) are redacted."""
+    cfg = config_dict(tmp_path, "http://127.0.0.1:1/v2")
+    cfg["push"] = {"listen": "127.0.0.1:0", "secret": SECRET, "secrets": [OLD]}
+    register_secrets(load_settings_from_mapping(cfg))
+    for secret in (SECRET, OLD, OLD.removeprefix("whsec_")):
+        assert secret not in REDACTOR.text(f"a line with {secret} in it")
 
 
 async def test_the_get_decides_not_the_push(tmp_path: Path) -> None:
