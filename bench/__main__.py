@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bench import finals, latency, limiters, overhead, rate, scale, steady, webhooks
+from bench import finals, latency, limiters, overhead, push, rate, scale, steady, webhooks
 from bench.common import Report, machine
 from orderwatch.core import aio
 
@@ -20,6 +20,7 @@ BENCHES = {
     "webhooks": webhooks.run,
     "finals": finals.run,
     "steady": steady.run,
+    "push": push.run,
 }
 
 

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from orderwatch.core.errors import StoreError
 from orderwatch.delivery.events import make_event
-from orderwatch.store.base import Claim, Store
+from orderwatch.store.base import PUSH_RETENTION_S, Claim, PushSeen, Store
 from orderwatch.store.sqlite import QUEUED_WRITE_DELAY_S, SqliteStore
 
 from conftest import BACKENDS
@@ -63,6 +63,53 @@ async def test_expedite_puts_orders_ahead_of_everything_due(store: Store) -> Non
     assert [c.order_id for c in await store.claim_due(T0 + 5, 10, "w2", 30)] == ["due2"]
     expedited, leased = await store.expedite([])
     assert (expedited, leased) == ([], [])
+
+
+async def test_accept_pushes_dedupes_tracks_and_expedites_in_one_call(store: Store) -> None:
+    """A push expedites its pending order ahead of everything due, adds an unknown one, leaves
+    leased and ended ones alone; a push id seen before (or twice in one call) changes
+    nothing; a lease that ran out does not hold a push back."""
+    for order_id in ("done", "held", "stale"):
+        await store.add_orders([order_id], T0, T0)
+        (c,) = await store.claim_due(T0 + 100, 1, "w", 5 if order_id == "stale" else 30)
+        if order_id == "done":
+            ev = make_event("done", "COMPLETED", {"id": "done"}, T0 + 100)
+            assert await store.finish(c, "final", "COMPLETED", ev, [])
+    await store.add_orders(["later"], T0, T0 + 1000)
+    await store.add_orders(["first"], T0, T0 + 1)
+    now = T0 + 110  # "held" is leased until T0 + 130, "stale" was until T0 + 105
+    pushes = [
+        ("msg_1", "later"),
+        ("msg_2", "held"),
+        ("msg_3", "done"),
+        ("msg_4", "new"),
+        ("msg_1", "later"),
+        ("msg_5", "stale"),
+    ]
+    got = await store.accept_pushes(pushes, now, track_unknown=True)
+    assert got == ["expedited", "leased", "ended", "added", "duplicate", "expedited"]
+    assert await store.accept_pushes([("msg_4", "new")], now + 1, True) == ["duplicate"]
+    assert await store.accept_pushes([("msg_6", "other")], now, False) == ["untracked"]
+    assert (await store.counts())["pending"] == 5  # held, stale, later, first, new
+    claims = await store.claim_due(now, 10, "w2", 30)
+    # The pushed ones first (their order among themselves is the store's), then "first".
+    assert {c.order_id for c in claims[:3]} == {"later", "new", "stale"}
+    assert [c.order_id for c in claims[3:]] == ["first"]
+    seen = await store.pushes_for(["later", "new", "other", "first"])
+    assert seen["later"] == PushSeen(1, now, now) and seen["new"].count == 1
+    assert "first" not in seen and seen["other"].count == 1
+
+
+async def test_accept_pushes_prunes_ids_past_their_retention(store: Store) -> None:
+    """A push id older than PUSH_RETENTION_S is forgotten (the table stays bounded): the same
+    id again counts as new."""
+    await store.add_orders(["A"], T0, T0 + 100)
+    assert await store.accept_pushes([("msg_a", "A")], T0, True) == ["expedited"]
+    later = T0 + PUSH_RETENTION_S + 1
+    assert await store.accept_pushes([("msg_b", "A")], later, True) == ["expedited"]
+    assert await store.pushes_for(["A"]) == {"A": PushSeen(1, later, later)}
+    assert await store.accept_pushes([("msg_a", "A")], later, True) == ["expedited"]
+    assert await store.accept_pushes([], later, True) == []
 
 
 async def test_reschedule_and_release(store: Store) -> None:

@@ -35,7 +35,15 @@ async def gather_status(settings: Settings, ids: list[str]) -> dict[str, Any]:
         by_order: dict[str, list[dict[str, Any]]] = {}
         for d in deliveries:
             by_order.setdefault(d.order_id, []).append(asdict(d))
-        report["orders"] = [{**asdict(r), "deliveries": by_order.get(r.order_id, [])} for r in rows]
+        pushes = {k: asdict(v) for k, v in (await store.pushes_for(ids)).items()}
+        report["orders"] = [
+            {
+                **asdict(r),
+                "deliveries": by_order.get(r.order_id, []),
+                "push": pushes.get(r.order_id),
+            }
+            for r in rows
+        ]
         known = {r.order_id for r in rows}
         report["unknown"] = [i for i in ids if i not in known]
         return report
@@ -81,6 +89,11 @@ def render_status(report: dict[str, Any], now: float) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
     for o in orders:
+        if push := o.get("push"):  # Runa's own push (kept three days)
+            lines.append(
+                f"  {o['order_id']} <- push: {push['count']} received, first"
+                f" {_ago(push['first_at'], now)}, last {_ago(push['last_at'], now)}"
+            )
         for d in o["deliveries"]:
             nxt = _ago(d["next_attempt_at"], now) if d["state"] == "pending" else "-"
             lines.append(

@@ -143,6 +143,8 @@ def _read_secret_files(data: dict[str, Any], base: Path | None, c: Collector) ->
         _secret_file(runa, ("runa",), "api_key_file", base, c)
     if isinstance(admin := data.get("admin"), dict):
         _secret_file(admin, ("admin",), "token_file", base, c)
+    if isinstance(push := data.get("push"), dict):
+        _secret_file(push, ("push",), "secret_file", base, c)
     if isinstance(hooks := data.get("webhooks"), list):
         for i, hook in enumerate(hooks):
             if isinstance(hook, dict):

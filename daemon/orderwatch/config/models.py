@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from pathlib import Path
@@ -217,6 +219,66 @@ class AdminSettings(_Section):
         return self
 
 
+def _svix_secret(v: SecretStr) -> SecretStr:
+    # Strict base64: the library's decoder skips what is not base64 and would verify with
+    # another key than Svix signs with. The value itself is never quoted.
+    raw = v.get_secret_value().strip().removeprefix("whsec_")
+    try:
+        if not base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True):
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise ValueError("is not a Svix signing secret ('whsec_' and base64)") from None
+    return SecretStr(v.get_secret_value().strip())
+
+
+class PushSettings(_Section):
+    """Runa's own `order.completion` push (through Svix): the fast path beside polling."""
+
+    listen: str | None = None  # host:port of its own listener; None: off
+    path: str = "/runa/webhook"
+    secret: SecretStr | None = None
+    secret_file: FilePath | None = None  # where secret was read from, if a file
+    secrets: tuple[SecretStr, ...] = ()  # more during a rotation: any one verifies
+    track_unknown: bool = True  # a push for an order not tracked yet starts tracking it
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            split_listen(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c in v for c in "?# ") or not v.isprintable():
+            raise ValueError("should be a URL path starting with /, without ? or #")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else _svix_secret(v)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        return tuple(_svix_secret(s) for s in v)
+
+    @model_validator(mode="after")
+    def _signed(self) -> PushSettings:
+        # Not loopback is fine: every request must carry Svix's signature.
+        if self.listen and self.secret is None and not self.secrets:
+            raise ValueError(
+                f"listen is {self.listen}: give secret, secret_file or secrets (Svix's"
+                " whsec_... signing secret) to verify what arrives"
+            )
+        return self
+
+    def all_secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.secret, *self.secrets) if s is not None]
+
+
 class LoggingSettings(_Section):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -238,6 +300,7 @@ class Settings(_Section):
     command_timeout_s: PositiveSeconds = Field(30.0, alias="command_timeout")
     callbacks: tuple[str, ...] = ()
     admin: AdminSettings = AdminSettings()
+    push: PushSettings = PushSettings()
     logging: LoggingSettings = LoggingSettings()
     shutdown_timeout_s: PositiveSeconds = Field(5.0, alias="shutdown_timeout")
 

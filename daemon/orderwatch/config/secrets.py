@@ -24,6 +24,9 @@ def register_secrets(settings: Settings) -> None:
                 REDACTOR.add_secret(value)
                 REDACTOR.add_secret(value.removeprefix("whsec_"))
         REDACTOR.add_safe_url_prefix(_origin(hook.url))
+    for value in settings.push.all_secrets():
+        REDACTOR.add_secret(value)
+        REDACTOR.add_secret(value.removeprefix("whsec_"))
     if settings.admin.token is not None:
         REDACTOR.add_secret(settings.admin.token.get_secret_value())
     if settings.state_dsn is not None:

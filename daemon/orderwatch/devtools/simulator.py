@@ -25,6 +25,12 @@ from typing import Any
 from aiohttp import web
 
 from orderwatch.config.durations import parse_duration
+from orderwatch.devtools.pusher import (
+    Pusher,
+    PushOptions,
+    add_push_arguments,
+    push_options_from_args,
+)
 
 API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
 FAULT_NAMES = ("reset", "timeout", "429", "500", "504", "malformed", "401", "404", "ok")
@@ -53,6 +59,7 @@ class SimOptions:
     not_found_for: float = 0.0
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    push: PushOptions | None = None  # Runa's own push as orders complete (devtools/pusher.py)
 
 
 @dataclass
@@ -137,6 +144,7 @@ class Simulator:
         self.rate_limited_at: deque[float] = deque(maxlen=100_000)  # arrivals answered 429
         self.received = 0  # every order request, past the logs' caps (benchmarks count these)
         self.answered: Counter[str] = Counter()
+        self.pusher = Pusher(options.push, random.Random(options.seed)) if options.push else None
         self.app = web.Application()
         self.app.router.add_get("/v2/order/{id}", self._order)
         self.app.router.add_get("/v2/ping", self._ping)
@@ -162,12 +170,14 @@ class Simulator:
         after = self.options.complete_after if complete_after is None else complete_after
         for oid in ids:
             self._orders[oid] = _Order(self._clock(), after, status)
+            self._will_finish(oid)
 
     def complete(self, ids: list[str], status: str = "COMPLETED") -> None:
         for oid in ids:
             order = self._orders.setdefault(oid, _Order(self._clock(), 0.0))
             order.complete_after, order.status = 0.0, status
             order.first_seen = min(order.first_seen, self._clock())
+            self._will_finish(oid)
 
     def payload(self, order_id: str) -> dict[str, Any] | None:
         order = self._orders.get(order_id)
@@ -245,6 +255,7 @@ class Simulator:
         order = self._orders.get(order_id)
         if order is None:
             order = self._orders[order_id] = _Order(now, self.options.complete_after)
+            self._will_finish(order_id)
         age = now - order.first_seen
         if age < self.options.not_found_for:
             return _error(404, "not_found", "Order not found")
@@ -255,6 +266,14 @@ class Simulator:
         if order.payload is None:
             order.payload = _final_payload(order_id, order.status or self._outcome(order_id))
         return web.json_response(order.payload)
+
+    def _will_finish(self, order_id: str) -> None:
+        """Tell the pusher when this order will be final (it pushes then)."""
+        order = self._orders[order_id]
+        if self.pusher is not None:
+            at = order.first_seen + order.complete_after + self.options.not_found_for
+            status = order.status or self._outcome(order_id)
+            self.pusher.order_final(order_id, status, at - self._clock())
 
     def _outcome(self, order_id: str) -> str:
         h = int.from_bytes(hashlib.sha256(order_id.encode()).digest()[:8], "big") / 2**64
@@ -323,6 +342,8 @@ async def running_simulator(
     try:
         yield RunningSim(sim, bound)
     finally:
+        if sim.pusher is not None:
+            await sim.pusher.close()
         await runner.cleanup()
 
 
@@ -401,6 +422,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, help="seed of the fault draws, for a repeatable run (default: random)"
     )
+    add_push_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
@@ -418,4 +440,5 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         fail_ratio=args.fail_ratio,
         faults=faults,
         seed=args.seed,
+        push=push_options_from_args(args),
     )

@@ -29,11 +29,13 @@ from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.delivery.outbox import Deliverer
 from orderwatch.delivery.payload_files import prepare_output_dir
 from orderwatch.delivery.sinks import build_sinks
+from orderwatch.intake.push import PushListener
 from orderwatch.intake.watcher import WatchlistWatcher
 from orderwatch.ops.admin import start_admin
 from orderwatch.ops.config_log import config_summary
 from orderwatch.ops.health import Health
 from orderwatch.ops.metrics import Metrics
+from orderwatch.ops.push_wiring import serve_push
 from orderwatch.ops.status_page import StatusSnapshot
 from orderwatch.ops.status_service import ReplayResult, StatusService
 from orderwatch.ops.systemd import Notifier
@@ -68,6 +70,7 @@ RESTART_KEYS: dict[str, Callable[[Settings], object]] = {
     "command_timeout": lambda s: s.command_timeout_s,
     "callbacks": lambda s: s.callbacks,
     "admin": lambda s: s.admin,
+    "push.listen": lambda s: (s.push.listen, s.push.path),  # its secrets apply at once
     "logging": lambda s: s.logging,
     "shutdown_timeout": lambda s: s.shutdown_timeout_s,
 }
@@ -104,6 +107,7 @@ class Daemon:
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
         self.status: StatusService | None = None  # what the status page shows (ops.admin)
+        self.push: PushListener | None = None
         self._stop: asyncio.Event | None = None
         self._reload_pending = False  # a SIGHUP that came before start-up ended
         self._stopping_told = False
@@ -204,6 +208,7 @@ class Daemon:
         admin = await start_admin(self, self.settings.admin)
         if admin is not None:
             stack.push_async_callback(admin.cleanup)
+        self.push = await serve_push(self, stack)
         gc.freeze()  # start-up objects never need scanning again: shorter GC pauses later
         self.ready.set()
         self.notifier.ready()

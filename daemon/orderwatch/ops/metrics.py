@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.registry import Collector
 
 from orderwatch.delivery.metrics import DeliveryMetrics
+from orderwatch.intake.push import PushMetrics
 from orderwatch.polling.metrics import PollMetrics
 
 
@@ -19,6 +20,7 @@ class Metrics:
         r = self.registry
         self.poll = PollMetrics(r)
         self.delivery = DeliveryMetrics(r)
+        self.push = PushMetrics(r)
         self.orders = Gauge(
             "orderwatch_orders", "Orders in the store, by state.", ["state"], registry=r
         )

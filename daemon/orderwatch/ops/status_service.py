@@ -22,6 +22,7 @@ from orderwatch.core.aio import wait_any
 from orderwatch.core.errors import StoreError
 from orderwatch.delivery.outbox import Deliverer
 from orderwatch.ops.metrics import Metrics
+from orderwatch.ops.push_wiring import push_report
 from orderwatch.ops.status_page import Pause, StatusSnapshot
 from orderwatch.polling.gate import Gate
 from orderwatch.store.base import DeadDelivery, OrderRow, Store
@@ -130,7 +131,8 @@ class StatusService:
         if not rows:
             return None
         deliveries = await self._store.get_deliveries([order_id])
-        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries]}
+        push = await push_report(self._store, order_id)
+        return {**asdict(rows[0]), "deliveries": [asdict(x) for x in deliveries], "push": push}
 
     async def snapshot(self) -> StatusSnapshot:
         now = self._wall()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Container
 from typing import Any
 
 from orderwatch.polling.client import SWEEP_S
@@ -88,6 +89,14 @@ class HeldClaims:
             ready.put((c, unsaved))
             moved += 1
         return moved
+
+    def take(self, order_ids: Container[str]) -> list[tuple[Claim, Reschedule]]:
+        """The held claims of these orders, taken out (a push brings them forward)."""
+        taken = [(c, unsaved) for _, _, c, unsaved in self._heap if c.order_id in order_ids]
+        if taken:
+            self._heap = [e for e in self._heap if e[2].order_id not in order_ids]
+            heapq.heapify(self._heap)
+        return taken
 
     def take_all(self) -> list[tuple[Claim, Reschedule]]:
         held, self._heap = self._heap, []

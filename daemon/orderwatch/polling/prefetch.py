@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -32,6 +33,19 @@ class Prefetch(deque[T]):
         self.append(item)
         if self._getters:  # nearly always none: workers take what is there without waiting
             self._wake_one()
+
+    def put_at(self, index: int, item: T) -> None:
+        """`put`, at `index` from the front (a pushed order goes ahead of the queue)."""
+        self.insert(index, item)
+        if self._getters:
+            self._wake_one()
+
+    def take_if(self, wanted: Callable[[T], bool]) -> list[T]:
+        """Remove the items `wanted` picks; they are returned, oldest first."""
+        taken = [item for item in self if wanted(item)]
+        for item in taken:
+            self.remove(item)
+        return taken
 
     async def get(self) -> T:
         """The oldest item, once there is one."""

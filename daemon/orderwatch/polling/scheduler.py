@@ -25,6 +25,7 @@ from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.polling.answers import Answer, Kind
 from orderwatch.polling.client import SWEEP_S, RunaClient
 from orderwatch.polling.clock import ClockWatch, pull_forward
+from orderwatch.polling.expedite import Expedited
 from orderwatch.polling.finish import Finisher
 from orderwatch.polling.gate import Gate
 from orderwatch.polling.held import HeldClaims
@@ -72,6 +73,7 @@ class Poller:
         self._lease_s = deps.lease_s
         self._ready: Prefetch[tuple[Claim, Reschedule | None]] = Prefetch(self._prefetch)
         self._held = HeldClaims(deps.store, deps.lease_s, deps.request_timeout_s)
+        self.expedited = Expedited(self._held, self._ready, self.wake, self._prefetch)
         self._finisher = Finisher(
             deps.store,
             deps.output_dir,
@@ -183,6 +185,10 @@ class Poller:
         self._clock.settle(now)
 
     async def _claim_some(self) -> int:
+        if self.expedited.wanted and not self.d.gate.closed():  # pushed: ahead of the batching
+            return await self.expedited.claim(
+                self.d.store, self.d.wall(), self.d.owner, self._lease_s
+            )
         room = self._ready.room()
         if room < self._batch and self._ready:
             return 0  # claim in batches: one transaction per poll was the hot spot
@@ -203,8 +209,7 @@ class Poller:
             return moved
         held.claim_started()
         claims = await self.d.store.claim_due(now, room, self.d.owner, self._lease_s)
-        for c in claims:
-            self._ready.put((c, None))
+        self.expedited.queue(claims)  # expedited (pushed) ones at the front
         if len(claims) < room:  # the store had nothing else due by `now`
             held.store_clear(now)
             moved += held.move_due(self._ready, self.d.wall(), room - len(claims))
@@ -216,6 +221,8 @@ class Poller:
         """Wait until there may be work. False when the wait ran out and the store had nothing
         due by now: the next pass then asks only when the next order is due (which also shows
         orders other processes added) instead of claiming too, one store call a second idle."""
+        if self.expedited.wanted and not self.d.gate.closed():
+            return True  # a push came while the last claim ran: its wake was for this
         if self._ready.room() < self._batch and self._ready:
             self._room.clear()
             self._room_wanted = True

@@ -15,6 +15,10 @@ from typing import Any, Literal, NamedTuple, Protocol
 from orderwatch.core.rate_limit import RateLimiter
 
 OrderState = Literal["pending", "final", "expired", "not_found"]
+# What a push did, per push: a repeat of one already kept; an unknown order now tracked; a
+# pending order made due at EXPEDITED_AT, or leased (its holder polls it); an order already
+# ended; an unknown order left alone (track_unknown off).
+PushOutcome = Literal["duplicate", "added", "expedited", "leased", "ended", "untracked"]
 DeliveryState = Literal["pending", "delivered", "dead", "disabled"]
 
 # What a stop may spend on the store for the next owner's sake (claims given back, leases
@@ -24,6 +28,9 @@ GOODBYE_S = 2.0
 # The due time of an order a push or a sweep says may be final: before every order that is
 # merely due, so the next claim takes it first.
 EXPEDITED_AT = 0.0
+# How long a push's id is kept to spot its retries: past Svix's whole retry schedule (about
+# 28 hours from the first attempt), with room for a late resend.
+PUSH_RETENTION_S = 3 * 86400.0
 
 
 class Claim(NamedTuple):
@@ -80,6 +87,15 @@ class OrderRow:
     last_error: str | None
     final_status: str | None  # COMPLETED / FAILED / EXPIRED / NOT_FOUND
     finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PushSeen:
+    """Pushes kept for one order (within PUSH_RETENTION_S): how many, the first and last."""
+
+    count: int
+    first_at: float
+    last_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +211,20 @@ class Store(Protocol):
         unleased ones become due at EXPEDITED_AT, ahead of everything merely due. Returns
         (expedited, leased): a leased one is someone's claim already, and its holder polls
         it. Unknown and ended orders are in neither list. Durable when it returns."""
+        ...
+
+    async def accept_pushes(
+        self, pushes: Sequence[tuple[str, str]], now: float, track_unknown: bool
+    ) -> list[PushOutcome]:
+        """Record pushes, (push id, order id) each, in ONE durable transaction: a push id seen
+        before (or earlier in `pushes`) is a duplicate and changes nothing; otherwise the order
+        is expedited like `expedite` (a lease that ran out does not count), or added due at
+        EXPEDITED_AT when unknown and `track_unknown`. Ids older than PUSH_RETENTION_S are
+        pruned. One outcome per push, in order. Durable when it returns."""
+        ...
+
+    async def pushes_for(self, order_ids: Sequence[str]) -> dict[str, PushSeen]:
+        """The pushes kept for these orders (orders without any are left out)."""
         ...
 
     async def holds(self, claim: Claim) -> bool:

@@ -55,6 +55,13 @@ TABLES = [
         WHERE state = 'pending'""",
     """CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (updated_at)
         WHERE state IN ('dead', 'disabled')""",
+    # Runa's pushes, by Svix message id: a retry of one is a duplicate (store/pushes.py).
+    """CREATE TABLE IF NOT EXISTS pushes (
+        push_id TEXT PRIMARY KEY,
+        order_id TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS pushes_received ON pushes (received_at)",
+    "CREATE INDEX IF NOT EXISTS pushes_order ON pushes (order_id)",
 ]
 
 ORDER_STATES = ("pending", "final", "expired", "not_found")

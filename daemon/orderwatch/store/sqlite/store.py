@@ -5,11 +5,12 @@ from __future__ import annotations
 from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.store.sqlite.claims import SqliteClaims
 from orderwatch.store.sqlite.deliveries import SqliteDeliveries
+from orderwatch.store.sqlite.pushes import SqlitePushes
 from orderwatch.store.sqlite.reads import SqliteReads
 from orderwatch.store.sqlite.writes import SqliteWrites
 
 
-class SqliteStore(SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries):
+class SqliteStore(SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries, SqlitePushes):
     """Store over one SQLite file. Open with `await SqliteStore.open(state_dir)`."""
 
     def shared_limiter(self, rate: float) -> RateLimiter | None:
