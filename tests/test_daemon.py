@@ -376,7 +376,7 @@ async def _claims_fail_while_work_looks_due(
         finally:
             setattr(store, claim, real[0])
             setattr(store, next_due, real[1])
-    return logs
+    return [dict(e) for e in logs]
 
 
 @pytest.mark.slow

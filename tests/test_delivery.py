@@ -498,7 +498,7 @@ def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
     twice = {"callbacks": ["ow_test_hooks:on_final", "ow_test_hooks:on_final"]}
     with pytest.raises(UsageError, match=r"callbacks\[1\]: the same sink as callbacks\[0\]"):
         build_sinks(load_settings_from_mapping(twice))
-    on_final = sinks[0].func  # type: ignore[attr-defined]
+    on_final = sinks[0].func
     with pytest.raises(UsageError, match="configured twice"):
         build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final, on_final])
 

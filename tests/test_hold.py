@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
+from orderwatch.devtools.simulator import Faults, RunningSim, SimOptions, running_simulator
+from orderwatch.ops.daemon import Daemon
 from orderwatch.polling import held as poller
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.policy import Reschedule
@@ -20,13 +21,14 @@ from orderwatch.store.sqlite import SqliteStore
 from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
 
 
-def gets(rs: object, order_id: str) -> int:
-    return sum(1 for _, oid in rs.sim.requests if oid == order_id)  # type: ignore[attr-defined]
+def gets(rs: RunningSim, order_id: str) -> int:
+    return sum(1 for _, oid in rs.sim.requests if oid == order_id)
 
 
-async def row_of(d: object, order_id: str) -> OrderRow:
-    (row,) = await d.store.get_orders([order_id])  # type: ignore[attr-defined]
-    return row  # type: ignore[no-any-return]
+async def row_of(d: Daemon, order_id: str) -> OrderRow:
+    assert d.store is not None
+    (row,) = await d.store.get_orders([order_id])
+    return row
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

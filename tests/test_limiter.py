@@ -117,4 +117,4 @@ def test_a_quick_connection_is_well_inside_every_limiters_tolerance(rate: float)
     QUICK_CONNECT_S or longer: a send that quick must be one no limiter would count again."""
     assert SpacedLimiter(rate).margin > 10 * QUICK_CONNECT_S
     pg = pytest.importorskip("orderwatch.store.cluster_limiter", reason="psycopg not installed")
-    assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S  # type: ignore[arg-type]
+    assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S

@@ -102,8 +102,8 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
         "orderwatch_ready",
     ):
         assert name in families, name
-    final = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
-    assert final[0].value == 1
+    finals = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
+    assert finals[0].value == 1
     # every known label value is there from the start (an alert sees 0, not no data)
     dead = [
         s for s in families["orderwatch_delivery_attempts"].samples if s.labels["result"] == "dead"
@@ -141,7 +141,7 @@ async def test_admin_api_answers_hostile_bodies_and_a_failing_store_in_json(
 
             store = d.store
             assert store is not None
-            store.add_orders, store.get_orders = broken, broken  # type: ignore[method-assign]
+            store.add_orders, store.get_orders = broken, broken  # type: ignore[method-assign,assignment]
             with capture_logs() as logs:
                 posted = await http("POST", f"{base}/orders", json={"ids": ["O-1"]})
                 got = await http("GET", f"{base}/orders/O-1")
@@ -412,7 +412,9 @@ async def test_a_burst_of_reloads_reads_the_watchlists_at_most_twice(tmp_path: P
         s = settings_for(tmp_path, rs.base_url, watchlists=[str(watchlist)])
         async with running_daemon(s, reload=lambda: s) as d:
             forced = 0
-            real = d.watcher.scan
+            watcher = d.watcher
+            assert watcher is not None
+            real = watcher.scan
 
             async def counted(force: bool = False) -> int:
                 nonlocal forced
@@ -420,7 +422,7 @@ async def test_a_burst_of_reloads_reads_the_watchlists_at_most_twice(tmp_path: P
                 await asyncio.sleep(0.2)  # a long file
                 return await real(force)
 
-            d.watcher.scan = counted  # type: ignore[method-assign]
+            watcher.scan = counted  # type: ignore[method-assign]
             assert d.reload()
             await asyncio.sleep(0.05)  # its re-read is under way
             for _ in range(19):

@@ -68,12 +68,13 @@ async def _a_stalls_then_b_claims(
 
 async def _stale_writer_race(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
-) -> tuple[object, object, object]:
+) -> tuple[object, object, tuple[object, object]]:
     """Worker A gets the final body, checks its lease and stalls while it writes; its lease
     runs out and worker B (another replica) polls the order again, with a later body (a payout
     status can change between GETs), writes it and commits. A's rename lands after B's.
     Returns (A's body, B's body, and what the file and the event hold)."""
     import orderwatch.polling.finish as poller_module
+    from orderwatch.delivery.payload_files import write_payload
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
@@ -81,7 +82,7 @@ async def _stale_writer_race(
     prepare_output_dir(out)
     a_may_write, b_wrote, b_may_commit = threading.Event(), threading.Event(), threading.Event()
     calls: list[bytes] = []
-    real = poller_module.write_payload
+    real = write_payload
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
@@ -149,6 +150,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     payload to put back, so the file, payout links and all, stayed beside an order that
     SPEC says has none. The refused writer now removes it."""
     import orderwatch.polling.finish as poller_module
+    from orderwatch.delivery.payload_files import write_payload
 
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
@@ -156,7 +158,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     prepare_output_dir(out)
     a_may_write = threading.Event()
     calls: list[bytes] = []
-    real = poller_module.write_payload
+    real = write_payload
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> None:
         calls.append(body)

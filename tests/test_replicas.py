@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ async def pg_scalar(dsn: str, sql: str, *args: object) -> object:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+        cur = await conn.execute(sql, args)
         row = await cur.fetchone()
         return row[0] if row else None
 
@@ -76,7 +77,7 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
             rs.sim.create(ids[i::12], complete_after=2.0 + 3.0 * i)
         cfg = replica_config(tmp_path, rs.base_url, pg_dsn, url)
         assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
-        quiet = {"stderr": asyncio.subprocess.DEVNULL}
+        quiet: dict[str, Any] = {"stderr": asyncio.subprocess.DEVNULL}
         replicas = [await spawn("run", "-c", str(cfg), **quiet) for _ in range(3)]
         try:
             for k in range(3):
@@ -203,7 +204,7 @@ async def test_a_429_on_one_replica_pauses_all_of_them(tmp_path: Path, pg_dsn: s
     async with running_simulator(opts) as rs:
         cfg = replica_config(tmp_path, rs.base_url, pg_dsn, None)
         assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
-        quiet = {"stderr": asyncio.subprocess.DEVNULL}
+        quiet: dict[str, Any] = {"stderr": asyncio.subprocess.DEVNULL}
         replicas = [await spawn("run", "-c", str(cfg), **quiet) for _ in range(2)]
         try:
 
@@ -237,7 +238,8 @@ async def terminate_sessions(dsn: str, application_name: str = "orderwatch") -> 
         dbname,
         application_name,
     )
-    return int(n)  # type: ignore[call-overload]
+    assert isinstance(n, int)
+    return n
 
 
 async def test_replica_rides_out_sessions_ended_by_the_server(tmp_path: Path, pg_dsn: str) -> None:

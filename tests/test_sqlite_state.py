@@ -50,7 +50,8 @@ class _RacedBefore:
     """A connection that lets `race()` run once, just before the claim's UPDATE."""
 
     def __init__(self, db: sqlite3.Connection, race: Callable[[], object]) -> None:
-        self._db, self._race = db, race
+        self._db = db
+        self._race: Callable[[], object] | None = race
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._db, name)
@@ -83,6 +84,6 @@ async def test_a_claim_raced_between_its_select_and_update_takes_only_what_it_le
             assert all([await store.holds(c) for c in claims])
         assert [c.order_id for c in await a.claim_due(2.0, 5, "a", 60.0)] == ["O-5"]
     finally:
-        a._db = a._db._db if isinstance(a._db, _RacedBefore) else a._db  # type: ignore[attr-defined]
+        a._db = a._db._db if isinstance(a._db, _RacedBefore) else a._db
         await a.close()
         await b.close()

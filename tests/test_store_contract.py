@@ -365,7 +365,7 @@ async def two_stores(
         a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
         b = await SqliteStore.open(tmp_path / "state")
         for lite in (a, b):
-            lite.one_statement = request.param == "sqlite"  # type: ignore[attr-defined]
+            lite.one_statement = request.param == "sqlite"
     try:
         yield a, b
     finally:
@@ -523,7 +523,7 @@ async def test_racing_finishers_end_an_order_once(two_stores: tuple[Store, Store
         a.finish(old, "final", "COMPLETED", ev_a, ["s"]),
         b.finish(new, "final", "COMPLETED", ev_b, ["s"]),
     )
-    assert results == [False, True]
+    assert list(results) == [False, True]
     assert await a.get_event("A") == ev_b
     assert (await a.counts())["final"] == 1
 

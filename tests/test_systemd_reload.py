@@ -24,7 +24,8 @@ RECORDER = (
 
 
 def exec_reload_line() -> str:
-    (line,) = re.findall(r"^ExecReload=(.*)$", UNIT.read_text(), re.M)
+    lines: list[str] = re.findall(r"^ExecReload=(.*)$", UNIT.read_text(), re.M)
+    (line,) = lines
     return line.strip()
 
 

@@ -63,6 +63,7 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
                         return await d.store.get_meta(f"watchlist:{wl}") is not None  # type: ignore[union-attr]
 
                     await until(scanned)
+                    assert d.watcher is not None
                     await d.watcher.scan()  # a full pass has certainly happened now
             reads = [e for e in logs if e["event"] == "watchlist.read"]
             assert bool(reads) is expect_read
@@ -125,12 +126,12 @@ async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_pa
             await until(part_way, timeout=30, interval=0.01)
         stopped_at = seen[-1]
         async with running_daemon(settings) as d:
-            store = d.store
-            assert store is not None
-            after_stop = (await store.counts())["pending"]
+            again = d.store
+            assert again is not None
+            after_stop = (await again.counts())["pending"]
 
             async def all_in() -> bool:
-                return (await store.counts())["pending"] == total
+                return (await again.counts())["pending"] == total
 
             await until(all_in, timeout=60)
     assert after_stop < total  # the first run stopped part-way and did not finish the file
@@ -195,13 +196,14 @@ async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(
     import errno
 
     import orderwatch.intake.watchlist as wlmod
+    from orderwatch.core.files import open_regular
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     got, ingest = _collector()
     store = _MetaStore()
     watcher = WatchlistWatcher([wl], ingest, store)
-    real = wlmod.open_regular
+    real = open_regular
 
     def emfile(path: Path) -> Any:
         raise OSError(errno.EMFILE, "Too many open files")
@@ -227,11 +229,12 @@ async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
     import threading
 
     import orderwatch.intake.watcher as watch
+    from orderwatch.intake.watchlist import iter_watchlist
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     in_thread, release, closed = threading.Event(), threading.Event(), threading.Event()
-    real_iter = watch.iter_watchlist
+    real_iter = iter_watchlist
 
     def slow_iter(path: Path, state: Any, **kw: Any) -> Iterator[str]:
         try:
