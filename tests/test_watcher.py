@@ -1,4 +1,5 @@
-"""Watchlist files: read at start, re-read on change, bad lines reported, the rest counted."""
+"""The watchlist watcher (intake/watcher.py): files read at start, re-read on change, bad lines
+reported, the rest counted; a half-written line, a failed read and a stop mid-file."""
 
 from __future__ import annotations
 
