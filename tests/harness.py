@@ -55,8 +55,10 @@ def one_worker(
     owner: str = "t",
     gate: Gate | None = None,
     start_full: bool = True,
+    **deps: Any,
 ) -> Poller:
-    """A poller of one worker, for driving polls by hand (`poll_one`)."""
+    """A poller of one worker, for driving polls by hand (`poll_one`) or running it alone;
+    `deps`: any other PollerDeps field (hold_s, write_payload...)."""
     return Poller(
         PollerDeps(
             store=store,
@@ -71,6 +73,7 @@ def one_worker(
             rate=1000,
             request_timeout_s=2.0,
             wall=wall,
+            **deps,
         )
     )
 

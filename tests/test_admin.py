@@ -50,19 +50,19 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool
 
 
 @pytest.mark.slow
-async def test_idle_connections_are_bounded_and_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_idle_connections_are_bounded_and_dropped(tmp_path: Path) -> None:
     """Connections that send nothing were kept for aiohttp's default hour, without a bound:
     about 1,000 of them used up the daemon's file descriptors, and final payloads could not
     be written. Past MAX_CONNECTIONS a new one is closed at once; an idle one goes after
-    KEEPALIVE_S; then the server answers again."""
-    monkeypatch.setattr(admin, "MAX_CONNECTIONS", 8)
-    monkeypatch.setattr(admin, "KEEPALIVE_S", 3.0)
+    KEEPALIVE_S; then the server answers again. (A running daemon's admin server, started
+    here with bounds of 8 and 3 s.)"""
     port = free_port()
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
-        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
-        async with running_daemon(settings):
+        settings = settings_for(tmp_path, rs.base_url)
+        listen = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"}).admin
+        async with running_daemon(settings) as d:
+            server = await admin.start_admin(d, listen, max_connections=8, keepalive_s=3.0)
+            assert server is not None
             links = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
             early = await asyncio.gather(*(_closed_by_server(r, 1.5) for r, _ in links))
             assert early.count(True) == 4, early  # the 4 beyond the bound, at once
@@ -71,6 +71,7 @@ async def test_idle_connections_are_bounded_and_dropped(
             for _, w in links:
                 w.close()
             assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
+            await server.cleanup()
 
 
 @pytest.mark.slow

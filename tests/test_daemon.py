@@ -340,14 +340,12 @@ async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_pat
         async with running_daemon(settings) as d:
             store = d.store
             assert isinstance(store, SqliteStore)
-            db = store.db
             await asyncio.sleep(0.2)
             gone = sqlite3.connect(":memory:")
             gone.close()
-            with capture_logs() as logs:
-                store._db = gone  # every call now fails with sqlite3.Error, as on a lost disk
+            # every call now fails with sqlite3.Error, as on a lost disk
+            with capture_logs() as logs, store.connection_replaced(gone):
                 await asyncio.sleep(2.5)
-                store._db = db
             errors = [e for e in logs if e["event"] == "store.unavailable"]
             assert 1 <= len(errors) <= 8, len(errors)
 

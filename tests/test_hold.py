@@ -3,15 +3,16 @@ and what those polls learned reaches the store when it leaves memory, whichever 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from orderwatch.devtools.simulator import Faults, RunningSim, SimOptions, running_simulator
 from orderwatch.ops.daemon import Daemon
-from orderwatch.polling import held as poller
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.policy import Reschedule
 from orderwatch.store.base import OrderRow, Store
@@ -45,7 +46,7 @@ async def test_held_polls_are_written_when_the_daemon_stops(
 
             async def waiting_in_memory() -> bool:  # stopped between polls, not during one
                 assert d.poller is not None
-                return gets(rs, "O-HELD") >= 3 and bool(d.poller._held)
+                return gets(rs, "O-HELD") >= 3 and d.poller.holding > 0
 
             await until(waiting_in_memory)
             assert (await row_of(d, "O-HELD")).polls == 0  # held: nothing written yet
@@ -60,18 +61,34 @@ async def test_held_polls_are_written_when_the_daemon_stops(
         assert row.polls == gets(rs, "O-HELD")  # every answer was PROCESSING
 
 
-async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past HOLD_S after its claim the next reschedule is written, and polling goes on."""
-    monkeypatch.setattr(poller, "HOLD_S", 0.3)
-    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(tmp_path: Path) -> None:
+    """Past the hold (HOLD_S; 0.3 s here) after its claim the next reschedule is written, and
+    polling goes on. A poller of its own, as the daemon runs it."""
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs,
+        RunaClient(
+            rs.base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client,
+    ):
         settings = settings_for(tmp_path, rs.base_url, polling={"max_interval": "20ms"})
-        async with running_daemon(settings) as d:
-            await d.add_orders(["O-CYCLE"])
+        store = await SqliteStore.open(tmp_path / "state", daemon=True, now=time.time())
+        p = one_worker(
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=settings.output_dir,
+            wall=time.time,
+            start_full=False,
+            hold_s=0.3,
+        )
+        await store.add_orders(["O-CYCLE"], time.time(), time.time())
+        stop = asyncio.Event()
+        running = asyncio.create_task(p.run(stop, 1.0))
+        try:
 
             async def written_twice() -> bool:
-                return (await row_of(d, "O-CYCLE")).polls >= 2 * 0.3 / 0.02 * 0.5
+                (row,) = await store.get_orders(["O-CYCLE"])
+                return row.polls >= 2 * 0.3 / 0.02 * 0.5
 
             await until(written_twice)
             before = gets(rs, "O-CYCLE")
@@ -80,6 +97,10 @@ async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(
                 return gets(rs, "O-CYCLE") > before
 
             await until(still_polled)
+        finally:
+            stop.set()
+            await running
+            await store.close()
 
 
 async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ async def test_429_pauses_everyone_and_honours_retry_after(tmp_path: Path) -> No
         # requests already in flight when the 429 came back may land just after it
         after = [t for t in rest if t - first > 0.5]
         assert after and min(after) - first >= 6.0
-        assert d.metrics.poll.rate_limited._value.get() == 1
+        assert d.metrics.registry.get_sample_value("orderwatch_api_rate_limited_total") == 1
 
 
 @pytest.mark.slow

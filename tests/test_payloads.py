@@ -67,41 +67,42 @@ async def _a_stalls_then_b_claims(
 
 
 async def _stale_writer_race(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
+    tmp_path: Path, holder_commits_first: bool
 ) -> tuple[object, object, tuple[object, object]]:
     """Worker A gets the final body, checks its lease and stalls while it writes; its lease
     runs out and worker B (another replica) polls the order again, with a later body (a payout
     status can change between GETs), writes it and commits. A's rename lands after B's.
     Returns (A's body, B's body, and what the file and the event hold)."""
-    import orderwatch.polling.finish as poller_module
-    from orderwatch.delivery.payload_files import write_payload
-
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
     out = tmp_path / "orders"
     prepare_output_dir(out)
     a_may_write, b_wrote, b_may_commit = threading.Event(), threading.Event(), threading.Event()
     calls: list[bytes] = []
-    real = write_payload
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
         if len(calls) == 1:  # A: stalled (a long fsync, a paused VM) past its lease
             a_may_write.wait(10)
-            return real(output_dir, order_id, body)
-        path = real(output_dir, order_id, body)
+            return write_payload(output_dir, order_id, body)
+        path = write_payload(output_dir, order_id, body)
         b_wrote.set()
         if not holder_commits_first:
             b_may_commit.wait(10)
         return path
 
-    monkeypatch.setattr(poller_module, "write_payload", gated)
     opts = SimOptions(api_key=API_KEY, complete_after=0)
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")
 
     def poller(client: RunaClient, owner: str) -> Poller:
         return one_worker(
-            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=out,
+            wall=wall,
+            owner=owner,
+            write_payload=gated,
         )
 
     async with (
@@ -129,48 +130,47 @@ async def _stale_writer_race(
 
 @pytest.mark.parametrize("holder_commits_first", [True, False])
 async def test_a_stale_writer_never_leaves_its_body_over_the_committed_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
+    tmp_path: Path, holder_commits_first: bool
 ) -> None:
     """Whoever commits the event owns the file's content: the stale writer puts the committed
     payload back when its own commit is refused after the holder's, and the holder checks
     its file after committing (for a stale rename that came between its write and commit)."""
-    stale, holder, (on_disk, committed) = await _stale_writer_race(
-        tmp_path, monkeypatch, holder_commits_first
-    )
+    stale, holder, (on_disk, committed) = await _stale_writer_race(tmp_path, holder_commits_first)
     assert stale != holder  # the two GETs saw different bodies (other payout links)
     assert committed == holder
     assert on_disk == committed
 
 
 async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """A worker whose lease ran out while it wrote the payload renames its file after the
     new holder ended the order EXPIRED; its own commit is refused. There was no committed
     payload to put back, so the file, payout links and all, stayed beside an order that
     SPEC says has none. The refused writer now removes it."""
-    import orderwatch.polling.finish as poller_module
-    from orderwatch.delivery.payload_files import write_payload
-
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
     out = tmp_path / "orders"
     prepare_output_dir(out)
     a_may_write = threading.Event()
     calls: list[bytes] = []
-    real = write_payload
 
-    def gated(output_dir: Path, order_id: str, body: bytes) -> None:
+    def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
         a_may_write.wait(10)  # A stalls past its lease
-        real(output_dir, order_id, body)
+        return write_payload(output_dir, order_id, body)
 
-    monkeypatch.setattr(poller_module, "write_payload", gated)
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", polling={"give_up_after": "30s"})
 
     def poller(client: RunaClient, owner: str) -> Poller:
         return one_worker(
-            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=out,
+            wall=wall,
+            owner=owner,
+            write_payload=gated,
         )
 
     async with (

@@ -4,12 +4,13 @@ as SQLite meets it (the error says so, and nothing accepted before is lost)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -74,20 +75,24 @@ async def test_a_claim_raced_between_its_select_and_update_takes_only_what_it_le
     only at the fence the SELECT saw, and the claim returns only the rows it took."""
     a = await SqliteStore.open(tmp_path, now=1.0)
     b = await SqliteStore.open(tmp_path, now=1.0)
+    loop = asyncio.get_running_loop()
     try:
         await a.add_orders([f"O-{i}" for i in range(6)], 1.0, 1.0)
         got_b: list[Claim] = []
-        a._db = _RacedBefore(  # type: ignore[assignment]
-            a.db, lambda: got_b.extend(b._claim_due(2.0, 3, "b", 60.0, []))
-        )
-        got_a = await a.claim_due(2.0, 5, "a", 60.0)
+
+        def b_claims() -> None:  # on a's thread, while the event loop waits for a's claim
+            got_b.extend(
+                asyncio.run_coroutine_threadsafe(b.claim_due(2.0, 3, "b", 60.0), loop).result(10)
+            )
+
+        with a.connection_replaced(cast(sqlite3.Connection, _RacedBefore(a.db, b_claims))):
+            got_a = await a.claim_due(2.0, 5, "a", 60.0)
         assert [c.order_id for c in got_b] == ["O-0", "O-1", "O-2"]
         assert [c.order_id for c in got_a] == ["O-3", "O-4"]
         for store, claims in ((a, got_a), (b, got_b)):
             assert all([await store.holds(c) for c in claims])
         assert [c.order_id for c in await a.claim_due(2.0, 5, "a", 60.0)] == ["O-5"]
     finally:
-        a._db = a._db._db if isinstance(a._db, _RacedBefore) else a._db
         await a.close()
         await b.close()
 

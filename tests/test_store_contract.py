@@ -160,7 +160,7 @@ async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
     await sqlite_store.add_orders([f"O-{i:03d}" for i in range(200)], now, now)
     first = await sqlite_store.claim_due(now, 100, "w", 30)
     steps: list[str] = []
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    await sqlite_store.trace(steps.append)
     for c in first:
         sqlite_store.reschedule_nowait(
             c,
@@ -172,7 +172,7 @@ async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
             last_body=b'{"status": "PROCESSING"}',
         )
     second = await sqlite_store.claim_due(now, 100, "w", 30)
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    await sqlite_store.trace(None)
     assert len(second) == 100 and not {c.order_id for c in first} & {c.order_id for c in second}
     # the writes in their own transaction or in the claim's: 7 statements at most
     assert len(steps) <= 7, [s[:40] for s in steps]
@@ -187,7 +187,7 @@ async def test_sqlite_writes_in_company_gather_for_each_batch(sqlite_store: Sqli
     await sqlite_store.add_orders([f"O-{i:03d}" for i in range(300)], now, now)
     claims = await sqlite_store.claim_due(now, 300, "w", 30)
     steps: list[str] = []
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    await sqlite_store.trace(steps.append)
     loop = asyncio.get_running_loop()
     start = loop.time()
     i = 0
@@ -205,7 +205,7 @@ async def test_sqlite_writes_in_company_gather_for_each_batch(sqlite_store: Sqli
         await asyncio.sleep(0)
     spent = loop.time() - start
     await sqlite_store.flush()
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    await sqlite_store.trace(None)
     commits = steps.count("COMMIT")
     assert commits <= spent / QUEUED_WRITE_DELAY_S + 3, (commits, spent)
     rows = await sqlite_store.get_orders([c.order_id for c in claims])

@@ -3,9 +3,8 @@ reported, the rest counted; a half-written line, a failed read and a stop mid-fi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -13,6 +12,7 @@ from structlog.testing import capture_logs
 from orderwatch.core.errors import StoreError
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.intake.watcher import WatchlistWatcher
+from orderwatch.intake.watchlist import ReadState, iter_watchlist
 
 from harness import API_KEY, running_daemon, settings_for, until
 
@@ -188,68 +188,67 @@ async def test_a_half_written_last_line_waits_for_its_end(tmp_path: Path) -> Non
     assert await watcher.scan() == 0 and got.count("O-END") == 1
 
 
-async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(tmp_path: Path) -> None:
     """An error that leaves the file as it was (EMFILE at open, EIO part-way) is not taken
     for a read: the next scan reads the file, the store's memory of it is not written, and
     the error is logged once, not at every scan."""
     import errno
+    import io
 
-    import orderwatch.intake.watchlist as wlmod
     from orderwatch.core.files import open_regular
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     got, ingest = _collector()
     store = _MetaStore()
-    watcher = WatchlistWatcher([wl], ingest, store)
-    real = open_regular
+    out_of_files = True
 
-    def emfile(path: Path) -> Any:
-        raise OSError(errno.EMFILE, "Too many open files")
+    def opener(path: Path) -> io.BufferedReader:
+        if out_of_files:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return open_regular(path)
 
-    monkeypatch.setattr(wlmod, "open_regular", emfile)
+    def read(
+        path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]:
+        return iter_watchlist(path, state, hold_tail=hold_tail, open_file=opener)
+
+    watcher = WatchlistWatcher([wl], ingest, store, read=read)
     with capture_logs() as logs:
         await watcher.scan()
         await watcher.scan()
     assert got == [] and store.meta == {}
     assert [e["problem"] for e in logs] == [f"{wl}: cannot read watchlist: Too many open files"]
-    monkeypatch.setattr(wlmod, "open_regular", real)
+    out_of_files = False
     await watcher.scan()
     assert got == ["O-1", "O-2"] and store.meta
 
 
-async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(tmp_path: Path) -> None:
     """The daemon's stop cancels the watcher while a worker thread is inside the file's
     generator (a slow disk): the task ends cancelled, with no "generator already executing"
     error, and the file is closed once the thread lets go of it."""
     import asyncio
     import threading
 
-    import orderwatch.intake.watcher as watch
-    from orderwatch.intake.watchlist import iter_watchlist
-
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     in_thread, release, closed = threading.Event(), threading.Event(), threading.Event()
-    real_iter = iter_watchlist
 
-    def slow_iter(path: Path, state: Any, **kw: Any) -> Iterator[str]:
+    def slow_iter(
+        path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]:
         try:
-            for order_id in real_iter(path, state, **kw):
+            for order_id in iter_watchlist(path, state, hold_tail=hold_tail):
                 in_thread.set()
                 release.wait(5)
                 yield order_id
         finally:
             closed.set()
 
-    monkeypatch.setattr(watch, "iter_watchlist", slow_iter)
     _, ingest = _collector()
     stop = asyncio.Event()
-    watcher = WatchlistWatcher([wl], ingest)
+    watcher = WatchlistWatcher([wl], ingest, read=slow_iter)
     with capture_logs() as logs:
         task = asyncio.create_task(watcher.run(stop))
         await asyncio.to_thread(in_thread.wait, 5)

@@ -40,10 +40,26 @@ class Memory(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
 
+class Reader(Protocol):
+    """How a file's IDs are read (`iter_watchlist`)."""
+
+    def __call__(
+        self, path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]: ...
+
+
 class WatchlistWatcher:
-    def __init__(self, paths: Sequence[Path], ingest: Ingest, memory: Memory | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        ingest: Ingest,
+        memory: Memory | None = None,
+        *,
+        read: Reader = iter_watchlist,
+    ) -> None:
         self.paths = tuple(paths)
         self._ingest = ingest
+        self._read_ids = read
         self._seen: dict[Path, tuple[int, int, int, int] | None] = {}
         self.store = memory
         self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
@@ -93,7 +109,7 @@ class WatchlistWatcher:
         million-line file is never one list, nor one store call that everyone else waits
         behind."""
         state = ReadState()
-        ids = iter_watchlist(path, state, hold_tail=hold_tail)
+        ids = self._read_ids(path, state, hold_tail=hold_tail)
         read = added = 0
         parsing: asyncio.Future[list[str]] | None = None
         try:

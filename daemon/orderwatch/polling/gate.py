@@ -37,6 +37,16 @@ class Gate:
         self._changed = asyncio.Event()
 
     @property
+    def next_probe_at(self) -> float:
+        """When the next auth probe may pass (clock time)."""
+        return self._next_probe_at
+
+    @property
+    def probe_backoff_s(self) -> float:
+        """The wait between auth probes now (it doubles after each failed one)."""
+        return self._probe_backoff_s
+
+    @property
     def ready(self) -> bool:
         """False while auth-paused (what /readyz and systemd STATUS report)."""
         return not self.auth_failed
