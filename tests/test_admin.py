@@ -21,6 +21,7 @@ from orderwatch.devtools.simulator import SimOptions, running_simulator
 from harness import (
     API_KEY,
     RecordingNotifier,
+    changes_of,
     free_port,
     http,
     running_daemon,
@@ -278,7 +279,7 @@ async def test_admin_api_and_metrics(tmp_path: Path) -> None:
             async def final() -> bool:
                 return (await d.store.counts())["final"] == 1  # type: ignore[union-attr]
 
-            await until(final)
+            await until(final, *changes_of(d))
             status, text = await http("GET", f"{base}/orders/O-ADM1")
             order = json.loads(text)
             assert status == 200 and order["state"] == "final" and "items" not in text

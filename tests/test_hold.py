@@ -19,7 +19,15 @@ from orderwatch.store.base import OrderRow, Store
 from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
+from harness import (
+    API_KEY,
+    FakeClock,
+    changes_of,
+    one_worker,
+    running_daemon,
+    settings_for,
+    until,
+)
 
 
 def gets(rs: RunningSim, order_id: str) -> int:
@@ -48,7 +56,7 @@ async def test_held_polls_are_written_when_the_daemon_stops(
                 assert d.poller is not None
                 return gets(rs, "O-HELD") >= 3 and d.poller.holding > 0
 
-            await until(waiting_in_memory)
+            await until(waiting_in_memory, rs.sim.changed, *changes_of(d))
             assert (await row_of(d, "O-HELD")).polls == 0  # held: nothing written yet
         store: Store = (
             await PostgresStore.open(dsn) if dsn else await SqliteStore.open(tmp_path / "state")
@@ -90,13 +98,13 @@ async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(tmp_path: 
                 (row,) = await store.get_orders(["O-CYCLE"])
                 return row.polls >= 2 * 0.3 / 0.02 * 0.5
 
-            await until(written_twice)
+            await until(written_twice, p.d.progress)
             before = gets(rs, "O-CYCLE")
 
             async def still_polled() -> bool:
                 return gets(rs, "O-CYCLE") > before
 
-            await until(still_polled)
+            await until(still_polled, rs.sim.changed)
         finally:
             stop.set()
             await running
@@ -113,13 +121,15 @@ async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> N
             async def polled() -> bool:
                 return gets(rs, "O-PAUSED") >= 3
 
-            await until(polled)
+            await until(polled, rs.sim.changed)
             rs.sim.set_faults(Faults(rate_429=1.0, retry_after="1"))
 
             async def given_back() -> bool:
                 return (await row_of(d, "O-PAUSED")).polls >= 3
 
-            await until(given_back, timeout=5.0)  # HOLD_S (10 s) would not have written it
+            await until(
+                given_back, *changes_of(d), timeout=5.0
+            )  # HOLD_S (10 s) would not have written it
 
 
 @pytest.mark.slow
@@ -135,13 +145,13 @@ async def test_an_order_that_expires_while_held_quotes_the_body_it_held(tmp_path
             async def polled() -> bool:
                 return gets(rs, "O-LAPSED") >= 3
 
-            await until(polled)
+            await until(polled, rs.sim.changed)
             rs.sim.set_faults(Faults(rate_reset=1.0))
 
             async def ended() -> bool:
                 return (await row_of(d, "O-LAPSED")).state != "pending"
 
-            await until(ended)
+            await until(ended, *changes_of(d))
             event = await d.store.get_event("O-LAPSED")  # type: ignore[union-attr]
         assert event is not None and event.event_type == "order.expired"
         data = json.loads(event.body)["data"]

@@ -380,7 +380,7 @@ async def test_logs_never_hold_secrets_or_payout_urls(tmp_path: Path) -> None:
         async def heard() -> bool:
             return {e.order_id for e in receiver.events} == set(ids)
 
-        await until(heard, timeout=30)
+        await until(heard, receiver.changed, timeout=30)
         rs.sim.set_faults(Faults(bad_key=True))  # and an auth failure, for its error line
 
         async def auth_failed() -> bool:

@@ -107,7 +107,7 @@ async def test_metrics_pass_promtool(tmp_path: Path) -> None:
             async def delivered() -> bool:
                 return len(receiver.events) == 1
 
-            await until(delivered)
+            await until(delivered, receiver.changed)
             _, metrics = await http("GET", f"http://127.0.0.1:{port}/metrics")
     assert "orderwatch_delivery_latency_seconds_count 1" in metrics
     r = subprocess.run(

@@ -27,7 +27,7 @@ from orderwatch.store.base import Claim
 from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, one_worker, settings_for, until
+from harness import API_KEY, FakeClock, one_worker, settings_for
 
 
 def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
@@ -48,19 +48,15 @@ def _client(base_url: str) -> RunaClient:
 
 
 async def _a_stalls_then_b_claims(
-    store: SqliteStore, a: Poller, calls: list[bytes], wall: FakeClock
+    store: SqliteStore, a: Poller, a_writing: threading.Event, wall: FakeClock
 ) -> tuple[asyncio.Task[None], Claim]:
     """Worker A claims O-RACE and polls it until its payload write stalls (the test's gated
-    write_payload records `calls`); then 61 s pass, A's lease runs out and B claims the
-    order. Returns A's task and B's claim."""
+    write_payload sets `a_writing`, in the thread that writes); then 61 s pass, A's lease
+    runs out and B claims the order. Returns A's task and B's claim."""
     await store.add_orders(["O-RACE"], wall(), wall())
     (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
     task_a = asyncio.create_task(a.poll_one(claim_a))
-
-    async def a_is_writing() -> bool:
-        return len(calls) == 1
-
-    await until(a_is_writing)
+    assert await asyncio.to_thread(a_writing.wait, 10)
     wall.now += 61.0
     (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
     return task_a, claim_b
@@ -78,11 +74,13 @@ async def _stale_writer_race(
     out = tmp_path / "orders"
     prepare_output_dir(out)
     a_may_write, b_wrote, b_may_commit = threading.Event(), threading.Event(), threading.Event()
+    a_writing = threading.Event()
     calls: list[bytes] = []
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
         if len(calls) == 1:  # A: stalled (a long fsync, a paused VM) past its lease
+            a_writing.set()
             a_may_write.wait(10)
             return write_payload(output_dir, order_id, body)
         path = write_payload(output_dir, order_id, body)
@@ -111,7 +109,7 @@ async def _stale_writer_race(
         _client(one.base_url) as ca,
         _client(two.base_url) as cb,
     ):
-        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), a_writing, wall)
         task_b = asyncio.create_task(poller(cb, "b").poll_one(claim_b))
         await asyncio.to_thread(b_wrote.wait, 10)
         if holder_commits_first:
@@ -152,11 +150,12 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
     out = tmp_path / "orders"
     prepare_output_dir(out)
-    a_may_write = threading.Event()
+    a_may_write, a_writing = threading.Event(), threading.Event()
     calls: list[bytes] = []
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
+        a_writing.set()
         a_may_write.wait(10)  # A stalls past its lease
         return write_payload(output_dir, order_id, body)
 
@@ -180,7 +179,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
         _client(two.base_url) as cb,
     ):
         # A's lease runs out, and give_up_after (30 s) passes with it
-        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), a_writing, wall)
         await poller(cb, "b").poll_one(claim_b)  # still PROCESSING past the deadline: expired
         a_may_write.set()
         await task_a  # A's rename lands; its commit is refused

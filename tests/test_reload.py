@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from orderwatch.core.pulse import Pulse
 from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
 from orderwatch.ops.daemon import Daemon
 
 from harness import (
     API_KEY,
     RecordingNotifier,
+    changes_of,
     config_dict,
     free_port,
     http,
@@ -74,7 +76,7 @@ async def test_sighup_with_broken_config_keeps_old_and_sigterm_exits_0(tmp_path:
         async def in_flight() -> bool:
             return len(rs.sim.arrivals) >= 4  # the 1.5 s latency keeps them open
 
-        await until(in_flight)
+        await until(in_flight, rs.sim.changed)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 15)
@@ -107,7 +109,7 @@ async def test_a_reload_during_start_up_is_applied_once_ready(tmp_path: Path) ->
             async def final() -> bool:
                 return (await states(daemon, ["O-HUP"])) == {"O-HUP": "final"}
 
-            await until(final, timeout=10)
+            await until(final, *changes_of(daemon), timeout=10)
         finally:
             stop.set()
             await task
@@ -151,23 +153,37 @@ async def test_a_burst_of_reloads_reads_the_watchlists_at_most_twice(tmp_path: P
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
         s = settings_for(tmp_path, rs.base_url, watchlists=[str(watchlist)])
         async with running_daemon(s, reload=lambda: s) as d:
-            forced = 0
+            forced = forced_ended = 0
             watcher = d.watcher
             assert watcher is not None
             real = watcher.scan
+            reading, long_file, ended = asyncio.Event(), asyncio.Event(), Pulse()
 
             async def counted(force: bool = False) -> int:
-                nonlocal forced
+                nonlocal forced, forced_ended
                 forced += force
-                await asyncio.sleep(0.2)  # a long file
-                return await real(force)
+                if force and forced == 1:
+                    reading.set()
+                    await long_file.wait()  # a long file, until the burst is over
+                try:
+                    return await real(force)
+                finally:
+                    forced_ended += force
+                    ended()
 
             watcher.scan = counted  # type: ignore[method-assign]
             assert d.reload()
-            await asyncio.sleep(0.05)  # its re-read is under way
+            await reading.wait()  # its re-read is under way
             for _ in range(19):
                 assert d.reload()
-            await asyncio.sleep(1.0)
+            long_file.set()
+
+            async def second_read_ended() -> bool:
+                return forced_ended == 2
+
+            # A third would have begun before this task runs again: the loop that reads
+            # again does so at once, and `forced` counts it before anything is awaited.
+            await until(second_read_ended, ended)
     assert forced == 2  # the first reload's, and one for the 19 that came during it
 
 

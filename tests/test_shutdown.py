@@ -55,11 +55,14 @@ async def test_draining_is_visible_from_outside(tmp_path: Path) -> None:
         async def hangs() -> bool:  # a delivery in flight that never ends: a long drain
             return hanging.attempts >= 1
 
-        await until(hangs)
+        await until(hangs, hanging.changed)
         stop.set()
-        await asyncio.sleep(0.3)
+
+        async def told() -> bool:
+            return "STOPPING=1" in notifier.sent
+
+        await until(told, notifier.changed)  # at once, not after the drain
         assert not task.done()
-        assert "STOPPING=1" in notifier.sent
         assert daemon.readiness() == (False, "stopping")
         ready = await http("GET", f"http://127.0.0.1:{port}/readyz")
         posted = await http("POST", f"http://127.0.0.1:{port}/orders", json={"ids": ["O-2"]})

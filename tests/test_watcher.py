@@ -14,7 +14,7 @@ from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.intake.watcher import WatchlistWatcher
 from orderwatch.intake.watchlist import ReadState, iter_watchlist
 
-from harness import API_KEY, running_daemon, settings_for, until
+from harness import API_KEY, changes_of, logged, running_daemon, settings_for, until
 
 
 async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
@@ -32,12 +32,12 @@ async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
                 async def tracked(*ids: str) -> bool:
                     return len(await store.get_orders(list(ids))) == len(ids)
 
-                await until(lambda: tracked("O-W1", "O-W2"), timeout=10)
+                await until(lambda: tracked("O-W1", "O-W2"), *changes_of(d), timeout=10)
                 with wl1.open("a") as f:
                     f.write("O-W4\n")
-                await until(lambda: tracked("O-W4"), timeout=10)
+                await until(lambda: tracked("O-W4"), *changes_of(d), timeout=10)
                 wl2.write_text("O-W5\n")
-                await until(lambda: tracked("O-W5"), timeout=10)
+                await until(lambda: tracked("O-W5"), *changes_of(d), timeout=10)
                 assert (await store.counts())["pending"] == 4
     problems = [e["problem"] for e in logs if e["event"] == "watchlist.problem"]
     assert f"{wl1}:3: invalid order id '../../etc/pa…'" in problems
@@ -63,19 +63,19 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
                     async def scanned() -> bool:
                         return await d.store.get_meta(f"watchlist:{wl}") is not None  # type: ignore[union-attr]
 
-                    await until(scanned)
+                    await until(scanned, *changes_of(d))
                     assert d.watcher is not None
                     await d.watcher.scan()  # a full pass has certainly happened now
             reads = [e for e in logs if e["event"] == "watchlist.read"]
             assert bool(reads) is expect_read
         wl.write_text("O-R1\nO-R2\nO-R3\n")
-        with capture_logs() as logs:
+        with logged() as (logs, line):
             async with running_daemon(settings) as d:
 
                 async def read() -> bool:  # the log line comes after the IDs are stored
                     return any(e["event"] == "watchlist.read" for e in logs)
 
-                await until(read)
+                await until(read, line)
                 assert len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
         assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]
 
@@ -124,7 +124,7 @@ async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_pa
                 seen.append((await store.counts())["pending"])
                 return 0 < seen[-1] < total
 
-            await until(part_way, timeout=30, interval=0.01)
+            await until(part_way, *changes_of(d), timeout=30)
         stopped_at = seen[-1]
         async with running_daemon(settings) as d:
             again = d.store
@@ -134,7 +134,7 @@ async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_pa
             async def all_in() -> bool:
                 return (await again.counts())["pending"] == total
 
-            await until(all_in, timeout=60)
+            await until(all_in, *changes_of(d), timeout=60)
     assert after_stop < total  # the first run stopped part-way and did not finish the file
     assert stopped_at <= after_stop
 
@@ -256,10 +256,6 @@ async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(tmp_path: Path) ->
         task.cancel()
         await asyncio.wait([task])
         release.set()
-
-        async def is_closed() -> bool:
-            return closed.is_set()
-
-        await until(is_closed, timeout=5)
+        assert await asyncio.to_thread(closed.wait, 5)  # the thread lets go: the file closes
     assert task.cancelled()
     assert not [e for e in logs if e["log_level"] == "error"]

@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from orderwatch.core.aio import wait_any
+from orderwatch.core.pulse import Pulse
 from orderwatch.intake.watchlist import ReadState, iter_watchlist
 
 log = structlog.get_logger("orderwatch.watch")
@@ -65,6 +66,7 @@ class WatchlistWatcher:
         self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
         self._held: dict[Path, tuple[int, int, int, int] | None] = {}  # unread last lines
         self._reported: dict[Path, tuple[str, ...]] = {}  # the problems last logged
+        self.progress = Pulse()  # a chunk was ingested, or a scan ended (tests wait on it)
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""
@@ -94,6 +96,7 @@ class WatchlistWatcher:
             self._seen[path] = sig  # only now: a failed read is tried again at the next scan
             if self.store is not None and sig is not None:
                 await self.store.set_meta(f"watchlist:{path}", json.dumps(sig))
+        self.progress()
         return added
 
     async def _unchanged_since_last_run(
@@ -119,6 +122,7 @@ class WatchlistWatcher:
                     break
                 read += len(chunk)
                 added += await self._ingest(chunk)
+                self.progress()
                 if self._stop is not None and self._stop.is_set():
                     log.info("watchlist.interrupted", file=str(path), ids=read, new=added)
                     return added, None

@@ -21,6 +21,7 @@ import structlog
 from orderwatch.config.models import PollingSettings
 from orderwatch.core.aio import until_stopped, wait_any
 from orderwatch.core.errors import StoreError, store_backoff
+from orderwatch.core.pulse import Pulse
 from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.delivery.payload_files import write_payload
 from orderwatch.polling.answers import Answer, Kind
@@ -63,6 +64,7 @@ class PollerDeps:
     on_final: Callable[[], None] = lambda: None
     hold_s: float = HOLD_S  # how long a claim may stay in memory between polls (held.py)
     write_payload: Callable[[Path, str, bytes], Path] = write_payload  # final payload files
+    progress: Pulse = field(default_factory=Pulse)  # a worker's poll ended (tests wait on it)
 
 
 class Poller:
@@ -278,6 +280,7 @@ class Poller:
                 await self._finisher.crashed(claim, unsaved, self.d.wall(), self.d.rng)
             finally:
                 self._busy -= 1
+                self.d.progress()
                 if not self._busy:
                     self._idle.set()
 
