@@ -11,16 +11,18 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
+from structlog.testing import capture_logs
 
 from orderwatch.config.load import load_settings_from_mapping
 from orderwatch.config.models import PollingSettings, Settings
+from orderwatch.core.pulse import Pulse
 from orderwatch.ops.daemon import Daemon
 from orderwatch.ops.systemd import Notifier
 from orderwatch.polling.client import RunaClient
@@ -55,8 +57,10 @@ def one_worker(
     owner: str = "t",
     gate: Gate | None = None,
     start_full: bool = True,
+    **deps: Any,
 ) -> Poller:
-    """A poller of one worker, for driving polls by hand (`poll_one`)."""
+    """A poller of one worker, for driving polls by hand (`poll_one`) or running it alone;
+    `deps`: any other PollerDeps field (hold_s, write_payload...)."""
     return Poller(
         PollerDeps(
             store=store,
@@ -71,6 +75,7 @@ def one_worker(
             rate=1000,
             request_timeout_s=2.0,
             wall=wall,
+            **deps,
         )
     )
 
@@ -127,13 +132,56 @@ async def running_daemon(settings: Settings, **kw: Any) -> AsyncIterator[Daemon]
         await task
 
 
-async def until(predicate: Any, timeout: float = 20.0, interval: float = 0.05) -> None:
-    """Wait for an async predicate to become true (state observed, not time asserted)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
+async def until(
+    predicate: Callable[[], Awaitable[bool]],
+    *changes: Pulse,
+    timeout: float = 20.0,
+    interval: float = 0.05,
+) -> None:
+    """Wait for an async predicate to become true (state observed, not time asserted).
+
+    With `changes` (the pulses of the parts whose state it reads: `changes_of(daemon)`, the
+    simulator's, a receiver's), it is looked at again each time one fires, and only then.
+    Without, every `interval`: for what only a child process or the OS can tell."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        woken = [c.next() for c in changes]  # before looking: no change is missed
+        if await predicate():
+            return
+        left = deadline - loop.time()
+        if left <= 0:
             raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
+        if woken:
+            await asyncio.wait(woken, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(min(interval, left))
+
+
+@contextmanager
+def logged() -> Iterator[tuple[list[MutableMapping[str, Any]], Pulse]]:
+    """structlog's `capture_logs`, and a pulse that fires at each line (to wait for one)."""
+    line = Pulse()
+
+    def tell(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        line()
+        return event
+
+    with capture_logs(processors=[tell]) as logs:
+        yield logs, line
+
+
+def changes_of(daemon: Daemon) -> tuple[Pulse, ...]:
+    """What a running daemon signals as its state changes: each poll's and delivery attempt's
+    end, the gate's pauses, each watchlist chunk and scan."""
+    assert daemon.poller is not None and daemon.deliverer is not None
+    assert daemon.watcher is not None
+    return (
+        daemon.poller.d.progress,
+        daemon.deliverer.progress,
+        daemon.gate.changed,
+        daemon.watcher.progress,
+    )
 
 
 async def states(daemon: Daemon, ids: list[str]) -> dict[str, str]:
@@ -225,9 +273,11 @@ class RecordingNotifier(Notifier):
     def __init__(self) -> None:
         super().__init__(None)
         self.sent: list[str] = []
+        self.changed = Pulse()
 
     def send(self, *fields: str) -> bool:
         self.sent.append(fields[0])
+        self.changed()
         return True
 
 

@@ -1,4 +1,5 @@
-"""The admin server against clients that are not Prometheus or an operator: idle and slow
+"""The admin server: its API and /metrics for an operator, hostile bodies and a failing
+store answered in JSON, and clients that are not Prometheus or an operator: idle and slow
 connections, web pages in a browser on the same host, odd Authorization headers, and what the
 gauges and STATUS= say while the state store is down."""
 
@@ -11,12 +12,22 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import orderwatch.ops.admin as admin
 from orderwatch.core.errors import StoreError
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 
-from harness import API_KEY, RecordingNotifier, free_port, http, running_daemon, settings_for
+from harness import (
+    API_KEY,
+    RecordingNotifier,
+    changes_of,
+    free_port,
+    http,
+    running_daemon,
+    settings_for,
+    until,
+)
 
 
 async def _raw(port: int, request: bytes) -> bytes:
@@ -40,19 +51,19 @@ async def _closed_by_server(reader: asyncio.StreamReader, within: float) -> bool
 
 
 @pytest.mark.slow
-async def test_idle_connections_are_bounded_and_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_idle_connections_are_bounded_and_dropped(tmp_path: Path) -> None:
     """Connections that send nothing were kept for aiohttp's default hour, without a bound:
     about 1,000 of them used up the daemon's file descriptors, and final payloads could not
     be written. Past MAX_CONNECTIONS a new one is closed at once; an idle one goes after
-    KEEPALIVE_S; then the server answers again."""
-    monkeypatch.setattr(admin, "MAX_CONNECTIONS", 8)
-    monkeypatch.setattr(admin, "KEEPALIVE_S", 3.0)
+    KEEPALIVE_S; then the server answers again. (A running daemon's admin server, started
+    here with bounds of 8 and 3 s.)"""
     port = free_port()
     async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
-        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
-        async with running_daemon(settings):
+        settings = settings_for(tmp_path, rs.base_url)
+        listen = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"}).admin
+        async with running_daemon(settings) as d:
+            server = await admin.start_admin(d, listen, max_connections=8, keepalive_s=3.0)
+            assert server is not None
             links = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
             early = await asyncio.gather(*(_closed_by_server(r, 1.5) for r, _ in links))
             assert early.count(True) == 4, early  # the 4 beyond the bound, at once
@@ -61,6 +72,7 @@ async def test_idle_connections_are_bounded_and_dropped(
             for _, w in links:
                 w.close()
             assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
+            await server.cleanup()
 
 
 @pytest.mark.slow
@@ -222,3 +234,117 @@ async def test_one_peer_cannot_hold_every_slot(tmp_path: Path) -> None:
             assert (await http("GET", f"http://127.0.0.1:{port}/healthz"))[0] == 200
             for _, w in links:
                 w.close()
+
+
+async def test_admin_api_and_metrics(tmp_path: Path) -> None:
+    """/healthz, /readyz, /metrics (parsed by prometheus-client with every family), POST
+    /orders behind a bearer token, GET /orders/{id} without any payload."""
+    port = free_port()
+    (tmp_path / "token").write_text("s3cret-admin-token\n")
+    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=0.2)) as rs:
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}", "token_file": str(tmp_path / "token")},
+        )
+        base = f"http://127.0.0.1:{port}"
+        async with running_daemon(settings) as d:
+            assert (await http("GET", f"{base}/healthz"))[0] == 200
+            assert (await http("GET", f"{base}/readyz")) == (200, '{"ready": true, "reason": "ok"}')
+            body = {"ids": ["O-ADM1", "../etc"]}
+            assert (await http("POST", f"{base}/orders", json=body))[0] == 401
+            status, text = await http(
+                "POST",
+                f"{base}/orders",
+                json=body,
+                headers={"Authorization": "Bearer s3cret-admin-token"},
+            )
+            assert status == 200 and json.loads(text) == {
+                "accepted": 1,
+                "new": 1,
+                "invalid": ["../etc"],
+            }
+            assert (
+                await http(
+                    "POST",
+                    f"{base}/orders",
+                    data=b"nope",
+                    headers={
+                        "Authorization": "Bearer s3cret-admin-token",
+                        "Content-Type": "application/json",
+                    },
+                )
+            )[0] == 400
+
+            async def final() -> bool:
+                return (await d.store.counts())["final"] == 1  # type: ignore[union-attr]
+
+            await until(final, *changes_of(d))
+            status, text = await http("GET", f"{base}/orders/O-ADM1")
+            order = json.loads(text)
+            assert status == 200 and order["state"] == "final" and "items" not in text
+            assert (await http("GET", f"{base}/orders/O-NOPE"))[0] == 404
+            _, metrics = await http("GET", f"{base}/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    for name in (
+        "orderwatch_api_requests",
+        "orderwatch_orders",
+        "orderwatch_oldest_pending_age_seconds",
+        "orderwatch_limiter_wait_seconds",
+        "orderwatch_api_rate_limited",
+        "orderwatch_delivery_attempts",
+        "orderwatch_orders_finished",
+        "orderwatch_delivery_latency_seconds",
+        "orderwatch_deliveries_dead",
+        "orderwatch_last_successful_poll_timestamp_seconds",
+        "orderwatch_api_request_duration_seconds",
+        "orderwatch_ready",
+    ):
+        assert name in families, name
+    finals = [s for s in families["orderwatch_orders"].samples if s.labels == {"state": "final"}]
+    assert finals[0].value == 1
+    # every known label value is there from the start (an alert sees 0, not no data)
+    dead = [
+        s for s in families["orderwatch_delivery_attempts"].samples if s.labels["result"] == "dead"
+    ]
+    assert [s.value for s in dead] == [0]
+    statuses = {s.labels["status"] for s in families["orderwatch_orders_finished"].samples}
+    assert statuses == {"COMPLETED", "FAILED", "EXPIRED", "NOT_FOUND"}
+    assert "O-ADM1" not in metrics  # no order-id labels
+
+
+async def test_admin_api_answers_hostile_bodies_and_a_failing_store_in_json(
+    tmp_path: Path,
+) -> None:
+    """Deeply nested JSON is a 400, not a RecursionError; a state store that fails is a JSON
+    503 the caller can retry, not an HTML 500 with a traceback in the log."""
+    from structlog.testing import capture_logs
+
+    from orderwatch.core.errors import StoreError
+
+    port = free_port()
+    async with running_simulator(SimOptions(api_key=API_KEY)) as rs:
+        settings = settings_for(tmp_path, rs.base_url, admin={"listen": f"127.0.0.1:{port}"})
+        base = f"http://127.0.0.1:{port}"
+        async with running_daemon(settings) as d:
+            status, text = await http(
+                "POST",
+                f"{base}/orders",
+                data=b"[" * 100_000,
+                headers={"Content-Type": "application/json"},
+            )
+            assert status == 400 and json.loads(text)["error"].startswith("body must be JSON")
+
+            async def broken(*_a: object, **_k: object) -> object:
+                raise StoreError("state database: disk I/O error")
+
+            store = d.store
+            assert store is not None
+            store.add_orders, store.get_orders = broken, broken  # type: ignore[method-assign,assignment]
+            with capture_logs() as logs:
+                posted = await http("POST", f"{base}/orders", json={"ids": ["O-1"]})
+                got = await http("GET", f"{base}/orders/O-1")
+    for status, text in (posted, got):
+        assert status == 503, (status, text)
+        assert json.loads(text) == {"error": "the state store is unavailable; try again"}
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["store.unavailable"] * 2

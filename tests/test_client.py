@@ -3,17 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
 from orderwatch.devtools.simulator import SimOptions, max_in_window, running_simulator
 from orderwatch.polling.answers import Answer, Kind
 from orderwatch.polling.client import SWEEP_S, RunaClient
 from orderwatch.polling.limiter import SpacedLimiter
+
+
+class LoopbackResolver(AbstractResolver):
+    """Every name is 127.0.0.1, after `before(n)` for the n-th lookup (from 1): how long
+    opening a connection takes, short of the network."""
+
+    def __init__(self, before: Callable[[int], Awaitable[None]]) -> None:
+        self.before = before
+        self.lookups = 0
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.lookups += 1
+        await self.before(self.lookups)
+        return [
+            ResolveResult(
+                hostname=host,
+                host="127.0.0.1",
+                port=port,
+                family=socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+def by_name(base_url: str) -> str:
+    """The same server, named so that opening a connection asks the resolver."""
+    return base_url.replace("127.0.0.1", "runa.test")
 
 
 async def test_connection_reset_is_not_resent_behind_the_limiter() -> None:
@@ -67,35 +103,26 @@ async def test_cookies_from_the_api_are_not_kept() -> None:
     assert seen == [None, None]
 
 
-async def test_a_late_connection_cannot_bunch_sends_at_the_server(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_late_connection_cannot_bunch_sends_at_the_server() -> None:
     """At 2/s, the first GET's connection takes 0.3 s to open (a stalled loop, a slow
     handshake): the limiter counted it when it was granted, so the third GET, granted a
     window later, reached the server with the first two in under a second. The client now
     confirms each send with the limiter once its connection is ready."""
-    import aiohttp
 
-    real = aiohttp.TCPConnector._create_connection
-    opened = 0
-
-    async def slow_first(self: aiohttp.TCPConnector, *a: Any, **kw: Any) -> Any:
-        nonlocal opened
-        opened += 1
-        if opened == 1:
+    async def slow_first(lookup: int) -> None:
+        if lookup == 1:
             await asyncio.sleep(0.3)
-        return await real(self, *a, **kw)
 
-    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", slow_first)
     limiter = SpacedLimiter(2, start_full=False)
     async with running_simulator(SimOptions(api_key="xx.k")) as rs:
         async with RunaClient(
-            rs.base_url,
+            by_name(rs.base_url),
             "xx.k",
             api_version="2024-02-05",
             timeout_s=5,
             max_connections=4,
             before_send=limiter.confirm,
+            resolver=LoopbackResolver(slow_first),
         ) as client:
 
             async def send(order_id: str) -> None:
@@ -239,7 +266,7 @@ async def test_a_request_gives_up_at_its_timeout(stall: str) -> None:
             took = time.monotonic() - t0
             task = asyncio.current_task()
             assert task is not None and task.cancelling() == 0
-            assert client._deadlines is not None and client._deadlines._timer is None
+            assert client.deadlines is not None and not client.deadlines.armed
     assert (answer.kind, answer.detail) == (Kind.TRANSPORT, "timeout")
     assert 0.3 <= took < 0.3 + SWEEP_S + 1.0, took
 
@@ -256,33 +283,39 @@ async def test_a_cancel_from_outside_is_not_taken_for_a_timeout() -> None:
             both = asyncio.create_task(client.get_order("O-2"))
             await asyncio.sleep(0.1)  # both deadlines passed; the sweep has not looked yet
             alone.cancel()
-            assert client._deadlines is not None
-            client._deadlines._sweep()  # takes `both` for a timeout...
+            assert client.deadlines is not None
+            client.deadlines.sweep()  # takes `both` for a timeout...
             both.cancel()  # ...while a stop cancels it too
             for task in (alone, both):
                 with pytest.raises(asyncio.CancelledError):
                     await task
 
 
-async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean() -> None:
     """Should a layer below turn the sweep's cancel into an error of its own (or swallow it),
     the task must not stay marked as cancelling: a later `asyncio.timeout` in it would
-    misread its own expiry. Here opening the connection hangs, and converts the cancel."""
-    import aiohttp
+    misread its own expiry. Here the limiter's check as the connection opens (a shared
+    limiter asks its database) hangs, and converts the cancel."""
 
-    async def hangs(*a: Any, **kw: Any) -> Any:
+    async def a_moment(lookup: int) -> None:
+        await asyncio.sleep(0.01)  # long enough that the client asks the limiter
+
+    async def hangs() -> None:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
             raise ConnectionResetError("converted") from None
 
-    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", hangs)
     async with _hanging_server("headers") as server:
-        base = f"http://127.0.0.1:{server.port}/v2"
+        base = f"http://runa.test:{server.port}/v2"
         async with RunaClient(
-            base, "xx.k", api_version="2024-02-05", timeout_s=0.05, max_connections=2
+            base,
+            "xx.k",
+            api_version="2024-02-05",
+            timeout_s=0.05,
+            max_connections=2,
+            resolver=LoopbackResolver(a_moment),
+            before_send=hangs,
         ) as client:
             answer = await client.get_order("O-1")
             task = asyncio.current_task()

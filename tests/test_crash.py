@@ -45,7 +45,7 @@ async def test_sigkill_restart_loop_loses_nothing(tmp_path: Path) -> None:
             async def progressed(seen: int = seen) -> bool:
                 return len(rs.sim.arrivals) >= seen + 60
 
-            await until(progressed, timeout=30)
+            await until(progressed, rs.sim.changed, timeout=30)
             child.send_signal(signal.SIGKILL)
             await child.wait()
             check_files(out, rs.sim.payload)
@@ -105,7 +105,7 @@ async def test_sigkill_during_delivery_burst_loses_no_event(tmp_path: Path) -> N
             async def progressed(seen: int = seen) -> bool:
                 return len(receiver.events) >= seen + 20
 
-            await until(progressed, timeout=30)
+            await until(progressed, receiver.changed, timeout=30)
             child.send_signal(signal.SIGKILL)
             await child.wait()
         child = await spawn("run", "-c", str(cfg), stderr=asyncio.subprocess.DEVNULL)
@@ -113,7 +113,7 @@ async def test_sigkill_during_delivery_burst_loses_no_event(tmp_path: Path) -> N
         async def all_heard() -> bool:
             return {e.order_id for e in receiver.events} == set(ids)
 
-        await until(all_heard, timeout=60)
+        await until(all_heard, receiver.changed, timeout=60)
         child.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(child.wait(), 15) == 0
     by_order: dict[str, set[tuple[str, bytes]]] = {}

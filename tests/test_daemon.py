@@ -18,7 +18,7 @@ from orderwatch.store.base import Store
 from orderwatch.store.sqlite import DB_NAME as SQLITE_NAME
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import SECRET, running_daemon, settings_for, states, until
+from harness import SECRET, changes_of, running_daemon, settings_for, states, until
 
 
 def sim_opts(**kw: object) -> SimOptions:
@@ -44,7 +44,7 @@ async def test_processing_then_final_writes_exact_payload(tmp_path: Path) -> Non
         ids = [f"O-FINAL{i}" for i in range(10)]
         async with running_daemon(settings) as d:
             await d.add_orders(ids)
-            await until(lambda: all_ended(d, ids))
+            await until(lambda: all_ended(d, ids), *changes_of(d))
             rows = await store_of(d).get_orders(ids)
         assert {r.final_status for r in rows} <= {"COMPLETED", "FAILED"}
         assert all(r.polls >= 1 for r in rows)  # seen PROCESSING at least once
@@ -62,7 +62,7 @@ async def test_not_found_ends_after_grace(tmp_path: Path) -> None:
         settings = settings_for(tmp_path, rs.base_url, polling={"not_found_grace": "500ms"})
         async with running_daemon(settings) as d:
             await d.add_orders(["O-404-gone"])
-            await until(lambda: all_ended(d, ["O-404-gone"]))
+            await until(lambda: all_ended(d, ["O-404-gone"]), *changes_of(d))
             (row,) = await store_of(d).get_orders(["O-404-gone"])
             event = await store_of(d).get_event("O-404-gone")
         assert (row.state, row.final_status) == ("not_found", "NOT_FOUND")
@@ -78,7 +78,7 @@ async def test_brief_404_then_found(tmp_path: Path) -> None:
         settings = settings_for(tmp_path, rs.base_url, polling={"not_found_grace": "5s"})
         async with running_daemon(settings) as d:
             await d.add_orders(["O-LATE"])
-            await until(lambda: all_ended(d, ["O-LATE"]))
+            await until(lambda: all_ended(d, ["O-LATE"]), *changes_of(d))
             (row,) = await store_of(d).get_orders(["O-LATE"])
         assert row.final_status == "COMPLETED"
 
@@ -89,7 +89,7 @@ async def test_expired_after_give_up(tmp_path: Path) -> None:
         settings = settings_for(tmp_path, rs.base_url, polling={"give_up_after": "1s"})
         async with running_daemon(settings) as d:
             await d.add_orders(["O-SLOW"])
-            await until(lambda: all_ended(d, ["O-SLOW"]))
+            await until(lambda: all_ended(d, ["O-SLOW"]), *changes_of(d))
             event = await store_of(d).get_event("O-SLOW")
         assert event is not None and event.event_type == "order.expired"
         data = json.loads(event.body)["data"]
@@ -103,7 +103,7 @@ async def _retried_then_final(tmp_path: Path, fault: str, kind: str) -> None:
         settings = settings_for(tmp_path, rs.base_url, runa={"timeout": "300ms"})
         async with running_daemon(settings) as d:
             await d.add_orders(["O-FLAKY"])
-            await until(lambda: all_ended(d, ["O-FLAKY"]))
+            await until(lambda: all_ended(d, ["O-FLAKY"]), *changes_of(d))
             (row,) = await store_of(d).get_orders(["O-FLAKY"])
             failures = d.metrics.poll.polls.by_kind[Kind(kind)]
         assert row.final_status == "COMPLETED"
@@ -151,7 +151,7 @@ async def test_payload_write_failure_keeps_order_pending_then_recovers(tmp_path:
                 rows = await store_of(d).get_orders(["O-DISK"])
                 return bool(rows and rows[0].last_error)
 
-            await until(failed_once)
+            await until(failed_once, *changes_of(d))
             (row,) = await store_of(d).get_orders(["O-DISK"])
             assert row.state == "pending"
             # the directory is named: one deleted or unmounted under a running daemon was not
@@ -159,7 +159,7 @@ async def test_payload_write_failure_keeps_order_pending_then_recovers(tmp_path:
             assert await store_of(d).get_event("O-DISK") is None
             out.unlink()
             out.mkdir(mode=0o700)
-            await until(lambda: all_ended(d, ["O-DISK"]), timeout=30)
+            await until(lambda: all_ended(d, ["O-DISK"]), *changes_of(d), timeout=30)
         assert json.loads((out / "O-DISK.json").read_bytes()) == rs.sim.payload("O-DISK")
 
 
@@ -184,7 +184,7 @@ async def test_a_long_write_failure_streak_keeps_being_retried(tmp_path: Path) -
                 rows = await store_of(d).get_orders(["O-DAYS"])
                 return bool(rows and rows[0].last_error)
 
-            await until(failed, timeout=5)
+            await until(failed, *changes_of(d), timeout=5)
             (row,) = await store_of(d).get_orders(["O-DAYS"])
         assert row.state == "pending" and row.error_streak == 1501
 
@@ -217,12 +217,12 @@ async def test_a_final_body_with_a_lone_surrogate_still_ends_the_order(tmp_path:
             settings = settings_for(tmp_path, base, webhooks=hooks)
             async with running_daemon(settings) as d:
                 await d.add_orders(["O-SUR"])
-                await until(lambda: all_ended(d, ["O-SUR"]))
+                await until(lambda: all_ended(d, ["O-SUR"]), *changes_of(d))
 
                 async def delivered() -> bool:
                     return receiver.attempts == 1
 
-                await until(delivered)
+                await until(delivered, receiver.changed)
                 event = await store_of(d).get_event("O-SUR")
     finally:
         await runner.cleanup()
@@ -246,7 +246,7 @@ async def test_an_order_due_soon_is_polled_on_time_while_it_is_leased(tmp_path: 
             async def polled_enough() -> bool:
                 return len(rs.sim.arrivals) >= 12
 
-            await until(polled_enough, timeout=20)
+            await until(polled_enough, rs.sim.changed, timeout=20)
         times = sorted(rs.sim.arrivals)
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     assert gaps[len(gaps) * 3 // 4] < 0.6, gaps  # most gaps are the 200 ms asked for
@@ -270,10 +270,10 @@ async def test_polling_goes_on_after_the_wall_clock_steps_back(tmp_path: Path) -
             async def polled(n: int) -> bool:
                 return len(rs.sim.arrivals) >= n
 
-            await until(lambda: polled(2))
+            await until(lambda: polled(2), rs.sim.changed)
             offset[0] = -3600.0
             seen = len(rs.sim.arrivals)
-            await until(lambda: polled(seen + 3), timeout=10)
+            await until(lambda: polled(seen + 3), rs.sim.changed, timeout=10)
 
 
 @pytest.mark.slow
@@ -300,9 +300,9 @@ async def test_a_webhook_retry_is_not_delayed_by_a_clock_step_back(tmp_path: Pat
             async def attempted(n: int) -> bool:
                 return receiver.attempts >= n
 
-            await until(lambda: attempted(1))
+            await until(lambda: attempted(1), receiver.changed)
             offset[0] = -3600.0
-            await until(lambda: attempted(2), timeout=10)
+            await until(lambda: attempted(2), receiver.changed, timeout=10)
 
 
 async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> None:
@@ -320,7 +320,9 @@ async def test_idle_daemon_sees_orders_another_process_adds(tmp_path: Path) -> N
                 await other.add_orders(["O-NOW"], time.time(), time.time())
             finally:
                 await other.close()
-            await until(lambda: all_ended(d, ["O-NOW"]), timeout=4)  # 1 s bound, with slack
+            await until(
+                lambda: all_ended(d, ["O-NOW"]), *changes_of(d), timeout=4
+            )  # 1 s bound, with slack
             assert await states(d, ["O-NOW", "O-LATER"]) == {
                 "O-NOW": "final",
                 "O-LATER": "pending",
@@ -340,14 +342,12 @@ async def test_a_store_that_fails_is_retried_once_a_second_not_in_a_loop(tmp_pat
         async with running_daemon(settings) as d:
             store = d.store
             assert isinstance(store, SqliteStore)
-            db = store.db
             await asyncio.sleep(0.2)
             gone = sqlite3.connect(":memory:")
             gone.close()
-            with capture_logs() as logs:
-                store._db = gone  # every call now fails with sqlite3.Error, as on a lost disk
+            # every call now fails with sqlite3.Error, as on a lost disk
+            with capture_logs() as logs, store.connection_replaced(gone):
                 await asyncio.sleep(2.5)
-                store._db = db
             errors = [e for e in logs if e["event"] == "store.unavailable"]
             assert 1 <= len(errors) <= 8, len(errors)
 
@@ -376,7 +376,7 @@ async def _claims_fail_while_work_looks_due(
         finally:
             setattr(store, claim, real[0])
             setattr(store, next_due, real[1])
-    return logs
+    return [dict(e) for e in logs]
 
 
 @pytest.mark.slow
@@ -414,7 +414,7 @@ async def test_an_order_that_expires_leaves_no_file_a_crash_left(tmp_path: Path)
         async with running_daemon(settings) as d:
             write_payload(settings.output_dir, "O-STRAY", left)  # what the crash left
             await d.add_orders(["O-STRAY"])
-            await until(lambda: all_ended(d, ["O-STRAY"]))
+            await until(lambda: all_ended(d, ["O-STRAY"]), *changes_of(d))
             assert await states(d, ["O-STRAY"]) == {"O-STRAY": "expired"}
     assert not (settings.output_dir / "O-STRAY.json").exists()
 
@@ -437,7 +437,7 @@ async def test_a_stop_while_the_store_hangs_ends_in_bounded_time(tmp_path: Path)
         task = asyncio.create_task(d.run(stop))
         await d.ready.wait()
         await d.add_orders([f"O-HANG{i:03d}" for i in range(200)])
-        await until(lambda: _polled(rs, 3))
+        await until(lambda: _polled(rs, 3), rs.sim.changed)
         blocker = sqlite3.connect(tmp_path / "state" / SQLITE_NAME, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # every write now waits, then fails
         try:

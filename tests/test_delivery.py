@@ -28,7 +28,7 @@ from orderwatch.devtools.receiver import Receiver, running_receiver
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, SECRET, FakeClock, running_daemon, settings_for, until
+from harness import API_KEY, SECRET, FakeClock, logged, running_daemon, settings_for, until
 
 OLD_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 PAYOUT = "https://payouts.example/redeem/very-secret-link"
@@ -60,13 +60,17 @@ async def close_all(sinks: list[Sink]) -> None:
 
 
 async def deliver_until_settled(deliverer: Deliverer, store: SqliteStore) -> None:
-    """run_until_idle in a loop (real short delays) until nothing is pending."""
-
-    async def settled() -> bool:
-        await deliverer.run_until_idle()
-        return (await store.delivery_counts())["pending"] == 0
-
-    await until(settled, timeout=10)
+    """run_until_idle, then wait for the next retry to fall due (real short delays), until
+    nothing is pending."""
+    sinks = [s.id for s in deliverer.sinks]
+    async with asyncio.timeout(10):
+        while True:
+            await deliverer.run_until_idle()
+            if (await store.delivery_counts())["pending"] == 0:
+                return
+            due = await store.next_delivery_due_at(sinks)
+            assert due is not None
+            await asyncio.sleep(max(0.0, due - deliverer.clock()))  # the retry's own time
 
 
 async def row(store: SqliteStore, order_id: str) -> tuple[str, int, str | None]:
@@ -209,12 +213,13 @@ async def test_410_and_redirects_are_failures_retried_then_dead(store: SqliteSto
 
 async def deliver_until_settled_for(deliverer: Deliverer, store: SqliteStore, sink: Sink) -> None:
     """Like deliver_until_settled, for one sink's deliveries only."""
-
-    async def settled() -> bool:
-        await deliverer.run_until_idle()
-        return await store.next_delivery_due_at([sink.id]) is None
-
-    await until(settled, timeout=10)
+    async with asyncio.timeout(10):
+        while True:
+            await deliverer.run_until_idle()
+            due = await store.next_delivery_due_at([sink.id])
+            if due is None:
+                return
+            await asyncio.sleep(max(0.0, due - deliverer.clock()))  # the retry's own time
 
 
 async def test_attempt_log_lines_are_canonical_and_hold_no_secrets(store: SqliteStore) -> None:
@@ -265,10 +270,10 @@ async def test_run_sees_wakes_and_inserts_by_another_process(
             async def heard(n: int) -> bool:
                 return len(receiver.events) >= n
 
-            await until(lambda: heard(1), timeout=10)
+            await until(lambda: heard(1), receiver.changed, timeout=10)
             second = await queue_final(store, "O-X2", sinks, time.time())
             deliverer.wake()
-            await until(lambda: heard(2), timeout=10)
+            await until(lambda: heard(2), receiver.changed, timeout=10)
         finally:
             stop.set()
             await task
@@ -292,7 +297,7 @@ async def test_stop_abandons_a_hanging_attempt_within_the_grace(store: SqliteSto
         async def in_flight() -> bool:
             return hanging.in_flight == 1
 
-        await until(in_flight, timeout=10)
+        await until(in_flight, hanging.changed, timeout=10)
         stop.set()
         await asyncio.wait_for(task, 10)  # would never return if the attempt were awaited
         await close_all(sinks)
@@ -322,7 +327,7 @@ async def test_hanging_endpoint_does_not_slow_a_healthy_one(store: SqliteStore) 
             async def all_heard() -> bool:
                 return sorted(e.order_id for e in healthy.events) == ids
 
-            await until(all_heard, timeout=20)
+            await until(all_heard, healthy.changed, timeout=20)
             assert 1 <= hanging.attempts <= 2 and hanging.in_flight <= 2
         finally:
             stop.set()
@@ -356,7 +361,7 @@ async def test_hanging_endpoint_does_not_slow_polling_or_a_healthy_one(tmp_path:
             async def all_heard() -> bool:
                 return {e.order_id for e in healthy.events} == set(ids)
 
-            await until(all_heard, timeout=20)
+            await until(all_heard, healthy.changed, timeout=20)
             assert (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
             assert 1 <= hanging.attempts <= 2 and hanging.in_flight <= 2
 
@@ -403,13 +408,13 @@ async def test_deliveries_of_a_sink_no_longer_configured_are_reported_at_start(
         settings = settings_for(
             tmp_path, "http://127.0.0.1:9/v2", webhooks=[{"url": url, "secret": SECRET}]
         )
-        with structlog.testing.capture_logs() as logs:
+        with logged() as (logs, line):
             async with running_daemon(settings):
 
                 async def warned() -> bool:
                     return any(e["event"] == "delivery.stranded" for e in logs)
 
-                await until(warned, timeout=5)
+                await until(warned, line, timeout=5)
     (warning,) = [e for e in logs if e["event"] == "delivery.stranded"]
     assert warning["sinks"] == {build_sinks(old)[0].id: 1}
     assert "replay" in warning["hint"]
@@ -498,7 +503,7 @@ def test_callbacks_from_config_are_loaded_and_named_by_their_spec(
     twice = {"callbacks": ["ow_test_hooks:on_final", "ow_test_hooks:on_final"]}
     with pytest.raises(UsageError, match=r"callbacks\[1\]: the same sink as callbacks\[0\]"):
         build_sinks(load_settings_from_mapping(twice))
-    on_final = sinks[0].func  # type: ignore[attr-defined]
+    on_final = sinks[0].func
     with pytest.raises(UsageError, match="configured twice"):
         build_sinks(load_settings_from_mapping({}), extra_callbacks=[on_final, on_final])
 

@@ -242,7 +242,7 @@ async def live_metrics(tmp_path: Path) -> str:
             async def delivered() -> bool:
                 return len(receiver.events) == 1
 
-            await until(delivered)
+            await until(delivered, receiver.changed)
             status, metrics = await http("GET", f"{base}/metrics")
             assert status == 200, metrics
         finally:

@@ -12,7 +12,7 @@ from orderwatch import Watcher
 from orderwatch.core.errors import UsageError
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 
-from harness import API_KEY, config_dict, until
+from harness import API_KEY, changes_of, config_dict, until
 
 
 async def test_watcher_with_callback(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ async def test_watcher_with_callback(tmp_path: Path) -> None:
             async def final() -> bool:
                 return (await w.status(["O-EMB"]))[0].state == "final"
 
-            await until(final)
+            await until(final, *changes_of(w.daemon))
         (event,) = got
         assert event["id"] == "evt_completed_O-EMB" and event["type"] == "order.completed"
         assert event["data"] == rs.sim.payload("O-EMB")

@@ -72,7 +72,7 @@ async def test_auth_failure_probes_one_at_a_time_with_backoff() -> None:
     assert len(done) == 1 and done[0].result() is True  # exactly one probe
     g.on_auth_failure(401)  # the probe failed: back-off doubles
     g.leave_probe()
-    assert g._next_probe_at == c.t + 2
+    assert g.next_probe_at == c.t + 2
     c.t += 2
     await asyncio.sleep(0.1)
     g.on_success()  # say the next probe worked
@@ -86,7 +86,7 @@ def test_probe_backoff_capped_at_max_interval() -> None:
     g = Gate(max_interval_s=8, clock=Clock())
     for _ in range(10):
         g.on_auth_failure(403)
-    assert g._probe_backoff_s == 8
+    assert g.probe_backoff_s == 8
 
 
 async def test_open_agrees_with_enter() -> None:

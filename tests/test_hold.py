@@ -3,30 +3,41 @@ and what those polls learned reaches the store when it leaves memory, whichever 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
-from orderwatch.polling import held as poller
+from orderwatch.devtools.simulator import Faults, RunningSim, SimOptions, running_simulator
+from orderwatch.ops.daemon import Daemon
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.policy import Reschedule
 from orderwatch.store.base import OrderRow, Store
 from orderwatch.store.postgres import PostgresStore
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
+from harness import (
+    API_KEY,
+    FakeClock,
+    changes_of,
+    one_worker,
+    running_daemon,
+    settings_for,
+    until,
+)
 
 
-def gets(rs: object, order_id: str) -> int:
-    return sum(1 for _, oid in rs.sim.requests if oid == order_id)  # type: ignore[attr-defined]
+def gets(rs: RunningSim, order_id: str) -> int:
+    return sum(1 for _, oid in rs.sim.requests if oid == order_id)
 
 
-async def row_of(d: object, order_id: str) -> OrderRow:
-    (row,) = await d.store.get_orders([order_id])  # type: ignore[attr-defined]
-    return row  # type: ignore[no-any-return]
+async def row_of(d: Daemon, order_id: str) -> OrderRow:
+    assert d.store is not None
+    (row,) = await d.store.get_orders([order_id])
+    return row
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -43,9 +54,9 @@ async def test_held_polls_are_written_when_the_daemon_stops(
 
             async def waiting_in_memory() -> bool:  # stopped between polls, not during one
                 assert d.poller is not None
-                return gets(rs, "O-HELD") >= 3 and bool(d.poller._held)
+                return gets(rs, "O-HELD") >= 3 and d.poller.holding > 0
 
-            await until(waiting_in_memory)
+            await until(waiting_in_memory, rs.sim.changed, *changes_of(d))
             assert (await row_of(d, "O-HELD")).polls == 0  # held: nothing written yet
         store: Store = (
             await PostgresStore.open(dsn) if dsn else await SqliteStore.open(tmp_path / "state")
@@ -58,26 +69,46 @@ async def test_held_polls_are_written_when_the_daemon_stops(
         assert row.polls == gets(rs, "O-HELD")  # every answer was PROCESSING
 
 
-async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past HOLD_S after its claim the next reschedule is written, and polling goes on."""
-    monkeypatch.setattr(poller, "HOLD_S", 0.3)
-    async with running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs:
+async def test_a_hold_that_ends_writes_and_the_order_is_claimed_again(tmp_path: Path) -> None:
+    """Past the hold (HOLD_S; 0.3 s here) after its claim the next reschedule is written, and
+    polling goes on. A poller of its own, as the daemon runs it."""
+    async with (
+        running_simulator(SimOptions(api_key=API_KEY, complete_after=3600)) as rs,
+        RunaClient(
+            rs.base_url, API_KEY, api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client,
+    ):
         settings = settings_for(tmp_path, rs.base_url, polling={"max_interval": "20ms"})
-        async with running_daemon(settings) as d:
-            await d.add_orders(["O-CYCLE"])
+        store = await SqliteStore.open(tmp_path / "state", daemon=True, now=time.time())
+        p = one_worker(
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=settings.output_dir,
+            wall=time.time,
+            start_full=False,
+            hold_s=0.3,
+        )
+        await store.add_orders(["O-CYCLE"], time.time(), time.time())
+        stop = asyncio.Event()
+        running = asyncio.create_task(p.run(stop, 1.0))
+        try:
 
             async def written_twice() -> bool:
-                return (await row_of(d, "O-CYCLE")).polls >= 2 * 0.3 / 0.02 * 0.5
+                (row,) = await store.get_orders(["O-CYCLE"])
+                return row.polls >= 2 * 0.3 / 0.02 * 0.5
 
-            await until(written_twice)
+            await until(written_twice, p.d.progress)
             before = gets(rs, "O-CYCLE")
 
             async def still_polled() -> bool:
                 return gets(rs, "O-CYCLE") > before
 
-            await until(still_polled)
+            await until(still_polled, rs.sim.changed)
+        finally:
+            stop.set()
+            await running
+            await store.close()
 
 
 async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> None:
@@ -90,13 +121,15 @@ async def test_a_429_gives_a_held_order_back_with_its_polls(tmp_path: Path) -> N
             async def polled() -> bool:
                 return gets(rs, "O-PAUSED") >= 3
 
-            await until(polled)
+            await until(polled, rs.sim.changed)
             rs.sim.set_faults(Faults(rate_429=1.0, retry_after="1"))
 
             async def given_back() -> bool:
                 return (await row_of(d, "O-PAUSED")).polls >= 3
 
-            await until(given_back, timeout=5.0)  # HOLD_S (10 s) would not have written it
+            await until(
+                given_back, *changes_of(d), timeout=5.0
+            )  # HOLD_S (10 s) would not have written it
 
 
 @pytest.mark.slow
@@ -112,13 +145,13 @@ async def test_an_order_that_expires_while_held_quotes_the_body_it_held(tmp_path
             async def polled() -> bool:
                 return gets(rs, "O-LAPSED") >= 3
 
-            await until(polled)
+            await until(polled, rs.sim.changed)
             rs.sim.set_faults(Faults(rate_reset=1.0))
 
             async def ended() -> bool:
                 return (await row_of(d, "O-LAPSED")).state != "pending"
 
-            await until(ended)
+            await until(ended, *changes_of(d))
             event = await d.store.get_event("O-LAPSED")  # type: ignore[union-attr]
         assert event is not None and event.event_type == "order.expired"
         data = json.loads(event.body)["data"]

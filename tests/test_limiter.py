@@ -28,7 +28,7 @@ async def test_spacing_and_window_under_contention() -> None:
     assert max_in_window(stamps) <= 40
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     # no bursts: a late timer is made up by at most CATCH_UP_S of closer spacing
-    assert min(gaps) >= (lim.interval_s - lim._catch_up_s) * 0.95
+    assert min(gaps) >= (lim.interval_s - lim.catch_up_s) * 0.95
 
 
 async def test_starts_with_window_full() -> None:
@@ -39,15 +39,25 @@ async def test_starts_with_window_full() -> None:
     assert time.monotonic() - t0 >= lim.window_s * 0.99
 
 
-def test_hard_log_caps_bunching_after_a_stall() -> None:
+async def test_hard_log_caps_bunching_after_a_stall() -> None:
     """If sends were late and bunched, the log still refuses a (R+1)th send in one window."""
     now = [0.0]
     lim = SpacedLimiter(5, start_full=False, clock=lambda: now[0])
-    # five sends forced into 10 ms (as if the loop had stalled and then released them)
-    for i in range(5):
-        lim._log.append(0.002 * i)
-    lim._next = 0.0
-    assert lim.earliest(0.01) == lim._log[0] + lim.window_s
+    granted = []
+    for _ in range(5):  # five grants, evenly spaced
+        now[0] = lim.earliest(now[0])
+        assert lim.try_acquire()
+        granted.append(now[0])
+    # ...that all left late, within 10 ms (as if the loop had stalled and then released
+    # them): each is counted when it leaves
+    left = [granted[-1] + 0.1 + 0.002 * i for i in range(5)]
+    for at, grant in zip(left, granted, strict=True):
+        now[0] = at
+        recount = lim.confirm(grant)
+        assert recount is not None
+        await recount
+    assert lim.earliest(now[0]) > now[0] + lim.interval_s  # the spacing alone would allow one
+    assert lim.earliest(now[0]) == left[0] + lim.window_s
 
 
 def test_fractional_rate_spacing() -> None:
@@ -68,17 +78,19 @@ def test_try_acquire_keeps_the_window_and_spacing() -> None:
             sent.append(now[0])
     assert 14 <= len(sent) <= 15
     assert max_in_window(sent) <= 5
-    assert min(b - a for a, b in itertools.pairwise(sent)) >= lim.interval_s - lim._catch_up_s
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= lim.interval_s - lim.catch_up_s
 
 
 async def test_try_acquire_never_passes_a_queued_caller() -> None:
     """While a caller waits inside `acquire`, `try_acquire` says no even when a slot is free,
     so the waiters keep their arrival order."""
-    lim = SpacedLimiter(1000, start_full=False)
-    lim._next = time.monotonic() + 0.05  # nobody may send for 50 ms
+    now = [0.0]
+    lim = SpacedLimiter(1000, start_full=False, clock=lambda: now[0])
+    assert lim.try_acquire()  # the next slot is an interval away
     queued = asyncio.create_task(lim.acquire())
     await asyncio.sleep(0)  # it is inside `acquire`, asleep until its slot
-    lim._next = 0.0  # a slot is free now, but `queued` came first
+    now[0] = 1.0
+    assert lim.earliest(now[0]) <= now[0]  # a slot is free now, but `queued` came first
     assert not lim.try_acquire()
     await queued
     assert lim.try_acquire()
@@ -117,4 +129,4 @@ def test_a_quick_connection_is_well_inside_every_limiters_tolerance(rate: float)
     QUICK_CONNECT_S or longer: a send that quick must be one no limiter would count again."""
     assert SpacedLimiter(rate).margin > 10 * QUICK_CONNECT_S
     pg = pytest.importorskip("orderwatch.store.cluster_limiter", reason="psycopg not installed")
-    assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S  # type: ignore[arg-type]
+    assert pg.PostgresLimiter(None, rate).late_limit_s > 5 * QUICK_CONNECT_S

@@ -1,13 +1,15 @@
 """Redaction is a processor: whatever a developer logs, secrets and payout links go.
 
 Every test renders real lines into a StringIO through configure_logging, the way the daemon
-does, and reads them back."""
+does, and reads them back; the last runs a whole daemon and reads its stderr."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import signal
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,9 +17,16 @@ from typing import Any
 
 import pytest
 import structlog
+import yaml
 
 from orderwatch.core.redact import REDACTED, REDACTED_URL, REDACTOR, Redactor
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
 from orderwatch.ops.logs import configure_logging
+
+from harness import API_KEY as RUNA_KEY
+from harness import SECRET as HOOK_SECRET
+from harness import config_dict, spawn, until
 
 SECRET = "whsec_very-secret-value"
 KEY = "xx.api-key-secret"
@@ -303,7 +312,6 @@ async def test_config_loaded_counts_commands_naming_no_argv(tmp_path: Path) -> N
 async def test_config_loaded_is_a_short_summary(tmp_path: Path) -> None:
     """config.loaded was the whole config on one line (seven rows of a terminal) with
     `state_dsn: [REDACTED]` where none was set: now a summary that fits one row."""
-    from harness import SECRET as HOOK_SECRET
     from harness import running_daemon, settings_for
 
     settings = settings_for(
@@ -333,3 +341,63 @@ async def test_config_loaded_is_a_short_summary(tmp_path: Path) -> None:
         "watchlists=1",
         "webhooks=1",
     ]
+
+
+@pytest.mark.slow
+async def test_logs_never_hold_secrets_or_payout_urls(tmp_path: Path) -> None:
+    """A full run with errors, 401s, retries, webhooks and a config dump, at debug level:
+    the API key, the webhook secret and every payout URL appear nowhere in the logs."""
+    receiver = Receiver(HOOK_SECRET, fail_first=3)
+    faults = Faults(rate_5xx=0.1, rate_malformed=0.1, rate_reset=0.05)
+    async with (
+        running_simulator(
+            SimOptions(api_key=RUNA_KEY, complete_after=0.3, seed=5, faults=faults)
+        ) as rs,
+        running_receiver(receiver) as url,
+    ):
+        cfg_path = tmp_path / "ow.yaml"
+        cfg = config_dict(
+            tmp_path,
+            rs.base_url,
+            logging={"format": "json", "level": "debug"},
+            webhooks=[{"url": url, "secret": HOOK_SECRET, "retry_schedule": ["100ms"] * 5}],
+            commands=[["/bin/false"]],
+        )
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        ids = [f"O-LOG{i}" for i in range(15)]
+        rs.sim.create(["O-LOGSLOW"], complete_after=3600)  # still polled when the key breaks
+        assert await (await spawn("add", "-c", str(cfg_path), *ids, "O-LOGSLOW")).wait() == 0
+        proc = await spawn("run", "-c", str(cfg_path), stderr=asyncio.subprocess.PIPE)
+        out = bytearray()
+
+        async def read() -> None:
+            assert proc.stderr is not None
+            async for raw in proc.stderr:
+                out.extend(raw)
+
+        reader = asyncio.create_task(read())
+
+        async def heard() -> bool:
+            return {e.order_id for e in receiver.events} == set(ids)
+
+        await until(heard, receiver.changed, timeout=30)
+        rs.sim.set_faults(Faults(bad_key=True))  # and an auth failure, for its error line
+
+        async def auth_failed() -> bool:
+            return b"api.auth_failed" in out
+
+        await until(auth_failed, timeout=10)
+        proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+        await reader
+        urls = [
+            item["payout"]["url"]
+            for i in ids
+            for item in (rs.sim.payload(i) or {}).get("items", [])
+        ]
+    text = out.decode()
+    assert "order.final" in text and "config.loaded" in text and "api.auth_failed" in text
+    assert urls, "the run produced payout links to look for"
+    for secret in (RUNA_KEY, HOOK_SECRET, HOOK_SECRET.removeprefix("whsec_"), *urls):
+        assert secret not in text, secret
+    assert "spend.runa.io" not in text

@@ -1,13 +1,32 @@
 """The per-poll series are plain numbers rendered at scrape time (metrics.PollCounters); they
-must read exactly as prometheus_client's own Counter, Histogram and Gauge would."""
+must read exactly as prometheus_client's own Counter, Histogram and Gauge would, and a running
+daemon's /metrics must pass promtool."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from orderwatch.devtools.receiver import Receiver, running_receiver
+from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.ops.metrics import Metrics
 from orderwatch.polling.answers import Kind
 from orderwatch.polling.metrics import REQUEST_BUCKETS, PollCounters
+
+from harness import (
+    API_KEY,
+    SECRET,
+    free_port,
+    http,
+    running_daemon,
+    settings_for,
+    until,
+)
 
 # Bucket bounds exactly, between them, below the first and beyond the last.
 ANSWERS = [
@@ -59,3 +78,39 @@ def test_the_daemon_registry_holds_the_poll_series_once() -> None:
     assert text.count("# TYPE orderwatch_api_requests_total counter") == 1
     assert text.count("# TYPE orderwatch_api_request_duration_seconds histogram") == 1
     assert text.count("# TYPE orderwatch_last_successful_poll_timestamp_seconds gauge") == 1
+
+
+PROMTOOL = shutil.which("promtool")
+
+
+@pytest.mark.skipif(
+    PROMTOOL is None and not os.environ.get("PROMTOOL_REQUIRED"),
+    reason="promtool not installed (Debian: the prometheus package; .ci/run fetches it)",
+)
+async def test_metrics_pass_promtool(tmp_path: Path) -> None:
+    """`promtool check metrics` finds nothing to say about /metrics of a daemon that has
+    polled, finished an order and delivered to a webhook (every family has samples)."""
+    assert PROMTOOL is not None, "PROMTOOL_REQUIRED is set but promtool is not on PATH"
+    port = free_port()
+    receiver = Receiver(SECRET)
+    opts = SimOptions(api_key=API_KEY, complete_after=0.2)
+    async with running_simulator(opts) as rs, running_receiver(receiver) as url:
+        settings = settings_for(
+            tmp_path,
+            rs.base_url,
+            admin={"listen": f"127.0.0.1:{port}"},
+            webhooks=[{"url": url, "secret": SECRET}],
+        )
+        async with running_daemon(settings) as d:
+            await d.add_orders(["O-PROM1"])
+
+            async def delivered() -> bool:
+                return len(receiver.events) == 1
+
+            await until(delivered, receiver.changed)
+            _, metrics = await http("GET", f"http://127.0.0.1:{port}/metrics")
+    assert "orderwatch_delivery_latency_seconds_count 1" in metrics
+    r = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=metrics, capture_output=True, text=True, timeout=60
+    )
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")

@@ -42,7 +42,7 @@ async def test_a_429_pause_survives_kill_and_restart(tmp_path: Path) -> None:
             async def limited(seen: int = seen) -> bool:
                 return len(sim.rate_limited_at) > seen
 
-            await until(limited, timeout=60)
+            await until(limited, sim.changed, timeout=60)
             await asyncio.sleep(rng.uniform(0.0, 3.0))  # the kill lands somewhere in the pause
             child.send_signal(signal.SIGKILL)
             await child.wait()
@@ -77,7 +77,7 @@ async def test_an_auth_pause_resumes_for_the_same_key_only(tmp_path: Path) -> No
             async def refused() -> bool:
                 return d.gate.auth_failed
 
-            await until(refused)
+            await until(refused, d.gate.changed)
         rs.sim.set_faults(Faults())  # the key works again, but nobody knows it yet
         async with running_daemon(settings) as d:
             assert d.gate.auth_failed  # before any answer: resumed from the store
@@ -86,10 +86,10 @@ async def test_an_auth_pause_resumes_for_the_same_key_only(tmp_path: Path) -> No
             async def recovered() -> bool:
                 return not d.gate.auth_failed
 
-            await until(recovered)  # the probe goes out and clears it
+            await until(recovered, d.gate.changed)  # the probe goes out and clears it
         rs.sim.set_faults(Faults(bad_key=True))
         async with running_daemon(settings) as d:
-            await until(refused)
+            await until(refused, d.gate.changed)
         other = settings_for(tmp_path, rs.base_url, runa={"api_key": "xx.another-key-987654321"})
         async with running_daemon(other) as d:
             assert not d.gate.auth_failed

@@ -15,7 +15,15 @@ from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, one_worker, running_daemon, settings_for, until
+from harness import (
+    API_KEY,
+    FakeClock,
+    changes_of,
+    one_worker,
+    running_daemon,
+    settings_for,
+    until,
+)
 
 
 @pytest.mark.slow
@@ -32,12 +40,12 @@ async def test_429_pauses_everyone_and_honours_retry_after(tmp_path: Path) -> No
             async def done() -> bool:
                 return (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
 
-            await until(done, timeout=30)
+            await until(done, *changes_of(d), timeout=30)
         first, *rest = sorted(rs.sim.arrivals)
         # requests already in flight when the 429 came back may land just after it
         after = [t for t in rest if t - first > 0.5]
         assert after and min(after) - first >= 6.0
-        assert d.metrics.poll.rate_limited._value.get() == 1
+        assert d.metrics.registry.get_sample_value("orderwatch_api_rate_limited_total") == 1
 
 
 @pytest.mark.slow
@@ -54,7 +62,7 @@ async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
             async def probing() -> bool:
                 return len(rs.sim.arrivals) >= 12
 
-            await until(probing, timeout=10)
+            await until(probing, rs.sim.changed, timeout=10)
             assert d.readiness() == (False, "the Runa API rejects the API key (401/403); probing")
             rows = await d.store.get_orders(ids)  # type: ignore[union-attr]
             assert all(r.state == "pending" and r.error_streak == 0 for r in rows)
@@ -70,7 +78,7 @@ async def test_bad_key_pauses_probes_and_recovers(tmp_path: Path) -> None:
             async def done() -> bool:
                 return (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
 
-            await until(done, timeout=20)
+            await until(done, *changes_of(d), timeout=20)
             assert d.readiness() == (True, "ok")
 
 
@@ -93,7 +101,7 @@ async def test_a_retired_api_version_pauses_polling_and_fails_no_order(tmp_path:
                 async def probing() -> bool:
                     return len(rs.sim.arrivals) >= 8
 
-                await until(probing, timeout=10)
+                await until(probing, rs.sim.changed, timeout=10)
                 await asyncio.sleep(2.5)  # past give_up_after: still nothing may expire
                 ready, reason = d.readiness()
                 assert not ready and "api_version" in reason
@@ -105,7 +113,7 @@ async def test_a_retired_api_version_pauses_polling_and_fails_no_order(tmp_path:
                 async def done() -> bool:
                     return (await d.store.counts())["final"] == len(ids)  # type: ignore[union-attr]
 
-                await until(done, timeout=20)
+                await until(done, *changes_of(d), timeout=20)
                 assert d.readiness() == (True, "ok")
     (refused,) = [e for e in logs if e["event"] == "api.refused"]
     assert refused["reason"] == "http 410 version_removed"
@@ -159,7 +167,7 @@ async def test_the_scheduler_waits_quietly_while_the_key_is_rejected(tmp_path: P
             async def auth_failed() -> bool:
                 return d.gate.auth_failed
 
-            await until(auth_failed)
+            await until(auth_failed, d.gate.changed)
             calls = 0
             real = store.next_due_at
 

@@ -27,7 +27,7 @@ from orderwatch.store.base import Claim
 from orderwatch.store.lock import prepare_state_dir
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, FakeClock, one_worker, settings_for, until
+from harness import API_KEY, FakeClock, one_worker, settings_for
 
 
 def test_a_temp_file_of_another_writer_is_left_alone(tmp_path: Path) -> None:
@@ -48,59 +48,59 @@ def _client(base_url: str) -> RunaClient:
 
 
 async def _a_stalls_then_b_claims(
-    store: SqliteStore, a: Poller, calls: list[bytes], wall: FakeClock
+    store: SqliteStore, a: Poller, a_writing: threading.Event, wall: FakeClock
 ) -> tuple[asyncio.Task[None], Claim]:
     """Worker A claims O-RACE and polls it until its payload write stalls (the test's gated
-    write_payload records `calls`); then 61 s pass, A's lease runs out and B claims the
-    order. Returns A's task and B's claim."""
+    write_payload sets `a_writing`, in the thread that writes); then 61 s pass, A's lease
+    runs out and B claims the order. Returns A's task and B's claim."""
     await store.add_orders(["O-RACE"], wall(), wall())
     (claim_a,) = await store.claim_due(wall(), 1, "a", 60.0)
     task_a = asyncio.create_task(a.poll_one(claim_a))
-
-    async def a_is_writing() -> bool:
-        return len(calls) == 1
-
-    await until(a_is_writing)
+    assert await asyncio.to_thread(a_writing.wait, 10)
     wall.now += 61.0
     (claim_b,) = await store.claim_due(wall(), 1, "b", 60.0)
     return task_a, claim_b
 
 
 async def _stale_writer_race(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
-) -> tuple[object, object, object]:
+    tmp_path: Path, holder_commits_first: bool
+) -> tuple[object, object, tuple[object, object]]:
     """Worker A gets the final body, checks its lease and stalls while it writes; its lease
     runs out and worker B (another replica) polls the order again, with a later body (a payout
     status can change between GETs), writes it and commits. A's rename lands after B's.
     Returns (A's body, B's body, and what the file and the event hold)."""
-    import orderwatch.polling.finish as poller_module
-
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
     out = tmp_path / "orders"
     prepare_output_dir(out)
     a_may_write, b_wrote, b_may_commit = threading.Event(), threading.Event(), threading.Event()
+    a_writing = threading.Event()
     calls: list[bytes] = []
-    real = poller_module.write_payload
 
     def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
         if len(calls) == 1:  # A: stalled (a long fsync, a paused VM) past its lease
+            a_writing.set()
             a_may_write.wait(10)
-            return real(output_dir, order_id, body)
-        path = real(output_dir, order_id, body)
+            return write_payload(output_dir, order_id, body)
+        path = write_payload(output_dir, order_id, body)
         b_wrote.set()
         if not holder_commits_first:
             b_may_commit.wait(10)
         return path
 
-    monkeypatch.setattr(poller_module, "write_payload", gated)
     opts = SimOptions(api_key=API_KEY, complete_after=0)
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2")
 
     def poller(client: RunaClient, owner: str) -> Poller:
         return one_worker(
-            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=out,
+            wall=wall,
+            owner=owner,
+            write_payload=gated,
         )
 
     async with (
@@ -109,7 +109,7 @@ async def _stale_writer_race(
         _client(one.base_url) as ca,
         _client(two.base_url) as cb,
     ):
-        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), a_writing, wall)
         task_b = asyncio.create_task(poller(cb, "b").poll_one(claim_b))
         await asyncio.to_thread(b_wrote.wait, 10)
         if holder_commits_first:
@@ -128,47 +128,48 @@ async def _stale_writer_race(
 
 @pytest.mark.parametrize("holder_commits_first", [True, False])
 async def test_a_stale_writer_never_leaves_its_body_over_the_committed_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, holder_commits_first: bool
+    tmp_path: Path, holder_commits_first: bool
 ) -> None:
     """Whoever commits the event owns the file's content: the stale writer puts the committed
     payload back when its own commit is refused after the holder's, and the holder checks
     its file after committing (for a stale rename that came between its write and commit)."""
-    stale, holder, (on_disk, committed) = await _stale_writer_race(
-        tmp_path, monkeypatch, holder_commits_first
-    )
+    stale, holder, (on_disk, committed) = await _stale_writer_race(tmp_path, holder_commits_first)
     assert stale != holder  # the two GETs saw different bodies (other payout links)
     assert committed == holder
     assert on_disk == committed
 
 
 async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """A worker whose lease ran out while it wrote the payload renames its file after the
     new holder ended the order EXPIRED; its own commit is refused. There was no committed
     payload to put back, so the file, payout links and all, stayed beside an order that
     SPEC says has none. The refused writer now removes it."""
-    import orderwatch.polling.finish as poller_module
-
     wall = FakeClock()
     store = await SqliteStore.open(tmp_path / "state", daemon=True, now=wall())
     out = tmp_path / "orders"
     prepare_output_dir(out)
-    a_may_write = threading.Event()
+    a_may_write, a_writing = threading.Event(), threading.Event()
     calls: list[bytes] = []
-    real = poller_module.write_payload
 
-    def gated(output_dir: Path, order_id: str, body: bytes) -> None:
+    def gated(output_dir: Path, order_id: str, body: bytes) -> Path:
         calls.append(body)
+        a_writing.set()
         a_may_write.wait(10)  # A stalls past its lease
-        real(output_dir, order_id, body)
+        return write_payload(output_dir, order_id, body)
 
-    monkeypatch.setattr(poller_module, "write_payload", gated)
     settings = settings_for(tmp_path, "http://127.0.0.1:9/v2", polling={"give_up_after": "30s"})
 
     def poller(client: RunaClient, owner: str) -> Poller:
         return one_worker(
-            store, client, polling=settings.polling, output_dir=out, wall=wall, owner=owner
+            store,
+            client,
+            polling=settings.polling,
+            output_dir=out,
+            wall=wall,
+            owner=owner,
+            write_payload=gated,
         )
 
     async with (
@@ -178,7 +179,7 @@ async def test_a_stale_writer_leaves_no_file_for_an_order_that_ended_without_one
         _client(two.base_url) as cb,
     ):
         # A's lease runs out, and give_up_after (30 s) passes with it
-        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), calls, wall)
+        task_a, claim_b = await _a_stalls_then_b_claims(store, poller(ca, "a"), a_writing, wall)
         await poller(cb, "b").poll_one(claim_b)  # still PROCESSING past the deadline: expired
         a_may_write.set()
         await task_a  # A's rename lands; its commit is refused

@@ -20,7 +20,7 @@ from orderwatch.polling.scheduler import Poller, PollerDeps
 from orderwatch.store.base import Claim, EventRecord, OrderState
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, running_daemon, settings_for, until
+from harness import API_KEY, changes_of, running_daemon, settings_for, until
 
 
 @asynccontextmanager
@@ -73,7 +73,7 @@ async def test_a_final_body_too_deep_for_an_event_is_a_bad_answer(tmp_path: Path
                 async def ended() -> bool:
                     return all(r.state != "pending" for r in await store.get_orders(ids))
 
-                await until(ended, timeout=30)
+                await until(ended, *changes_of(d), timeout=30)
                 rows = await store.get_orders(ids)
                 events = [await store.get_event(i) for i in ids]
     assert not [e for e in logs if e["event"] == "poll.crashed"]
@@ -142,7 +142,7 @@ async def test_a_crash_applying_an_answer_backs_off_and_ends_at_give_up_after(
 
             with structlog.testing.capture_logs() as logs:
                 run = asyncio.create_task(poller.run(stop, 2.0))
-                await until(ended, timeout=30)
+                await until(ended, poller.d.progress, timeout=30)
                 stop.set()
                 await run
         (row,) = await store.get_orders(["O-BUG"])

@@ -15,7 +15,7 @@ from orderwatch.core.errors import StoreError
 from orderwatch.devtools.simulator import max_in_window
 
 from conftest import PG_ADMIN, REQUIRE_POSTGRES
-from harness import Proxy
+from harness import Proxy, until
 
 if not REQUIRE_POSTGRES:  # without the driver skip the module; CI makes it an import error
     pytest.importorskip("psycopg")
@@ -264,14 +264,28 @@ async def test_a_failed_call_is_a_store_error_and_the_next_one_works(pg_dsn: str
     """A session killed in the middle of a statement fails that call with StoreError (the
     daemon logs it and retries later); the store keeps working."""
     store = await PostgresStore.open(pg_dsn)
+    blocker = await psycopg.AsyncConnection.connect(pg_dsn)
+    watch = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
     try:
-        slow = asyncio.create_task(store._all("SELECT pg_sleep(5)"))
-        await asyncio.sleep(0.3)
-        await _terminate_sessions(pg_dsn)
+        await blocker.execute("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE")  # until it ends
+        slow = asyncio.create_task(store.get_meta("k"))  # waits for the lock
+
+        async def under_way() -> bool:
+            cur = await watch.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity"
+                " WHERE application_name = 'orderwatch' AND wait_event_type = 'Lock'"
+            )
+            row = await cur.fetchone()
+            return row is not None and row[0] == 1
+
+        await until(under_way, timeout=10)
+        await _terminate_sessions(pg_dsn)  # the blocker's too
         with pytest.raises(StoreError):
             await slow
         await store.ping()
     finally:
+        await blocker.close()
+        await watch.close()
         await store.close()
 
 

@@ -280,8 +280,15 @@ async def test_a_push_for_a_leased_order_is_followed_up(tmp_path: Path) -> None:
         body = completion_body("O-HELD", "COMPLETED")
         assert await post(url, body, signed(body)) == (200, {"outcome": "leased"})
         # The holder's GET said PROCESSING: back at its cadence, due in an hour.
-        args = {"polls": 1, "error_streak": 0, "first_404_at": None, "last_error": None}
-        assert await store.reschedule(claim, time.time() + 3600, **args, last_body=None)
+        assert await store.reschedule(
+            claim,
+            time.time() + 3600,
+            polls=1,
+            error_streak=0,
+            first_404_at=None,
+            last_error=None,
+            last_body=None,
+        )
         await final(d, "O-HELD")
         assert rs.sim.received == 1
 
@@ -331,7 +338,7 @@ async def test_a_push_goes_ahead_of_a_saturated_backlog(tmp_path: Path) -> None:
             await d.add_orders([f"O-BACKLOG{i:03d}" for i in range(300)])
 
             async def busy() -> bool:
-                return rs.sim.received >= 60  # past the start and well into the backlog
+                return bool(rs.sim.received >= 60)  # past the start, well into the backlog
 
             await until(busy)
             for n, order_id in enumerate(("O-BACKLOG150", "O-PUSHED")):

@@ -9,6 +9,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ async def pg_scalar(dsn: str, sql: str, *args: object) -> object:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+        cur = await conn.execute(sql, args)
         row = await cur.fetchone()
         return row[0] if row else None
 
@@ -53,7 +54,7 @@ async def resume_then_finish(rs: RunningSim, dsn: str, ids: list[str], since: fl
     async def resumed() -> bool:
         return any(t > since for t in rs.sim.arrivals)
 
-    await until(resumed, timeout=30)
+    await until(resumed, rs.sim.changed, timeout=30)
     rs.sim.complete(ids)
 
     async def all_final() -> bool:
@@ -76,7 +77,7 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
             rs.sim.create(ids[i::12], complete_after=2.0 + 3.0 * i)
         cfg = replica_config(tmp_path, rs.base_url, pg_dsn, url)
         assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
-        quiet = {"stderr": asyncio.subprocess.DEVNULL}
+        quiet: dict[str, Any] = {"stderr": asyncio.subprocess.DEVNULL}
         replicas = [await spawn("run", "-c", str(cfg), **quiet) for _ in range(3)]
         try:
             for k in range(3):
@@ -85,7 +86,7 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
                 async def progressed(seen: int = seen) -> bool:
                     return len(rs.sim.arrivals) >= seen + 30
 
-                await until(progressed, timeout=30)
+                await until(progressed, rs.sim.changed, timeout=30)
                 victim = replicas[k]
                 victim.send_signal(signal.SIGKILL)
                 t_kill = time.monotonic()
@@ -110,14 +111,14 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
                     async def taken_over(ends: dict[str, float] = ends, t: float = after) -> bool:
                         return any(ts > t and oid in ends for ts, oid in rs.sim.requests)
 
-                    await until(taken_over, timeout=30)
+                    await until(taken_over, rs.sim.changed, timeout=30)
                     first = min(ts for ts, oid in rs.sim.requests if ts > after and oid in ends)
                     takeovers.append(first - t_kill)
 
             async def all_heard() -> bool:
                 return {e.order_id for e in receiver.events} == set(ids)
 
-            await until(all_heard, timeout=90)
+            await until(all_heard, receiver.changed, timeout=90)
         finally:
             for r in replicas:
                 if r.returncode is None:
@@ -174,7 +175,7 @@ async def test_partitioned_replica_stops_within_lease_and_resumes(
             async def polling() -> bool:
                 return len(rs.sim.arrivals) >= 30
 
-            await until(polling, timeout=30)
+            await until(polling, rs.sim.changed, timeout=30)
             await proxy.cut()
             t_cut = time.monotonic()
             await asyncio.sleep(LEASE_S + 2.0)
@@ -203,21 +204,21 @@ async def test_a_429_on_one_replica_pauses_all_of_them(tmp_path: Path, pg_dsn: s
     async with running_simulator(opts) as rs:
         cfg = replica_config(tmp_path, rs.base_url, pg_dsn, None)
         assert await (await spawn("add", "-c", str(cfg), *ids)).wait() == 0
-        quiet = {"stderr": asyncio.subprocess.DEVNULL}
+        quiet: dict[str, Any] = {"stderr": asyncio.subprocess.DEVNULL}
         replicas = [await spawn("run", "-c", str(cfg), **quiet) for _ in range(2)]
         try:
 
             async def steady() -> bool:
                 return len(rs.sim.arrivals) >= 80  # both replicas past their start-up
 
-            await until(steady, timeout=30)
+            await until(steady, rs.sim.changed, timeout=30)
             t_script = time.monotonic()
             rs.sim.script("429")
 
             async def resumed() -> bool:
                 return any(t > t_script + 3.5 for t in rs.sim.arrivals)
 
-            await until(resumed, timeout=30)
+            await until(resumed, rs.sim.changed, timeout=30)
         finally:
             for r in replicas:
                 r.send_signal(signal.SIGTERM)
@@ -237,7 +238,8 @@ async def terminate_sessions(dsn: str, application_name: str = "orderwatch") -> 
         dbname,
         application_name,
     )
-    return int(n)  # type: ignore[call-overload]
+    assert isinstance(n, int)
+    return n
 
 
 async def test_replica_rides_out_sessions_ended_by_the_server(tmp_path: Path, pg_dsn: str) -> None:
@@ -253,7 +255,7 @@ async def test_replica_rides_out_sessions_ended_by_the_server(tmp_path: Path, pg
             async def polling() -> bool:
                 return len(rs.sim.arrivals) >= 20
 
-            await until(polling, timeout=30)
+            await until(polling, rs.sim.changed, timeout=30)
             killed = 0
             for _ in range(16):
                 killed += await terminate_sessions(pg_dsn)

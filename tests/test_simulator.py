@@ -46,9 +46,10 @@ async def test_processing_then_final_on_a_fake_clock() -> None:
         _, first, _ = await get(f"{rs.base_url}/order/O-A")
         _, again, _ = await get(f"{rs.base_url}/order/O-A")
         assert first == again == rs.sim.payload("O-A")
+        assert isinstance(first, dict)
         assert first["status"] == "COMPLETED" and first["items"][0]["payout"]["url"].startswith(
             "https://"
-        )  # type: ignore[index]
+        )
 
 
 async def test_fail_ratio_and_not_found() -> None:

@@ -207,7 +207,7 @@ async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
     await sqlite_store.add_orders([f"O-{i:03d}" for i in range(200)], now, now)
     first = await sqlite_store.claim_due(now, 100, "w", 30)
     steps: list[str] = []
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    await sqlite_store.trace(steps.append)
     for c in first:
         sqlite_store.reschedule_nowait(
             c,
@@ -219,7 +219,7 @@ async def test_sqlite_claims_and_queued_writes_are_a_few_statements(
             last_body=b'{"status": "PROCESSING"}',
         )
     second = await sqlite_store.claim_due(now, 100, "w", 30)
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    await sqlite_store.trace(None)
     assert len(second) == 100 and not {c.order_id for c in first} & {c.order_id for c in second}
     # the writes in their own transaction or in the claim's: 7 statements at most
     assert len(steps) <= 7, [s[:40] for s in steps]
@@ -234,7 +234,7 @@ async def test_sqlite_writes_in_company_gather_for_each_batch(sqlite_store: Sqli
     await sqlite_store.add_orders([f"O-{i:03d}" for i in range(300)], now, now)
     claims = await sqlite_store.claim_due(now, 300, "w", 30)
     steps: list[str] = []
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, steps.append)
+    await sqlite_store.trace(steps.append)
     loop = asyncio.get_running_loop()
     start = loop.time()
     i = 0
@@ -252,7 +252,7 @@ async def test_sqlite_writes_in_company_gather_for_each_batch(sqlite_store: Sqli
         await asyncio.sleep(0)
     spent = loop.time() - start
     await sqlite_store.flush()
-    await sqlite_store._run(sqlite_store.db.set_trace_callback, None)
+    await sqlite_store.trace(None)
     commits = steps.count("COMMIT")
     assert commits <= spent / QUEUED_WRITE_DELAY_S + 3, (commits, spent)
     rows = await sqlite_store.get_orders([c.order_id for c in claims])
@@ -412,7 +412,7 @@ async def two_stores(
         a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
         b = await SqliteStore.open(tmp_path / "state")
         for lite in (a, b):
-            lite.one_statement = request.param == "sqlite"  # type: ignore[attr-defined]
+            lite.one_statement = request.param == "sqlite"
     try:
         yield a, b
     finally:
@@ -570,7 +570,7 @@ async def test_racing_finishers_end_an_order_once(two_stores: tuple[Store, Store
         a.finish(old, "final", "COMPLETED", ev_a, ["s"]),
         b.finish(new, "final", "COMPLETED", ev_b, ["s"]),
     )
-    assert results == [False, True]
+    assert list(results) == [False, True]
     assert await a.get_event("A") == ev_b
     assert (await a.counts())["final"] == 1
 

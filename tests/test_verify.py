@@ -84,7 +84,8 @@ async def _capture(tmp: Path) -> Captured:
                 async def both_arrived() -> bool:
                     return bool(receiver.events) and raw.got.is_set()
 
-                await until(both_arrived)
+                await raw.got.wait()
+                await until(both_arrived, receiver.changed)
             config = write_config(tmp, rs.base_url, webhooks=hooks)
     finally:
         server.close()

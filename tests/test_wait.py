@@ -212,7 +212,7 @@ async def test_wait_stopped_by_sigint_says_so_in_one_line(tmp_path: Path) -> Non
         async def polled() -> bool:
             return bool(rs.sim.arrivals)
 
-        await until(polled)
+        await until(polled, rs.sim.changed)
         p.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(p.communicate(), 30)
         assert (p.returncode, err.decode()) == (
@@ -262,7 +262,9 @@ async def test_a_wait_that_handed_over_stops_on_a_signal_in_one_line(
             async def handed_over() -> bool:  # the daemon polls it: `wait` added it, and follows
                 return bool(rs.sim.arrivals)
 
-            await until(handed_over)  # a fixed 1.5 s was too short for a slow machine's start
+            await until(
+                handed_over, rs.sim.changed
+            )  # a fixed 1.5 s was too short for a slow machine's start
             waiter.send_signal(sig)
             _, err = await asyncio.wait_for(waiter.communicate(), 15)
         finally:

@@ -17,6 +17,7 @@ import structlog
 
 from orderwatch.core.aio import until_stopped, wait_any
 from orderwatch.core.errors import StoreError, store_backoff
+from orderwatch.core.pulse import Pulse
 from orderwatch.delivery.metrics import DeliveryMetrics
 from orderwatch.delivery.sinks.base import AttemptResult, Sink
 from orderwatch.store.base import DeliveryClaim, DeliveryState, Store
@@ -59,6 +60,7 @@ class Deliverer:
         self.lease_s = lease_s
         self.metrics = metrics or DeliveryMetrics()
         self._wakes = {s.id: asyncio.Event() for s in self.sinks}
+        self.progress = Pulse()  # an attempt of the run loop ended (tests wait on it)
 
     def wake(self) -> None:
         """New deliveries were committed: every sink looks for work now."""
@@ -83,6 +85,7 @@ class Deliverer:
         def done(task: asyncio.Task[None]) -> None:
             inflight.discard(task)
             wake.set()  # a slot is free
+            self.progress()
 
         try:
             await until_stopped(stop, self._look(sink, stop, inflight, done))

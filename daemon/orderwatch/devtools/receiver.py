@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from orderwatch.core.pulse import Pulse
+
 
 @dataclass(frozen=True)
 class Received:
@@ -58,6 +60,7 @@ class Receiver:
         self.attempt_ids: list[str] = []  # webhook-id of every request, failed ones too
         self.in_flight = 0  # requests being handled right now
         self.events: list[Received] = []
+        self.changed = Pulse()  # a request arrived, or was answered (tests wait on it)
         self.app = web.Application()
         self.app.router.add_post("/hook", self._hook)
 
@@ -66,10 +69,12 @@ class Receiver:
         self.attempts += 1
         self.attempt_ids.append(request.headers.get("webhook-id", ""))
         self.in_flight += 1
+        self.changed()
         try:
             return await self._answer(request, body)
         finally:
             self.in_flight -= 1
+            self.changed()
 
     async def _answer(self, request: web.Request, body: bytes) -> web.Response:
         if self.hang:

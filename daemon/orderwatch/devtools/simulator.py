@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from orderwatch.config.durations import parse_duration
+from orderwatch.core.pulse import Pulse
 from orderwatch.devtools.pusher import (
     Pusher,
     PushOptions,
@@ -145,6 +146,7 @@ class Simulator:
         self.received = 0  # every order request, past the logs' caps (benchmarks count these)
         self.answered: Counter[str] = Counter()
         self.pusher = Pusher(options.push, random.Random(options.seed)) if options.push else None
+        self.changed = Pulse()  # a request arrived, or was answered (tests wait on it)
         self.app = web.Application()
         self.app.router.add_get("/v2/order/{id}", self._order)
         self.app.router.add_get("/v2/ping", self._ping)
@@ -208,10 +210,12 @@ class Simulator:
         self.arrivals.append(now)
         self.received += 1
         self.requests.append((now, request.match_info["id"]))
+        self.changed()
         response = await self._answer(request)
         self.answered[str(response.status)] += 1
         if response.status == 429:
             self.rate_limited_at.append(now)
+        self.changed()
         return response
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:

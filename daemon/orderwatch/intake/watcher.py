@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from orderwatch.core.aio import wait_any
+from orderwatch.core.pulse import Pulse
 from orderwatch.intake.watchlist import ReadState, iter_watchlist
 
 log = structlog.get_logger("orderwatch.watch")
@@ -40,10 +41,26 @@ class Memory(Protocol):
     async def set_meta(self, key: str, value: str) -> None: ...
 
 
+class Reader(Protocol):
+    """How a file's IDs are read (`iter_watchlist`)."""
+
+    def __call__(
+        self, path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]: ...
+
+
 class WatchlistWatcher:
-    def __init__(self, paths: Sequence[Path], ingest: Ingest, memory: Memory | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        ingest: Ingest,
+        memory: Memory | None = None,
+        *,
+        read: Reader = iter_watchlist,
+    ) -> None:
         self.paths = tuple(paths)
         self._ingest = ingest
+        self._read_ids = read
         self._seen: dict[Path, tuple[int, int, int, int] | None] = {}
         self.store = memory
         self._stop: asyncio.Event | None = None  # set: a read stops at its next chunk
@@ -66,6 +83,7 @@ class WatchlistWatcher:
             self._rescan_again = False
             await self.scan(force=True)
             again = self._rescan_again
+        self.progress = Pulse()  # a chunk was ingested, or a scan ended (tests wait on it)
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""
@@ -95,6 +113,7 @@ class WatchlistWatcher:
             self._seen[path] = sig  # only now: a failed read is tried again at the next scan
             if self.store is not None and sig is not None:
                 await self.store.set_meta(f"watchlist:{path}", json.dumps(sig))
+        self.progress()
         return added
 
     async def _unchanged_since_last_run(
@@ -110,7 +129,7 @@ class WatchlistWatcher:
         million-line file is never one list, nor one store call that everyone else waits
         behind."""
         state = ReadState()
-        ids = iter_watchlist(path, state, hold_tail=hold_tail)
+        ids = self._read_ids(path, state, hold_tail=hold_tail)
         read = added = 0
         parsing: asyncio.Future[list[str]] | None = None
         try:
@@ -120,6 +139,7 @@ class WatchlistWatcher:
                     break
                 read += len(chunk)
                 added += await self._ingest(chunk)
+                self.progress()
                 if self._stop is not None and self._stop.is_set():
                     log.info("watchlist.interrupted", file=str(path), ids=read, new=added)
                     return added, None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,11 @@ def read_watchlist(path: Path) -> WatchlistResult:
 
 
 def iter_watchlist(
-    path: Path, state: ReadState, *, hold_tail: bool = False
+    path: Path,
+    state: ReadState,
+    *,
+    hold_tail: bool = False,
+    open_file: Callable[[Path], io.BufferedReader] = open_regular,
 ) -> Generator[str, None, None]:
     """The valid IDs of a watchlist, one at a time; problems are appended to
     `state.problems` as they are met (at most MAX_PROBLEMS lines, then a count).
@@ -55,7 +59,7 @@ def iter_watchlist(
     "O-123456\n"), so it is left unread and `state.held_tail` says so."""
     name, reported, skipped, problems = str(path), 0, 0, state.problems
     try:
-        with open_regular(path) as f:
+        with open_file(path) as f:
             for lineno, (raw, whole) in enumerate(_lines(f), 1):
                 if hold_tail and whole and not raw.endswith(b"\n"):
                     state.held_tail = True

@@ -90,7 +90,13 @@ class AdminTarget(Protocol):
 TOKEN_KEY = web.AppKey("token", str)
 
 
-async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServer | None:
+async def start_admin(
+    daemon: AdminTarget,
+    settings: AdminSettings,
+    *,
+    max_connections: int = MAX_CONNECTIONS,
+    keepalive_s: float = KEEPALIVE_S,
+) -> AdminServer | None:
     """Start the admin server if `admin.listen` is set; returns it, for cleanup."""
     listen = settings.listen
     if not listen:
@@ -104,7 +110,7 @@ async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServ
         app,
         access_log=None,
         handle_signals=False,
-        keepalive_timeout=KEEPALIVE_S,
+        keepalive_timeout=keepalive_s,
         shutdown_timeout=SHUTDOWN_S,
     )
     await runner.setup()
@@ -114,7 +120,7 @@ async def start_admin(daemon: AdminTarget, settings: AdminSettings) -> AdminServ
     peers: dict[str, int] = {}
 
     def bounded() -> asyncio.Protocol:
-        return _Refused() if len(http.connections) >= MAX_CONNECTIONS else _PerPeer(http, peers)
+        return _Refused() if len(http.connections) >= max_connections else _PerPeer(http, peers)
 
     loop = asyncio.get_running_loop()
     try:

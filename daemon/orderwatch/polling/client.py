@@ -37,10 +37,15 @@ class _Deadlines:
         self._expired: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def armed(self) -> bool:
+        """Whether the sweep's timer is set (only while a request is in flight)."""
+        return self._timer is not None
+
     def start(self, task: asyncio.Task[Any]) -> None:
         self._deadlines[task] = self._loop.time() + self._timeout_s
         if self._timer is None:
-            self._timer = self._loop.call_later(SWEEP_S, self._sweep)
+            self._timer = self._loop.call_later(SWEEP_S, self.sweep)
 
     def end(self, task: asyncio.Task[Any]) -> None:
         del self._deadlines[task]
@@ -60,13 +65,14 @@ class _Deadlines:
         self._expired.discard(task)
         return task.uncancel() == 0
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
+        """Cancel every request past its deadline (the timer calls this every SWEEP_S)."""
         now = self._loop.time()
         for task, deadline in self._deadlines.items():
             if deadline <= now and task not in self._expired:
                 self._expired.add(task)
                 task.cancel()
-        self._timer = self._loop.call_later(SWEEP_S, self._sweep) if self._deadlines else None
+        self._timer = self._loop.call_later(SWEEP_S, self.sweep) if self._deadlines else None
 
 
 class _ConfirmingConnector(aiohttp.TCPConnector):
@@ -125,7 +131,9 @@ class RunaClient:
         max_connections: int,
         wall_clock: Callable[[], float] = time.time,
         before_send: Callable[[], Awaitable[None] | None] | None = None,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
+        """`resolver`: how host names are looked up (aiohttp's default when None)."""
         self.base_url = base_url.rstrip("/")
         base = URL(self.base_url)
         # Order URLs are built from this, already encoded: yarl's parse cache misses when
@@ -143,6 +151,12 @@ class RunaClient:
         self._max_connections = max_connections
         self._wall = wall_clock
         self._session: aiohttp.ClientSession | None = None
+        self._resolver = resolver
+
+    @property
+    def deadlines(self) -> _Deadlines | None:
+        """The requests' timeouts (None outside `async with`)."""
+        return self._deadlines
 
     def set_api_key(self, api_key: str) -> None:
         """A reload brought a new key; the next request uses it."""
@@ -152,6 +166,8 @@ class RunaClient:
 
     async def __aenter__(self) -> RunaClient:
         options: dict[str, Any] = {"limit": self._max_connections, "ttl_dns_cache": 300}
+        if self._resolver is not None:
+            options["resolver"] = self._resolver
         connector = (
             aiohttp.TCPConnector(**options)
             if self._before_send is None

@@ -35,6 +35,7 @@ class Finisher:
         polling: Callable[[], PollingSettings],
         on_final: Callable[[], None],
         store_due: Callable[[float], None],
+        write: Callable[[Path, str, bytes], Path] = write_payload,
     ) -> None:
         self.store = store
         self.output_dir = output_dir
@@ -43,6 +44,7 @@ class Finisher:
         self._polling = polling
         self._on_final = on_final
         self._store_due = store_due
+        self._write = write
 
     async def crashed(
         self, claim: Claim, unsaved: Reschedule | None, now: float, rng: random.Random
@@ -80,7 +82,7 @@ class Finisher:
         if fin.state == "final":
             assert answer.body is not None
             try:
-                await asyncio.to_thread(write_payload, self.output_dir, claim.order_id, answer.body)
+                await asyncio.to_thread(self._write, self.output_dir, claim.order_id, answer.body)
             except OSError as e:
                 await self._write_failed(claim, now, e, unsaved)
                 return

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import structlog
 
 from orderwatch.core.aio import wait_any
+from orderwatch.core.pulse import Pulse
 
 log = structlog.get_logger("orderwatch.gate")
 
@@ -35,6 +36,17 @@ class Gate:
         self._next_probe_at = 0.0
         self._probe = asyncio.Lock()
         self._changed = asyncio.Event()
+        self.changed = Pulse()  # a pause began or ended (tests wait on it)
+
+    @property
+    def next_probe_at(self) -> float:
+        """When the next auth probe may pass (clock time)."""
+        return self._next_probe_at
+
+    @property
+    def probe_backoff_s(self) -> float:
+        """The wait between auth probes now (it doubles after each failed one)."""
+        return self._probe_backoff_s
 
     @property
     def ready(self) -> bool:
@@ -86,6 +98,7 @@ class Gate:
             self._probe_backoff_s = 1.0
             log.info("api.auth_recovered")
             self._changed.set()
+            self.changed()
 
     def on_rate_limited(self, retry_after_s: float | None) -> float:
         """A 429: pause everyone at least 5 s, doubling while 429s continue up to
@@ -97,6 +110,7 @@ class Gate:
         pause = max(min(grown, cap), MIN_429_PAUSE_S, honoured)
         self.paused_until = max(self.paused_until, self._clock() + pause)
         log.warning("api.rate_limited", pause_s=round(pause, 3), streak=self.streak_429)
+        self.changed()
         return pause
 
     def on_auth_failure(self, http_status: int, detail: str = "") -> None:
@@ -127,6 +141,7 @@ class Gate:
         else:
             self._probe_backoff_s = min(self._probe_backoff_s * 2.0, self.max_interval_s)
         self._next_probe_at = self._clock() + self._probe_backoff_s
+        self.changed()
 
     def resume(self, pause_s: float, streak_429: int, auth_failed: bool, refusal: str) -> None:
         """Take up the pauses a previous process was in (see pause_memory)."""

@@ -36,8 +36,11 @@ def _progress(r: Reschedule) -> dict[str, Any]:
 class HeldClaims:
     """Held claims, and the writes that give claims back to the store."""
 
-    def __init__(self, store: Store, lease_s: float, request_timeout_s: float) -> None:
+    def __init__(
+        self, store: Store, lease_s: float, request_timeout_s: float, hold_s: float = HOLD_S
+    ) -> None:
         self._store = store
+        self._hold_s = hold_s
         self._heap: list[tuple[float, int, Claim, Reschedule]] = []
         self._seq = 0
         self._lease_s = lease_s
@@ -51,6 +54,9 @@ class HeldClaims:
     def __bool__(self) -> bool:
         return bool(self._heap)
 
+    def __len__(self) -> int:
+        return len(self._heap)
+
     def soonest(self) -> float:
         return self._heap[0][0] if self._heap else math.inf
 
@@ -60,7 +66,7 @@ class HeldClaims:
         if not self.enabled:
             return False
         claimed_at = claim.lease_until - self._lease_s
-        hold_until = min(claimed_at + HOLD_S, claim.lease_until - self._send_margin_s)
+        hold_until = min(claimed_at + self._hold_s, claim.lease_until - self._send_margin_s)
         at = decision.next_poll_at
         if at > hold_until:
             return False

@@ -57,6 +57,11 @@ class SpacedLimiter:
         self.waited_s = 0.0  # total time callers spent waiting (a metric)
         self._catch_up_s = max(CATCH_UP_S, 0.25 * self.interval_s)
 
+    @property
+    def catch_up_s(self) -> float:
+        """How much lateness a send may make up by following the one before more closely."""
+        return self._catch_up_s
+
     def earliest(self, now: float) -> float:
         """When the next send may happen (pure: no state changes)."""
         return after_window(self._log, self.window_s, max(now, self._next))

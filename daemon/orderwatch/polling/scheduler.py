@@ -21,14 +21,16 @@ import structlog
 from orderwatch.config.models import PollingSettings
 from orderwatch.core.aio import until_stopped, wait_any
 from orderwatch.core.errors import StoreError, store_backoff
+from orderwatch.core.pulse import Pulse
 from orderwatch.core.rate_limit import RateLimiter
+from orderwatch.delivery.payload_files import write_payload
 from orderwatch.polling.answers import Answer, Kind
 from orderwatch.polling.client import SWEEP_S, RunaClient
 from orderwatch.polling.clock import ClockWatch, pull_forward
 from orderwatch.polling.expedite import Expedited
 from orderwatch.polling.finish import Finisher
 from orderwatch.polling.gate import Gate
-from orderwatch.polling.held import HeldClaims
+from orderwatch.polling.held import HOLD_S, HeldClaims
 from orderwatch.polling.metrics import PollMetrics
 from orderwatch.polling.pause_memory import PauseMemory
 from orderwatch.polling.policy import Release, Reschedule, decide
@@ -61,6 +63,9 @@ class PollerDeps:
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     on_final: Callable[[], None] = lambda: None
+    hold_s: float = HOLD_S  # how long a claim may stay in memory between polls (held.py)
+    write_payload: Callable[[Path, str, bytes], Path] = write_payload  # final payload files
+    progress: Pulse = field(default_factory=Pulse)  # a worker's poll ended (tests wait on it)
 
 
 class Poller:
@@ -72,7 +77,7 @@ class Poller:
         self._prefetch = max(1, min(8 * deps.max_concurrency, math.ceil(2 * deps.rate)))
         self._lease_s = deps.lease_s
         self._ready: Prefetch[tuple[Claim, Reschedule | None]] = Prefetch(self._prefetch)
-        self._held = HeldClaims(deps.store, deps.lease_s, deps.request_timeout_s)
+        self._held = HeldClaims(deps.store, deps.lease_s, deps.request_timeout_s, deps.hold_s)
         self.expedited = Expedited(self._held, self._ready, self.wake, self._prefetch)
         self._finisher = Finisher(
             deps.store,
@@ -82,6 +87,7 @@ class Poller:
             lambda: self.d.polling,
             deps.on_final,
             self._held.store_due,
+            deps.write_payload,
         )
         self._clock = ClockWatch(deps.wall)
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
@@ -96,6 +102,10 @@ class Poller:
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
         self.store_failed_at_stop = False  # the hand-back found the store gone
+
+    @property
+    def holding(self) -> int:  # claims waiting in memory for their next poll (held.py)
+        return len(self._held)
 
     def set_polling(self, polling: PollingSettings) -> None:
         """A reload changed the cadence: polls from now on follow it."""
@@ -277,6 +287,7 @@ class Poller:
                 await self._finisher.crashed(claim, unsaved, self.d.wall(), self.d.rng)
             finally:
                 self._busy -= 1
+                self.d.progress()
                 if not self._busy:
                     self._idle.set()
 

@@ -115,6 +115,23 @@ class SqliteConnection(ABC):
         assert self._db is not None, "store is closed"
         return self._db
 
+    # -- seams for tests and benchmarks (SQLite only: not part of the Store protocol) -----
+    @contextlib.contextmanager
+    def connection_replaced(self, db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """Every call runs on `db` until the block ends, then on the store's own connection
+        again (which this yields): a closed one fails every call as a lost disk does, a
+        wrapper can act between two statements."""
+        own = self.db
+        self._db = db
+        try:
+            yield own
+        finally:
+            self._db = own
+
+    async def trace(self, callback: Callable[[str], object] | None) -> None:
+        """Hand every statement the connection runs to `callback` from now on (None: stop)."""
+        await self._run(self.db.set_trace_callback, callback)
+
     @contextlib.contextmanager
     def _tx(self, db: sqlite3.Connection | None = None, durable: bool = False) -> Iterator[None]:
         """One write transaction; `durable` fsyncs the WAL at commit (accepted orders, finals)."""

@@ -1,10 +1,10 @@
-"""Watchlist files: read at start, re-read on change, bad lines reported, the rest counted."""
+"""The watchlist watcher (intake/watcher.py): files read at start, re-read on change, bad lines
+reported, the rest counted; a half-written line, a failed read and a stop mid-file."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -12,8 +12,9 @@ from structlog.testing import capture_logs
 from orderwatch.core.errors import StoreError
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.intake.watcher import WatchlistWatcher
+from orderwatch.intake.watchlist import ReadState, iter_watchlist
 
-from harness import API_KEY, running_daemon, settings_for, until
+from harness import API_KEY, changes_of, logged, running_daemon, settings_for, until
 
 
 async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
@@ -31,12 +32,12 @@ async def test_watchlists_read_reread_and_report(tmp_path: Path) -> None:
                 async def tracked(*ids: str) -> bool:
                     return len(await store.get_orders(list(ids))) == len(ids)
 
-                await until(lambda: tracked("O-W1", "O-W2"), timeout=10)
+                await until(lambda: tracked("O-W1", "O-W2"), *changes_of(d), timeout=10)
                 with wl1.open("a") as f:
                     f.write("O-W4\n")
-                await until(lambda: tracked("O-W4"), timeout=10)
+                await until(lambda: tracked("O-W4"), *changes_of(d), timeout=10)
                 wl2.write_text("O-W5\n")
-                await until(lambda: tracked("O-W5"), timeout=10)
+                await until(lambda: tracked("O-W5"), *changes_of(d), timeout=10)
                 assert (await store.counts())["pending"] == 4
     problems = [e["problem"] for e in logs if e["event"] == "watchlist.problem"]
     assert f"{wl1}:3: invalid order id '../../etc/pa…'" in problems
@@ -62,18 +63,19 @@ async def test_unchanged_watchlist_not_reread_after_restart(tmp_path: Path) -> N
                     async def scanned() -> bool:
                         return await d.store.get_meta(f"watchlist:{wl}") is not None  # type: ignore[union-attr]
 
-                    await until(scanned)
+                    await until(scanned, *changes_of(d))
+                    assert d.watcher is not None
                     await d.watcher.scan()  # a full pass has certainly happened now
             reads = [e for e in logs if e["event"] == "watchlist.read"]
             assert bool(reads) is expect_read
         wl.write_text("O-R1\nO-R2\nO-R3\n")
-        with capture_logs() as logs:
+        with logged() as (logs, line):
             async with running_daemon(settings) as d:
 
                 async def read() -> bool:  # the log line comes after the IDs are stored
                     return any(e["event"] == "watchlist.read" for e in logs)
 
-                await until(read)
+                await until(read, line)
                 assert len(await d.store.get_orders(["O-R3"])) == 1  # type: ignore[union-attr]
         assert [e["new"] for e in logs if e["event"] == "watchlist.read"] == [1]
 
@@ -122,17 +124,17 @@ async def test_a_big_watchlist_shares_the_store_and_stops_with_the_daemon(tmp_pa
                 seen.append((await store.counts())["pending"])
                 return 0 < seen[-1] < total
 
-            await until(part_way, timeout=30, interval=0.01)
+            await until(part_way, *changes_of(d), timeout=30)
         stopped_at = seen[-1]
         async with running_daemon(settings) as d:
-            store = d.store
-            assert store is not None
-            after_stop = (await store.counts())["pending"]
+            again = d.store
+            assert again is not None
+            after_stop = (await again.counts())["pending"]
 
             async def all_in() -> bool:
-                return (await store.counts())["pending"] == total
+                return (await again.counts())["pending"] == total
 
-            await until(all_in, timeout=60)
+            await until(all_in, *changes_of(d), timeout=60)
     assert after_stop < total  # the first run stopped part-way and did not finish the file
     assert stopped_at <= after_stop
 
@@ -186,66 +188,67 @@ async def test_a_half_written_last_line_waits_for_its_end(tmp_path: Path) -> Non
     assert await watcher.scan() == 0 and got.count("O-END") == 1
 
 
-async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_file_that_could_not_be_read_is_read_at_the_next_scan(tmp_path: Path) -> None:
     """An error that leaves the file as it was (EMFILE at open, EIO part-way) is not taken
     for a read: the next scan reads the file, the store's memory of it is not written, and
     the error is logged once, not at every scan."""
     import errno
+    import io
 
-    import orderwatch.intake.watchlist as wlmod
+    from orderwatch.core.files import open_regular
 
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     got, ingest = _collector()
     store = _MetaStore()
-    watcher = WatchlistWatcher([wl], ingest, store)
-    real = wlmod.open_regular
+    out_of_files = True
 
-    def emfile(path: Path) -> Any:
-        raise OSError(errno.EMFILE, "Too many open files")
+    def opener(path: Path) -> io.BufferedReader:
+        if out_of_files:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return open_regular(path)
 
-    monkeypatch.setattr(wlmod, "open_regular", emfile)
+    def read(
+        path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]:
+        return iter_watchlist(path, state, hold_tail=hold_tail, open_file=opener)
+
+    watcher = WatchlistWatcher([wl], ingest, store, read=read)
     with capture_logs() as logs:
         await watcher.scan()
         await watcher.scan()
     assert got == [] and store.meta == {}
     assert [e["problem"] for e in logs] == [f"{wl}: cannot read watchlist: Too many open files"]
-    monkeypatch.setattr(wlmod, "open_regular", real)
+    out_of_files = False
     await watcher.scan()
     assert got == ["O-1", "O-2"] and store.meta
 
 
-async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(tmp_path: Path) -> None:
     """The daemon's stop cancels the watcher while a worker thread is inside the file's
     generator (a slow disk): the task ends cancelled, with no "generator already executing"
     error, and the file is closed once the thread lets go of it."""
     import asyncio
     import threading
 
-    import orderwatch.intake.watcher as watch
-
     wl = tmp_path / "w.txt"
     wl.write_text("O-1\nO-2\n")
     in_thread, release, closed = threading.Event(), threading.Event(), threading.Event()
-    real_iter = watch.iter_watchlist
 
-    def slow_iter(path: Path, state: Any, **kw: Any) -> Iterator[str]:
+    def slow_iter(
+        path: Path, state: ReadState, *, hold_tail: bool = False
+    ) -> Generator[str, None, None]:
         try:
-            for order_id in real_iter(path, state, **kw):
+            for order_id in iter_watchlist(path, state, hold_tail=hold_tail):
                 in_thread.set()
                 release.wait(5)
                 yield order_id
         finally:
             closed.set()
 
-    monkeypatch.setattr(watch, "iter_watchlist", slow_iter)
     _, ingest = _collector()
     stop = asyncio.Event()
-    watcher = WatchlistWatcher([wl], ingest)
+    watcher = WatchlistWatcher([wl], ingest, read=slow_iter)
     with capture_logs() as logs:
         task = asyncio.create_task(watcher.run(stop))
         await asyncio.to_thread(in_thread.wait, 5)
@@ -253,10 +256,6 @@ async def test_a_stop_while_a_chunk_is_parsed_cancels_cleanly(
         task.cancel()
         await asyncio.wait([task])
         release.set()
-
-        async def is_closed() -> bool:
-            return closed.is_set()
-
-        await until(is_closed, timeout=5)
+        assert await asyncio.to_thread(closed.wait, 5)  # the thread lets go: the file closes
     assert task.cancelled()
     assert not [e for e in logs if e["log_level"] == "error"]
