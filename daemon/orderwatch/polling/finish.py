@@ -30,6 +30,7 @@ class Finisher:
         max_interval_s: Callable[[], float],
         on_final: Callable[[], None],
         store_due: Callable[[float], None],
+        on_completed: Callable[[Claim, float], None] | None = None,
     ) -> None:
         self.store = store
         self.output_dir = output_dir
@@ -38,6 +39,7 @@ class Finisher:
         self._max_interval_s = max_interval_s
         self._on_final = on_final
         self._store_due = store_due
+        self._on_completed = on_completed  # the learned cadence hears of each completion
 
     async def finish(
         self, claim: Claim, answer: Answer, fin: Finish, now: float, unsaved: Reschedule | None
@@ -75,6 +77,8 @@ class Finisher:
             )
             self._on_final()
             if fin.state == "final":
+                if self._on_completed is not None:
+                    self._on_completed(claim, now)
                 assert answer.body is not None
                 await self._restore_payload(claim.order_id, answer.body)
             else:  # a stale writer's rename may have come between our removal and commit

@@ -23,6 +23,7 @@ from orderwatch.core.aio import until_stopped, wait_any
 from orderwatch.core.errors import StoreError, store_backoff
 from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.cadence import Cadence
 from orderwatch.polling.client import SWEEP_S, RunaClient
 from orderwatch.polling.clock import ClockWatch, pull_forward
 from orderwatch.polling.finish import Finisher
@@ -60,6 +61,7 @@ class PollerDeps:
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     on_final: Callable[[], None] = lambda: None
+    cadence: Cadence | None = None  # the learned cadence (None: the configured back-off)
 
 
 class Poller:
@@ -80,6 +82,7 @@ class Poller:
             lambda: self.d.polling.max_interval_s,
             deps.on_final,
             self._held.store_due,
+            self._completed if deps.cadence is not None else None,
         )
         self._clock = ClockWatch(deps.wall)
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
@@ -94,6 +97,10 @@ class Poller:
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
         self.store_failed_at_stop = False  # the hand-back found the store gone
+
+    def _completed(self, claim: Claim, now: float) -> None:
+        assert self.d.cadence is not None
+        self.d.cadence.observe(claim, now, self.d.polling)
 
     def set_polling(self, polling: PollingSettings) -> None:
         """A reload changed the cadence: polls from now on follow it."""
@@ -309,7 +316,7 @@ class Poller:
                 await hold_limiter(d.limiter, pause)
             if d.pauses is not None:
                 await d.pauses.remember()
-        decision = decide(answer, claim, now, d.polling, d.rng)
+        decision = decide(answer, claim, now, d.polling, d.rng, d.cadence)
         if isinstance(decision, Reschedule):  # still PROCESSING (or an error): no await
             self._reschedule(claim, answer, decision, now, unsaved)
         elif isinstance(decision, Release):
