@@ -171,7 +171,7 @@ def test_the_budget_is_the_back_offs_and_holds() -> None:
         s = learned(shape[:600])
         assert abs(s.plan.gets / s.plan.budget - 1) < 0.01
         cadence = Cadence()
-        cadence.adopt(Sketch(), s)
+        cadence.adopt(Sketch(), s, -math.inf)
         fresh = shape[600:]
         ours = sum(len(poll_by(cadence, P, t, f"O-{i}")) for i, t in enumerate(fresh))
         theirs = sum(len(poll_by(Cadence(), P, t, f"O-{i}")) for i, t in enumerate(fresh))
@@ -185,7 +185,7 @@ def test_the_floor_holds() -> None:
     s = make_schedule(Sketch().add([(5.0, 5.0)] * 200), p)
     assert s is not None and min(gaps(s.ages)) >= 2.0 and s.ages[0] >= 2.0
     cadence = Cadence()
-    cadence.adopt(Sketch(), s)
+    cadence.adopt(Sketch(), s, -math.inf)
     for i in range(50):
         ages = poll_by(cadence, p, 400.0, f"O-{i}")
         assert min(b - a for a, b in itertools.pairwise(ages)) >= 2.0 - 1e-9
@@ -201,7 +201,7 @@ def test_below_min_completions_the_back_off_is_used() -> None:
     assert make_schedule(enough, P) is not None
     assert make_schedule(enough, polling(learn=False)) is None
     cadence = Cadence()
-    assert cadence.delay(P, "O-1", 5.0, random.Random(1)) is None
+    assert cadence.delay(P, "O-1", T0, T0 + 5.0, random.Random(1)) is None
     assert cadence.first_delay(P) == 1.0
     steady = polling(jitter=0)
     assert poll_by(cadence, steady, 10.0, "O-1") == backoff(steady)[:5]
@@ -213,7 +213,7 @@ def test_decide_follows_the_schedule_and_errors_keep_their_back_off() -> None:
     still backs off on its own."""
     s = learned(uniform(400, 0.5, 40))
     cadence = Cadence()
-    cadence.adopt(Sketch(), s)
+    cadence.adopt(Sketch(), s, -math.inf)
     rng = random.Random(1)
     for k in (0, 3, len(s.ages) - 2):
         d = decide(Answer(Kind.PROCESSING, 200), claim(), T0 + s.ages[k], P, rng, cadence)
@@ -243,6 +243,24 @@ def test_a_changed_shape_is_learned_within_a_window() -> None:
     assert after.ages[-1] >= 115
     assert Distribution(slow).cdf(10) < 0.5 < Distribution(fast).cdf(10)  # the old has faded
     assert len([a for a in after.ages if a < 10]) < len([a for a in before.ages if a < 10])
+
+
+def test_an_order_keeps_the_plan_it_began_under() -> None:
+    """A new plan is for orders added from then on: one under way keeps its own (switching
+    mid-way costs extra polls), and one begun on the back-off keeps the back-off."""
+    a = learned(uniform(400, 0.5, 40))
+    b = learned(log_uniform(400, 0.5, 40))
+    assert a.ages[:3] != b.ages[:3]
+    cadence = Cadence()
+    cadence.adopt(Sketch(), a, T0 + 100)  # learned in this process: earlier orders backed off
+    cadence.adopt(Sketch(), b, T0 + 200)
+    rng = random.Random(1)
+    assert cadence.plan_for(T0) is None and cadence.delay(P, "O-1", T0, T0 + 300, rng) is None
+    assert cadence.plan_for(T0 + 150) is a and cadence.plan_for(T0 + 250) is b
+    for added, plan in ((T0 + 150, a), (T0 + 250, b)):
+        d = cadence.delay(P, "O-1", added, added + plan.ages[1], rng)
+        assert d == pytest.approx(plan.ages[2] + shift_of("O-1") * plan.shifts[2] - plan.ages[1])
+    assert cadence.first_delay(P) == b.ages[0]
 
 
 # -- what is observed ----------------------------------------------------------------
@@ -388,7 +406,7 @@ async def test_a_reload_plans_for_the_new_bounds(sqlite_store: SqliteStore) -> N
     await memory.refresh()
     assert cadence.schedule is not None and min(gaps(cadence.schedule.ages)) < 3
     current[0] = polling(initial_delay="3s")
-    assert cadence.delay(current[0], "O-1", 2.0, random.Random(1)) is None
+    assert cadence.delay(current[0], "O-1", T0, T0 + 2.0, random.Random(1)) is None
     assert cadence.first_delay(current[0]) == 3.0
     await memory.refresh()
     s = cadence.schedule

@@ -145,7 +145,7 @@ class Daemon:
             self.watcher = WatchlistWatcher(s.watchlists, self.add_orders, self.store)
             self.pauses = PauseMemory(self.store, self.gate, self.wall, api_key_of(s))
             await self.pauses.recall()
-            self.cadence_memory = CadenceMemory(self.store, self.cadence, self._polling)
+            self.cadence_memory = CadenceMemory(self.store, self.cadence, self._polling, self.wall)
             await self.cadence_memory.recall()
             shared = s.state_dsn is not None  # replicas may write it too
             await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Callable
 
 import structlog
@@ -40,9 +42,14 @@ def _stored(raw: str | None) -> Sketch:
 
 class CadenceMemory:
     def __init__(
-        self, store: Store, cadence: Cadence, polling: Callable[[], PollingSettings]
+        self,
+        store: Store,
+        cadence: Cadence,
+        polling: Callable[[], PollingSettings],
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._wall = wall
         self._cadence = cadence
         self._polling = polling
         self._unsaved = Sketch()  # completions folded but not yet merged into the store
@@ -58,7 +65,7 @@ class CadenceMemory:
         except StoreError as e:
             log.warning("cadence.not_read", error=str(e))
             return
-        await self._adopt(raw)
+        await self._adopt(raw, since=-math.inf)  # orders already under way too
         s = self._cadence.schedule
         log.info(
             "cadence.recalled",
@@ -101,14 +108,14 @@ class CadenceMemory:
             log.warning("cadence.not_saved", error=str(e), completions=self._unsaved.seen)
             return  # kept for the next refresh
         if plan and (raw != self._stored or self._polling() is not self._planned_for):
-            await self._adopt(raw)
+            await self._adopt(raw, since=self._wall())
 
-    async def _adopt(self, raw: str | None) -> None:
+    async def _adopt(self, raw: str | None, since: float) -> None:
         self._stored = raw
         sketch = _stored(raw)
         polling = self._planned_for = self._polling()
         schedule = await asyncio.to_thread(make_schedule, sketch, polling)
-        self._cadence.adopt(sketch, schedule)
+        self._cadence.adopt(sketch, schedule, since)
         if schedule is not None:
             p = schedule.plan
             log.info(

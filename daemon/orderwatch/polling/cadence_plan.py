@@ -145,7 +145,7 @@ def plan(dist: Distribution, floor: float, factor: float, cap: float) -> Plan:
     where = None
     for rounds in range(2):  # the grid, then finer steps around the best of it
         for slack, r in tried:
-            ages = _spend(dist, budget, max(floor, min(cap, fixed * r)), slack, floor, cap)
+            ages = spend(dist, budget, max(floor, min(cap, fixed * r)), slack, floor, cap)
             if ages is None:
                 continue
             cost = mean_latency(dist, ages)
@@ -168,7 +168,7 @@ def plan(dist: Distribution, floor: float, factor: float, cap: float) -> Plan:
     )
 
 
-def _spend(
+def spend(
     dist: Distribution, budget: float, reach: float, slack: float, floor: float, cap: float
 ) -> list[float] | None:
     """The plan with this reach whose steps spend the budget (or less, when even steps of

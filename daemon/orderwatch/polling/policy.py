@@ -83,7 +83,7 @@ def decide(
         return Finish("expired", "EXPIRED")
     if kind is Kind.PROCESSING:
         polls = claim.polls + 1
-        learned = cadence.delay(p, claim.order_id, now - claim.added_at, rng) if cadence else None
+        learned = cadence.delay(p, claim.order_id, claim.added_at, now, rng) if cadence else None
         nxt = now + (cadence_delay(p, polls, rng) if learned is None else learned)
         return Reschedule(min(nxt, deadline), polls, 0, None, None, answer.body)
     streak = claim.error_streak + 1
