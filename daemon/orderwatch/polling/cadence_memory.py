@@ -92,8 +92,7 @@ class CadenceMemory:
         """Fold the new completions in, merge them into the store, plan from the result."""
         seen = self._cadence.take()
         if seen:
-            known = self._cadence.sketch  # where completions fall, as far as we know
-            self._unsaved = await asyncio.to_thread(self._unsaved.add, seen, known)
+            self._unsaved = await asyncio.to_thread(self._unsaved.add, seen)
         raw: str | None
         try:
             if self._unsaved.seen:

@@ -6,7 +6,9 @@ A completion is known only to lie between two polls: after the last one that sai
 PROCESSING and by the one that said final. It is spread evenly (in time) over that interval,
 not put at the final poll: learned from the poll that saw it, every completion would sit on
 the schedule that was polling, and a cadence learned from a back-off could never be finer
-than that back-off.
+than that back-off. (Spreading it as the sketch already said completions fall there was
+tried: it leaks weight toward where earlier, equally coarse, intervals put it, and shrank
+the tail it learned; docs/polling.md has the figures.)
 
 The histogram forgets: every completion added scales what came before by
 (1 - 1/WINDOW), so the last WINDOW or so completions carry most of the weight, whatever the
@@ -25,7 +27,6 @@ BIN_RATIO = 1.05  # each bin 5% wider than the last: 5% resolution at every age
 AGE_MIN_S = 0.01  # the first bin's lower edge; younger ages count there
 N_BINS = 430  # up to 0.01 * 1.05^430 s, about 150 days: past any give_up_after
 SMOOTH_BINS = 2  # planning sees each bin's weight spread over 2 bins either side (+-10%)
-EVEN_SHARE = 0.2  # of a completion's weight spread evenly over its interval, at the least
 WINDOW = 1000  # completions: the weight before the last WINDOW has faded to 1/e
 FORMAT = 1  # the stored format; another one is discarded (the cadence is learned again)
 _LOG_R = math.log(BIN_RATIO)
@@ -54,19 +55,17 @@ class Sketch:
     def total(self) -> float:
         return sum(self.weights.values())
 
-    def add(self, intervals: Iterable[tuple[float, float]], prior: Sketch | None = None) -> Sketch:
+    def add(self, intervals: Iterable[tuple[float, float]]) -> Sketch:
         """A new sketch with these completions added, each (lo, hi]: after the age `lo`, by
-        the age `hi`, spread over that interval as `prior` (this sketch by default) says
-        completions fall in it. Each fades the weight before it, the earlier ones of the
-        batch too."""
+        the age `hi`, spread evenly over that interval. Each fades the weight before it, the
+        earlier ones of the batch too."""
         batch = list(intervals)
-        known = (self if prior is None else prior).weights
         out = Sketch(dict(self.weights), self.seen + len(batch))
         out._fade(len(batch))
         keep = 1.0 - 1.0 / WINDOW
         for k, (lo, hi) in enumerate(batch):
             lo = max(0.0, lo)
-            out._spread(lo, max(hi, lo), keep ** (len(batch) - 1 - k), known)
+            out._spread(lo, max(hi, lo), keep ** (len(batch) - 1 - k))
         return out
 
     def merged(self, newer: Sketch) -> Sketch:
@@ -85,25 +84,15 @@ class Sketch:
         faded = {i: w * keep for i, w in self.weights.items()}
         self.weights = {i: w for i, w in faded.items() if w > 1e-6}  # gone, not noise
 
-    def _spread(self, lo: float, hi: float, weight: float, known: dict[int, float]) -> None:
-        """Over (lo, hi] in proportion to the known density there, mixed with an even
-        spread (EVEN_SHARE): a wide interval from a sparse plan keeps what finer ones showed
-        instead of smearing it, and a stretch nothing was known of still gets its share."""
+    def _spread(self, lo: float, hi: float, weight: float) -> None:
         if hi - lo < 1e-9:  # a point: its bin
             i = bin_of(hi)
             self.weights[i] = self.weights.get(i, 0.0) + weight
             return
-        parts = []
         for i in range(bin_of(lo), bin_of(hi) + 1):
             a, b = max(lo, edge(i)), min(hi, edge(i + 1))
             if b > a:
-                parts.append((i, b - a, known.get(i, 0.0) / (edge(i + 1) - edge(i))))
-        span = sum(length for _, length, _ in parts)
-        mass = sum(length * density for _, length, density in parts)
-        even = EVEN_SHARE if mass > 0 else 1.0
-        for i, length, density in parts:
-            share = even * length / span + (1.0 - even) * length * density / (mass or 1.0)
-            self.weights[i] = self.weights.get(i, 0.0) + weight * share
+                self.weights[i] = self.weights.get(i, 0.0) + weight * (b - a) / (hi - lo)
 
     # -- stored form -------------------------------------------------------------------
     def to_json(self) -> str:
