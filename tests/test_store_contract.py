@@ -437,6 +437,20 @@ async def test_concurrent_claimers_get_disjoint_orders(two_stores: tuple[Store, 
     assert sorted(got_a + got_b) == ids
 
 
+async def test_updates_of_one_fact_from_two_instances_lose_nothing(
+    two_stores: tuple[Store, Store],
+) -> None:
+    """Two instances (processes, replicas) merging into one fact at once: every update counts."""
+    a, b = two_stores
+
+    async def bump_many(s: Store) -> None:
+        for _ in range(25):
+            await s.update_meta("n", lambda old: str(int(old or "0") + 1))
+
+    await asyncio.gather(bump_many(a), bump_many(b), bump_many(a), bump_many(b))
+    assert await a.get_meta("n") == "100"
+
+
 async def test_deliveries_claimed_once_across_instances(two_stores: tuple[Store, Store]) -> None:
     """A delivery is leased to one sender at a time across instances."""
     a, b = two_stores
@@ -511,6 +525,31 @@ async def test_meta_is_overwritten(store: Store) -> None:
     await store.set_meta("k", "1")
     await store.set_meta("k", "2")
     assert await store.get_meta("k") == "2"
+
+
+async def test_update_meta_replaces_by_what_was_there(store: Store) -> None:
+    """update_meta hands the old value (None at first) to the update and stores its result."""
+    seen: list[str | None] = []
+
+    def bump(old: str | None) -> str:
+        seen.append(old)
+        return str(int(old or "0") + 1)
+
+    assert await store.update_meta("n", bump) == "1"
+    assert await store.update_meta("n", bump) == "2"
+    assert seen == [None, "1"] and await store.get_meta("n") == "2"
+
+
+async def test_update_meta_that_fails_changes_nothing(store: Store) -> None:
+    """An update that raises leaves the fact as it was, and the error reaches the caller."""
+    await store.set_meta("k", "kept")
+
+    def broken(old: str | None) -> str:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        await store.update_meta("k", broken)
+    assert await store.get_meta("k") == "kept"
 
 
 async def test_deliveries_only_for_the_named_sinks(store: Store) -> None:

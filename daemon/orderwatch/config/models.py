@@ -154,6 +154,8 @@ class PollingSettings(_Section):
     jitter: Number = Field(0.1, ge=0.0, le=1.0)
     give_up_after_s: PositiveSeconds = Field(72 * 3600.0, alias="give_up_after")
     not_found_grace_s: Seconds = Field(600.0, alias="not_found_grace")
+    # Poll at ages learned from completion times (polling/cadence.py); false: the back-off.
+    learn: bool = True
     # How long a claimed order is invisible to other workers/replicas. A replica that dies
     # holding claims delays those orders by at most this; it must exceed a request's timeout.
     lease_s: PositiveSeconds = Field(60.0, alias="lease")

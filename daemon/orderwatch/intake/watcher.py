@@ -68,6 +68,7 @@ class WatchlistWatcher:
         self._reported: dict[Path, tuple[str, ...]] = {}  # the problems last logged
         self._rescan: asyncio.Task[None] | None = None  # a reload's re-read of every file
         self._rescan_again = False  # a reload came during it: one more when it ends
+        self.progress = Pulse()  # a chunk was ingested, or a scan ended (tests wait on it)
 
     def rescan(self) -> None:
         """A reload: read every watchlist again, in the background. A burst of reloads reads
@@ -83,7 +84,6 @@ class WatchlistWatcher:
             self._rescan_again = False
             await self.scan(force=True)
             again = self._rescan_again
-        self.progress = Pulse()  # a chunk was ingested, or a scan ended (tests wait on it)
 
     def set_paths(self, paths: Sequence[Path]) -> None:
         """A reload changed the list: new files are read at the next scan."""

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from orderwatch.config.callbacks import Callback
-from orderwatch.config.models import Settings
+from orderwatch.config.models import PollingSettings, Settings
 from orderwatch.config.secrets import register_secrets
 from orderwatch.core.errors import ConfigError, StoreError, UsageError
 from orderwatch.core.rate_limit import RateLimiter
@@ -39,6 +39,8 @@ from orderwatch.ops.push_wiring import serve_push
 from orderwatch.ops.status_page import StatusSnapshot
 from orderwatch.ops.status_service import ReplayResult, StatusService
 from orderwatch.ops.systemd import Notifier
+from orderwatch.polling.cadence import Cadence
+from orderwatch.polling.cadence_memory import CadenceMemory
 from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
 from orderwatch.polling.limiter import SpacedLimiter
@@ -104,6 +106,8 @@ class Daemon:
         self.poller: Poller | None = None
         self.health: Health | None = None
         self.pauses: PauseMemory | None = None
+        self.cadence = Cadence()
+        self.cadence_memory: CadenceMemory | None = None
         self.deliverer: Deliverer | None = None
         self.watcher: WatchlistWatcher | None = None
         self.status: StatusService | None = None  # what the status page shows (ops.admin)
@@ -118,7 +122,7 @@ class Daemon:
         assert self.store is not None
         now = self.wall()
         added = await self.store.add_orders(
-            order_ids, now, now + self.settings.polling.initial_delay_s
+            order_ids, now, now + self.cadence.first_delay(self.settings.polling)
         )
         if added and self.poller is not None:
             self.poller.wake()
@@ -134,6 +138,8 @@ class Daemon:
             self.watcher = WatchlistWatcher(s.watchlists, self.add_orders, self.store)
             self.pauses = PauseMemory(self.store, self.gate, self.wall, api_key_of(s))
             await self.pauses.recall()
+            self.cadence_memory = CadenceMemory(self.store, self.cadence, self._polling, self.wall)
+            await self.cadence_memory.recall()
             shared = s.state_dsn is not None  # replicas may write it too
             await asyncio.to_thread(prepare_output_dir, s.output_dir, shared=shared)
             limiter = self._limiter(s.rate_limit.requests_per_second)
@@ -193,7 +199,11 @@ class Daemon:
             wall=self.wall,
             on_final=self.deliverer.wake,
             pauses=self.pauses,
+            cadence=self.cadence,
         )
+
+    def _polling(self) -> PollingSettings:
+        return self.settings.polling
 
     def _limiter(self, rate: float) -> RateLimiter:
         """The cluster-wide limiter when the store offers one (PostgreSQL), else a local one."""
@@ -203,6 +213,7 @@ class Daemon:
     async def _serve(self, stack: AsyncExitStack, stop: asyncio.Event) -> None:
         assert self.poller is not None and self.deliverer is not None and self.store is not None
         assert self.watcher is not None and self.health is not None and self.status is not None
+        assert self.cadence_memory is not None
         if stop.is_set():  # SIGTERM during start-up: never tell systemd we are ready
             return
         admin = await start_admin(self, self.settings.admin)
@@ -224,6 +235,7 @@ class Daemon:
                 tg.create_task(
                     self.deliverer.run(stop, self.settings.shutdown_timeout_s), name="deliverer"
                 )
+                tg.create_task(self.cadence_memory.run(stop), name="cadence")
                 # Nothing to drain in these: they end at the stop, even inside a store call.
                 background = [
                     tg.create_task(self.watcher.run(stop), name="watchlists"),

@@ -36,6 +36,7 @@ class Finisher:
         on_final: Callable[[], None],
         store_due: Callable[[float], None],
         write: Callable[[Path, str, bytes], Path] = write_payload,
+        on_completed: Callable[[Claim, float], None] | None = None,
     ) -> None:
         self.store = store
         self.output_dir = output_dir
@@ -45,6 +46,7 @@ class Finisher:
         self._on_final = on_final
         self._store_due = store_due
         self._write = write
+        self._on_completed = on_completed  # the learned cadence hears of each completion
 
     async def crashed(
         self, claim: Claim, unsaved: Reschedule | None, now: float, rng: random.Random
@@ -109,6 +111,8 @@ class Finisher:
             )
             self._on_final()
             if fin.state == "final":
+                if self._on_completed is not None:
+                    self._on_completed(claim, now)
                 assert answer.body is not None
                 await self._restore_payload(claim.order_id, answer.body)
             else:  # a stale writer's rename may have come between our removal and commit

@@ -14,7 +14,11 @@ from collections.abc import Callable
 import structlog
 
 from orderwatch.core.aio import wait_any
+from orderwatch.core.errors import StoreError
 from orderwatch.core.pulse import Pulse
+from orderwatch.core.rate_limit import RateLimiter
+from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.metrics import PollMetrics
 
 log = structlog.get_logger("orderwatch.gate")
 
@@ -158,3 +162,34 @@ class Gate:
         self._next_probe_at = 0.0
         self._probe_backoff_s = 1.0
         self._changed.set()
+
+
+# -- what an answer means for the pauses (the scheduler tells the gate after each GET) --------
+VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
+
+
+def tell_gate(gate: Gate, metrics: PollMetrics, answer: Answer, now: float) -> float | None:
+    """Tell the gate what the API said. The pause a 429 started; 0.0 when the pauses changed
+    otherwise (a refusal, or the first valid answer after a pause); None when they did not."""
+    if answer.kind in VALID:
+        metrics.polls.last_success = now
+        if not gate.streak_429 and not gate.auth_failed:
+            return None
+        gate.on_success()
+        return 0.0
+    if answer.kind is Kind.RATE_LIMITED:
+        metrics.rate_limited.inc()
+        return gate.on_rate_limited(answer.retry_after_s)
+    if answer.kind in (Kind.AUTH, Kind.REFUSED):
+        gate.on_auth_failure(answer.http_status or 401, answer.detail)
+        return 0.0
+    return None
+
+
+async def hold_limiter(limiter: RateLimiter, pause_s: float) -> None:
+    """Share a 429's pause with whoever else the limiter serves (other replicas); the
+    gate has paused this process already, so a store error here costs nothing else."""
+    try:
+        await limiter.hold(pause_s)
+    except StoreError as e:
+        log.warning("limiter.hold_failed", error=str(e))

@@ -9,16 +9,21 @@ store only when it is due before anything the store could hold (`store_clear_unt
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 from collections.abc import Container
 from typing import Any
 
+import structlog
+
+from orderwatch.core.errors import StoreError
 from orderwatch.polling.client import SWEEP_S
 from orderwatch.polling.policy import Reschedule
 from orderwatch.polling.prefetch import Prefetch
-from orderwatch.store.base import Claim, Store
+from orderwatch.store.base import GOODBYE_S, Claim, Store
 
+log = structlog.get_logger("orderwatch.poller")
 HOLD_S = 10.0  # how long after its claim a polled order may stay in memory, unwritten
 
 
@@ -122,6 +127,29 @@ class HeldClaims:
             await self._store.release(claim)
             return
         await self._store.reschedule(claim, claim.due_at, **_progress(unsaved))
+
+    async def hand_back(self, claims: list[tuple[Claim, Reschedule | None]]) -> bool:
+        """At a stop: give unstarted and held claims back and write the queued reschedules,
+        within GOODBYE_S (a lost reschedule costs one more GET; one claim at a time, each
+        waiting out the store's timeout, took minutes with PostgreSQL down). False if the
+        store failed (the leases then run out by themselves)."""
+        try:
+            async with asyncio.timeout(GOODBYE_S):
+                for c, unsaved in claims:  # held ones go as one batch of queued writes
+                    if unsaved is not None:
+                        self.write(c, unsaved)  # its due_at is unsaved.next_poll_at
+                plain = (c for c, unsaved in claims if unsaved is None)
+                await asyncio.gather(*(self._store.release(c) for c in plain))
+                await self._store.flush()
+        except (TimeoutError, StoreError) as e:
+            log.warning(
+                "store.hand_back_failed",
+                claims=len(claims),
+                error=str(e) or f"no answer in {GOODBYE_S:g}s",
+                hint="the leases run out by themselves (polling.lease)",
+            )
+            return False
+        return True
 
     def leave_unsent(self, claim: Claim, unsaved: Reschedule | None) -> None:
         """Too late in its lease to send: whoever holds the order next polls it. What held

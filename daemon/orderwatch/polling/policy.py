@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from orderwatch.config.models import PollingSettings
 from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.cadence import Cadence
 from orderwatch.store.base import Claim
 
 
@@ -52,9 +53,14 @@ def error_delay(p: PollingSettings, streak: int, rng: random.Random) -> float:
 
 
 def decide(
-    answer: Answer, claim: Claim, now: float, p: PollingSettings, rng: random.Random
+    answer: Answer,
+    claim: Claim,
+    now: float,
+    p: PollingSettings,
+    rng: random.Random,
+    cadence: Cadence | None = None,
 ) -> Decision:
-    """What happens to the order after this answer."""
+    """What happens to the order after this answer; `cadence`: the learned one, if any."""
     kind = answer.kind
     if kind is Kind.FINAL:
         assert answer.order_status is not None
@@ -77,7 +83,8 @@ def decide(
         return Finish("expired", "EXPIRED")
     if kind is Kind.PROCESSING:
         polls = claim.polls + 1
-        nxt = now + cadence_delay(p, polls, rng)
+        learned = cadence.delay(p, claim.order_id, claim.added_at, now, rng) if cadence else None
+        nxt = now + (cadence_delay(p, polls, rng) if learned is None else learned)
         return Reschedule(min(nxt, deadline), polls, 0, None, None, answer.body)
     streak = claim.error_streak + 1
     nxt = now + error_delay(p, streak, rng)

@@ -24,23 +24,23 @@ from orderwatch.core.errors import StoreError, store_backoff
 from orderwatch.core.pulse import Pulse
 from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.delivery.payload_files import write_payload
-from orderwatch.polling.answers import Answer, Kind
+from orderwatch.polling.answers import Answer
+from orderwatch.polling.cadence import Cadence
 from orderwatch.polling.client import SWEEP_S, RunaClient
 from orderwatch.polling.clock import ClockWatch, pull_forward
 from orderwatch.polling.expedite import Expedited
 from orderwatch.polling.finish import Finisher
-from orderwatch.polling.gate import Gate
+from orderwatch.polling.gate import Gate, hold_limiter, tell_gate
 from orderwatch.polling.held import HOLD_S, HeldClaims
 from orderwatch.polling.metrics import PollMetrics
 from orderwatch.polling.pause_memory import PauseMemory
 from orderwatch.polling.policy import Release, Reschedule, decide
 from orderwatch.polling.prefetch import Prefetch
-from orderwatch.store.base import GOODBYE_S, Claim, Store
+from orderwatch.store.base import Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
 _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cached level
 
-VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
 
 
@@ -66,6 +66,7 @@ class PollerDeps:
     hold_s: float = HOLD_S  # how long a claim may stay in memory between polls (held.py)
     write_payload: Callable[[Path, str, bytes], Path] = write_payload  # final payload files
     progress: Pulse = field(default_factory=Pulse)  # a worker's poll ended (tests wait on it)
+    cadence: Cadence | None = None  # the learned cadence (None: the configured back-off)
 
 
 class Poller:
@@ -88,6 +89,7 @@ class Poller:
             deps.on_final,
             self._held.store_due,
             deps.write_payload,
+            None if deps.cadence is None else self._completed,
         )
         self._clock = ClockWatch(deps.wall)
         self._batch = max(1, self._prefetch // 2)  # claim when half the queue is free
@@ -106,6 +108,10 @@ class Poller:
     @property
     def holding(self) -> int:  # claims waiting in memory for their next poll (held.py)
         return len(self._held)
+
+    def _completed(self, claim: Claim, now: float) -> None:
+        assert self.d.cadence is not None
+        self.d.cadence.observe(claim, now, self.d.polling)
 
     def set_polling(self, polling: PollingSettings) -> None:
         """A reload changed the cadence: polls from now on follow it."""
@@ -128,42 +134,19 @@ class Poller:
             await until_stopped(stop, self._dispatch(stop))
         finally:
             self._held.enabled = False  # polls still in flight write what they learn
-            queued = self._take_queued()  # never started: no GET for them after a stop
+            queued = self._ready.take_all()  # never started: no GET for them after a stop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), shutdown_timeout_s)
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            await self._hand_back([*queued, *self._held.take_all()])
+            claims = [*queued, *self._held.take_all()]
+            self.store_failed_at_stop = not await self._held.hand_back(claims)
 
     async def _drained(self) -> None:
         while self._busy:
             self._idle.clear()
             await self._idle.wait()
-
-    def _take_queued(self) -> list[tuple[Claim, Reschedule | None]]:
-        return self._ready.take_all()
-
-    async def _hand_back(self, claims: list[tuple[Claim, Reschedule | None]]) -> None:
-        """Give unstarted and held claims back and write the queued reschedules, within
-        GOODBYE_S (a lost reschedule costs one more GET; one claim at a time, each waiting
-        out the store's timeout, took minutes with PostgreSQL down)."""
-        try:
-            async with asyncio.timeout(GOODBYE_S):
-                for c, unsaved in claims:  # held ones go as one batch of queued writes
-                    if unsaved is not None:
-                        self._held.write(c, unsaved)  # its due_at is unsaved.next_poll_at
-                plain = (c for c, unsaved in claims if unsaved is None)
-                await asyncio.gather(*(self.d.store.release(c) for c in plain))
-                await self.d.store.flush()
-        except (TimeoutError, StoreError) as e:
-            self.store_failed_at_stop = True
-            log.warning(
-                "store.hand_back_failed",
-                claims=len(claims),
-                error=str(e) or f"no answer in {GOODBYE_S:g}s",
-                hint="the leases run out by themselves (polling.lease)",
-            )
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         claim = True
@@ -328,7 +311,7 @@ class Poller:
                 await hold_limiter(d.limiter, pause)
             if d.pauses is not None:
                 await d.pauses.remember()
-        decision = decide(answer, claim, now, d.polling, d.rng)
+        decision = decide(answer, claim, now, d.polling, d.rng, d.cadence)
         if isinstance(decision, Reschedule):  # still PROCESSING (or an error): no await
             self._reschedule(claim, answer, decision, now, unsaved)
         elif isinstance(decision, Release):
@@ -373,30 +356,3 @@ class Poller:
         ):
             await asyncio.gather(*(self.poll_one(c) for c in claims))
             await self.d.store.flush()
-
-
-def tell_gate(gate: Gate, metrics: PollMetrics, answer: Answer, now: float) -> float | None:
-    """Tell the gate what the API said. The pause a 429 started; 0.0 when the pauses changed
-    otherwise (a refusal, or the first valid answer after a pause); None when they did not."""
-    if answer.kind in VALID:
-        metrics.polls.last_success = now
-        if not gate.streak_429 and not gate.auth_failed:
-            return None
-        gate.on_success()
-        return 0.0
-    if answer.kind is Kind.RATE_LIMITED:
-        metrics.rate_limited.inc()
-        return gate.on_rate_limited(answer.retry_after_s)
-    if answer.kind in (Kind.AUTH, Kind.REFUSED):
-        gate.on_auth_failure(answer.http_status or 401, answer.detail)
-        return 0.0
-    return None
-
-
-async def hold_limiter(limiter: RateLimiter, pause_s: float) -> None:
-    """Share a 429's pause with whoever else the limiter serves (other replicas); the
-    gate has paused this process already, so a store error here costs nothing else."""
-    try:
-        await limiter.hold(pause_s)
-    except StoreError as e:
-        log.warning("limiter.hold_failed", error=str(e))

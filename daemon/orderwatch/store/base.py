@@ -8,7 +8,7 @@ nothing (the call returns False).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -320,6 +320,13 @@ class Store(Protocol):
         ...
 
     async def set_meta(self, key: str, value: str) -> None: ...
+
+    async def update_meta(self, key: str, update: Callable[[str | None], str]) -> str:
+        """Replace a small fact by `update(old)` (None: no such fact) with no other writer in
+        between, even in another process or replica: for facts that several merge into (the
+        learned cadence). `update` must be quick and pure; it may run on the store's thread.
+        Returns the new value."""
+        ...
 
     # -- capabilities --------------------------------------------------------------------
     def shared_limiter(self, rate: float) -> RateLimiter | None:

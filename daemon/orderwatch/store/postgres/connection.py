@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Self
 
@@ -20,6 +20,7 @@ from orderwatch.store.cluster_limiter import LIMITER_DDL, first_line, pooled
 from orderwatch.store.schema import SCHEMA_VERSION, SEED_COUNTS, TABLES
 
 MIGRATION_LOCK = 74001  # pg_advisory_xact_lock key: replicas starting together migrate in turn
+META_LOCK = 74002  # with hashtext(key): one update_meta of a key at a time across replicas
 POOL_MIN, POOL_MAX = 1, 4
 # The pool retries a lost connection after 1, 2, 4, 8... s with no cap, for as long as this:
 # after a long outage its next try could come a minute after the server was back. A short
@@ -189,6 +190,20 @@ class PostgresConnection:
             key,
             value,
         )
+
+    async def update_meta(self, key: str, update: Callable[[str | None], str]) -> str:
+        # An advisory lock, not SELECT ... FOR UPDATE: it also covers a key with no row yet.
+        async with self._tx("update meta") as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (META_LOCK, key))
+            cur = await conn.execute("SELECT value FROM meta WHERE key = %s", (key,))
+            row = await cur.fetchone()
+            new = update(None if row is None else str(row[0]))
+            await conn.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, new),
+            )
+        return new
 
     # -- lifecycle -----------------------------------------------------------------------
     async def ping(self) -> None:

@@ -190,6 +190,20 @@ class SqliteConnection(ABC):
                 (key, value),
             )
 
+    async def update_meta(self, key: str, update: Callable[[str | None], str]) -> str:
+        return await self._run(self._update_meta, key, update)
+
+    def _update_meta(self, key: str, update: Callable[[str | None], str]) -> str:
+        with self._tx():  # BEGIN IMMEDIATE: another process's update waits for this one
+            old = self._scalar("SELECT value FROM meta WHERE key = ?", key)
+            new = update(None if old is None else str(old))
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, new),
+            )
+        return new
+
     # -- lifecycle -----------------------------------------------------------------------
     async def ping(self) -> None:
         await self._run(self._scalar, "SELECT 1")
