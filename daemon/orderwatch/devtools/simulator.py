@@ -1,10 +1,11 @@
-"""The bundled Runa API simulator: `GET /v2/order/{id}` and `GET /v2/ping` with the shapes of
-Runa's OpenAPI description, orders that complete or fail after a chosen delay, and injectable
+"""The bundled Runa API simulator: `GET /v2/order/{id}`, `GET /v2/order` (the list, in
+sim_list) and `GET /v2/ping` with the shapes of Runa's OpenAPI description, orders that
+complete or fail after a chosen delay, an account history of older orders, and injectable
 faults (latency, 429, 5xx, timeouts, malformed bodies, connection resets, bad keys).
 
 Control endpoints for tests and benchmarks live under `/_sim/` (stats, orders, faults,
-complete). It records every order request's arrival time, which is where the rate limit is
-judged."""
+list_faults, complete). It records every API request's arrival time, which is where the
+rate limit is judged."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import asyncio
 import gc
 import hashlib
 import random
-import secrets
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from orderwatch.config.durations import parse_duration
+from orderwatch.devtools.sim_bodies import error as _error
+from orderwatch.devtools.sim_bodies import final_payload as _final_payload
+from orderwatch.devtools.sim_list import HISTORY_SPACING_S, ListEndpoint, ListFaults, ulid_id
 
 API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
 FAULT_NAMES = ("reset", "timeout", "429", "500", "504", "malformed", "401", "404", "ok")
@@ -53,6 +55,7 @@ class SimOptions:
     not_found_for: float = 0.0
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
+    history: int = 0  # older final orders in the account, listed but never tracked
 
 
 @dataclass
@@ -61,55 +64,6 @@ class _Order:
     complete_after: float
     status: str | None = None  # forced final status
     payload: dict[str, Any] | None = None
-
-
-def _error(status: int, type_: str, message: str) -> web.Response:
-    body = {"type": type_, "message": message, "help": "see https://developer.runa.io"}
-    return web.json_response(body, status=status)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def _final_payload(order_id: str, status: str) -> dict[str, Any]:
-    """A CompletedOrderWithFullDetails body; unique payout links per item."""
-    rnd = random.Random(order_id)
-    now = datetime.now(UTC).replace(microsecond=0)
-    n_items = 0 if status == "FAILED" else rnd.randint(1, 3)
-    value = f"{rnd.randint(5, 100)}.00"
-    items = [
-        {
-            "id": f"E-{secrets.token_hex(5).upper()}",
-            "distribution_method": {"type": "PAYOUT_LINK"},
-            "products": {"type": "SINGLE", "value": "AMZ-US"},
-            "face_value": value,
-            "price": value,
-            "currency": "USD",
-            "payout": {
-                "status": "ACTIVE",
-                "status_updated_at": _iso(now),
-                "url": f"https://spend.runa.io/{secrets.token_urlsafe(18)}",
-                "expiry_date": _iso(now + timedelta(days=365)),
-            },
-        }
-        for _ in range(n_items)
-    ]
-    total = f"{float(value) * n_items:.2f}"
-    return {
-        "id": order_id,
-        "status": status,
-        "created_at": _iso(now - timedelta(seconds=5)),
-        "completed_at": _iso(now),
-        "description": "orderwatch simulator order",
-        "payment_method": {"type": "ACCOUNT_BALANCE", "currency": "USD"},
-        "currency": "USD",
-        "total_price": total,
-        "total_discount": "0.00",
-        "items": items,
-        "transaction_detail": {"USD": {"value": total}},  # no FX: the schema has no null
-        "metadata": {"source": "simulator"},
-    }
 
 
 def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
@@ -131,18 +85,25 @@ class Simulator:
         self._clock = clock
         self._rng = random.Random(options.seed)
         self._orders: dict[str, _Order] = {}
+        self._wall0 = time.time() - clock()  # the wall time of clock() == 0: created_at
+        self.list = ListEndpoint(self, self._rng)
         self._script: deque[str] = deque()
         self.arrivals: deque[float] = deque(maxlen=1_000_000)
         self.requests: deque[tuple[float, str]] = deque(maxlen=1_000_000)  # (arrival, order id)
         self.rate_limited_at: deque[float] = deque(maxlen=100_000)  # arrivals answered 429
         self.received = 0  # every order request, past the logs' caps (benchmarks count these)
         self.answered: Counter[str] = Counter()
+        for i in range(options.history, 0, -1):  # the account's older orders, oldest first
+            t = clock() - i * HISTORY_SPACING_S
+            self._orders[ulid_id(self._wall0 + t, self._rng)] = _Order(t, 0.0)
         self.app = web.Application()
         self.app.router.add_get("/v2/order/{id}", self._order)
+        self.app.router.add_get("/v2/order", self._list)
         self.app.router.add_get("/v2/ping", self._ping)
         self.app.router.add_get("/_sim/stats", self._stats)
         self.app.router.add_post("/_sim/orders", self._create)
         self.app.router.add_post("/_sim/faults", self._set_faults)
+        self.app.router.add_post("/_sim/list_faults", self._set_list_faults)
         self.app.router.add_post("/_sim/complete", self._complete)
 
     # -- Python API --------------------------------------------------------------------
@@ -176,6 +137,35 @@ class Simulator:
     def max_in_window(self, window_s: float = 1.0) -> int:
         return max_in_window(self.arrivals, window_s)
 
+    def script_list(self, *responses: str) -> None:
+        """The next list requests answer like this, in order (see sim_list)."""
+        self.list.script(*responses)
+
+    def set_list_faults(self, faults: ListFaults) -> None:
+        self.list.faults = faults
+
+    @property
+    def orders(self) -> dict[str, Any]:
+        """Every order known, in the order they became known (the list's order)."""
+        return self._orders
+
+    def created_wall(self, order_id: str) -> float:
+        return self._wall0 + self._orders[order_id].first_seen
+
+    def status_of(self, order_id: str) -> str | None:
+        """What GET would say of an order now, without answering: None when not found."""
+        order = self._orders.get(order_id)
+        if order is None or order_id.startswith(self.options.not_found_prefix):
+            return None
+        age = self._clock() - order.first_seen
+        if age < self.options.not_found_for:
+            return None
+        if age < order.complete_after + self.options.not_found_for:
+            return "PROCESSING"
+        if order.payload is not None:
+            return str(order.payload["status"])
+        return order.status or self._outcome(order_id)
+
     # -- handlers ----------------------------------------------------------------------
     def _pick_fault(self) -> str:
         if self._script:
@@ -204,8 +194,27 @@ class Simulator:
             self.rate_limited_at.append(now)
         return response
 
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        now = time.monotonic()
+        self.arrivals.append(now)  # the list counts against the same rate
+        response = await self.list.handle(request, now)
+        if response.status == 429:
+            self.rate_limited_at.append(now)
+        return response
+
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         fault = self._pick_fault()
+        refusal = await self._general(request, fault)
+        if refusal is not None:
+            return refusal
+        return self._order_body(request.match_info["id"], fault == "404")
+
+    async def refusal(self, request: web.Request) -> web.StreamResponse | None:
+        """The general faults, for a request that is not an order's (the list)."""
+        return await self._general(request, self._pick_fault())
+
+    async def _general(self, request: web.Request, fault: str) -> web.StreamResponse | None:
+        """The answer `fault`, the key or the API version force; None: answer normally."""
         if fault == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -236,7 +245,7 @@ class Simulator:
             if self._rng.random() < 0.5:
                 return web.Response(text="<html>bad gateway</html>", content_type="text/html")
             return web.json_response({"id": "O-SOMEONE-ELSE", "status": "COMPLETED"})
-        return self._order_body(request.match_info["id"], fault == "404")
+        return None
 
     def _order_body(self, order_id: str, force_404: bool) -> web.Response:
         now = self._clock()
@@ -272,6 +281,7 @@ class Simulator:
         return web.json_response(
             {
                 "count": self.received,
+                "list_count": self.list.received,
                 "max_in_window": self.max_in_window(1.0),
                 "answered": dict(self.answered),
                 "orders": len(self._orders),
@@ -280,14 +290,23 @@ class Simulator:
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.create(list(body["ids"]), body.get("complete_after"), body.get("status"))
-        return web.json_response({"created": len(body["ids"])})
+        ids, each = list(body.get("ids", ())), body.get("complete_after_each", {})
+        self.create(ids, body.get("complete_after"), body.get("status"))
+        for oid, after in each.items():  # many delays in one call
+            self.create([oid], after, body.get("status"))
+        return web.json_response({"created": len(ids) + len(each)})
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         body = await request.json()
         known = {f.name for f in fields(Faults)}
         self.set_faults(Faults(**{k: v for k, v in body.items() if k in known}))
         return web.json_response(asdict(self.faults))
+
+    async def _set_list_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        known = {f.name for f in fields(ListFaults)}
+        self.set_list_faults(ListFaults(**{k: v for k, v in body.items() if k in known}))
+        return web.json_response(asdict(self.list.faults))
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -350,6 +369,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             help=f"share of requests answered with {name}",
         )
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--history", type=int, default=0, help="older final orders in the account's list"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> SimOptions:
@@ -367,4 +389,5 @@ def options_from_args(args: argparse.Namespace) -> SimOptions:
         fail_ratio=args.fail_ratio,
         faults=faults,
         seed=args.seed,
+        history=args.history,
     )
