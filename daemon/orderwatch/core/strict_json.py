@@ -40,3 +40,21 @@ def strict_json(body: bytes) -> Any:
     if end != len(text) and text[end:].strip(_WS):
         raise ValueError("extra data after the JSON value")
     return data
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+_UNIQUE = json.JSONDecoder(
+    parse_float=_finite, parse_constant=_no_constant, object_pairs_hook=_unique
+)
+
+
+def strict_json_unique(body: bytes) -> Any:
+    """`strict_json`, and an object that names a key twice is not accepted either (which
+    of the two would count is the parser's guess). Slower: for bodies read now and then."""
+    return _UNIQUE.decode(body.decode("utf-8"))  # its whitespace is JSON's four characters
