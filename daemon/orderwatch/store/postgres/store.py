@@ -7,10 +7,13 @@ from orderwatch.store.cluster_limiter import PostgresLimiter
 from orderwatch.store.postgres.claims import PostgresClaims
 from orderwatch.store.postgres.deliveries import PostgresDeliveries
 from orderwatch.store.postgres.reads import PostgresReads
+from orderwatch.store.postgres.sweeps import PostgresSweeps
 from orderwatch.store.postgres.writes import PostgresWrites
 
 
-class PostgresStore(PostgresClaims, PostgresWrites, PostgresReads, PostgresDeliveries):
+class PostgresStore(
+    PostgresClaims, PostgresWrites, PostgresReads, PostgresDeliveries, PostgresSweeps
+):
     """Store over one PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
 
     def shared_limiter(self, rate: float) -> RateLimiter | None:

@@ -6,10 +6,11 @@ from orderwatch.core.rate_limit import RateLimiter
 from orderwatch.store.sqlite.claims import SqliteClaims
 from orderwatch.store.sqlite.deliveries import SqliteDeliveries
 from orderwatch.store.sqlite.reads import SqliteReads
+from orderwatch.store.sqlite.sweeps import SqliteSweeps
 from orderwatch.store.sqlite.writes import SqliteWrites
 
 
-class SqliteStore(SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries):
+class SqliteStore(SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries, SqliteSweeps):
     """Store over one SQLite file. Open with `await SqliteStore.open(state_dir)`."""
 
     def shared_limiter(self, rate: float) -> RateLimiter | None:
