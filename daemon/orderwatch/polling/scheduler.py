@@ -37,7 +37,7 @@ from orderwatch.store.base import GOODBYE_S, Claim, Store
 log = structlog.get_logger("orderwatch.poller")
 _stdlog = logging.getLogger("orderwatch.poller")  # the same logger, for its cached level
 
-VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
+VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND, Kind.LISTED)
 MAX_IDLE_WAIT_S = 1.0  # orders added by other processes are seen within this
 
 
@@ -94,6 +94,9 @@ class Poller:
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
         self.store_failed_at_stop = False  # the hand-back found the store gone
+        from orderwatch.polling.sweep import Sweep  # here: the sweep imports this module
+
+        self.sweep = Sweep(deps, self.wake)  # the list endpoint, when it saves requests
 
     def set_polling(self, polling: PollingSettings) -> None:
         """A reload changed the cadence: polls from now on follow it."""
@@ -112,16 +115,18 @@ class Poller:
             for i in range(self.d.max_concurrency)
         ]
         self._held.enabled = True
+        sweeping = asyncio.create_task(self.sweep.run(stop), name="sweep")
         try:
             await until_stopped(stop, self._dispatch(stop))
         finally:
+            sweeping.cancel()  # no list request after a stop
             self._held.enabled = False  # polls still in flight write what they learn
             queued = self._take_queued()  # never started: no GET for them after a stop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), shutdown_timeout_s)
             for w in workers:
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, sweeping, return_exceptions=True)
             await self._hand_back([*queued, *self._held.take_all()])
 
     async def _drained(self) -> None:
