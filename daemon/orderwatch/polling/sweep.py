@@ -4,22 +4,25 @@ orders: one seen COMPLETED or FAILED is expedited (its next claim comes first, a
 ordinary GET brings the full body the file and the event keep); one seen PROCESSING is not
 polled alone meanwhile (`Store.defer`). Orders the pages did not show are polled one by one
 as ever. The list only ever hastens a GET: the GET decides, so an order the list calls final
-and the GET PROCESSING stays PROCESSING (and is not expedited again for DISTRUST_S).
+and the GET PROCESSING stays PROCESSING (and is not expedited again for `distrust_s`).
 
 When (the rule): more orders pending than per-order polling can GET in `horizon_s` at the
-configured rate (pending > rate x horizon_s). How often: every `min_period_s` at least, and
-no oftener than keeps list pages within `share` of the rate. How far: from the first page on,
-until a page ends the list, the pages have shown every pending order, a page shows no
-pending order and only orders created before the oldest pending one was added (less
-`created_slack_s`), or the budget (the pending orders' own pages plus `extra_pages`) is spent.
+configured rate (pending > rate x horizon_s); once sweeping, until fewer are pending than
+`keep_fraction` of that, so the last orders of a burst are not left to per-order polling
+just as their deferrals run out. How often: at most every `min_period_s`, and no oftener
+than keeps list pages within `share` of the rate. How far: from the first page on, until a
+page ends the list, the pages have shown every pending order, a page shows no pending order
+and only orders created before the oldest pending one was added (less `created_slack_s`),
+or the budget (the pending orders' own pages plus `extra_pages`) is spent.
 Nothing here depends on the order the list comes in: a different order costs coverage
 (more orders polled one by one), never correctness.
 
 Every page passes the gate and the limiter as a GET does; a 429 pauses everyone. A page that
 fails (a 400 pagination_error, 5xx, malformed, transport) ends that sweep (logged once per run
-of failures; the sweeps back off). A 401/403 on the list with a key that still reads orders
-means this key may not list: sweeping stops (logged once) until the key changes, or an hour
-has passed. Among replicas one sweeps at a time (`Store.hold_lease`)."""
+of failures; the sweeps back off). A 401/403 on the list says this key may not list:
+sweeping stops (logged once) until the key changes, or an hour has passed, and the gate is
+not told: GETs decide about the key (a refused one pauses them, and every page, as ever).
+Among replicas one sweeps at a time (`Store.hold_lease`)."""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ _CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
 @dataclass(frozen=True)
 class SweepTuning:
     horizon_s: float = 10.0  # sweep when per-order polling needs longer than this for a round
+    keep_fraction: float = 0.1  # ...and go on until fewer than this share of that are pending
     min_period_s: float = 2.0  # sweeps start at most this often
     share: float = 0.2  # of the rate, at most, for list pages
     extra_pages: int = 2  # a sweep's budget beyond ceil(pending / LIMIT)
@@ -101,6 +105,7 @@ class Sweep:
         self.t = tuning or SweepTuning()
         self._on_found = on_found
         self._period = self.t.min_period_s
+        self._sweeping = False  # the rule held at the last look (its lower bound applies)
         self._next_at = 0.0  # monotonic: when the next sweep may start
         self._failures = 0
         self._refused_at: float | None = None  # monotonic
@@ -110,8 +115,11 @@ class Sweep:
 
     # -- when ------------------------------------------------------------------------------
     def wanted(self, pending: int) -> bool:
-        """The rule: more pending than per-order polling can GET in horizon_s."""
-        return pending > self.d.rate * self.t.horizon_s
+        """The rule: more pending than per-order polling can GET in horizon_s (and, once
+        sweeping, more than keep_fraction of that)."""
+        bound = self.d.rate * self.t.horizon_s
+        self._sweeping = pending > (bound * self.t.keep_fraction if self._sweeping else bound)
+        return self._sweeping
 
     def _refused(self, now: float) -> bool:
         if self._refused_at is None:
