@@ -45,7 +45,7 @@ bench-smoke: $(STAMP)
 # bounds the others, so the image ships the versions that CI tested.
 lock: $(STAMP)
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml requirements/build.in \
-		--extra dev --extra postgres --extra examples -o requirements/dev.txt
+		--extra dev --extra postgres --extra examples --extra bench -o requirements/dev.txt
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) pyproject.toml --extra postgres \
 		-c requirements/dev.txt -o requirements/runtime.txt
 	$(BIN)/uv pip compile $(LOCK_FLAGS) $(UPGRADE) requirements/build.in \
