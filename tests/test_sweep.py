@@ -69,7 +69,7 @@ async def rig(
                     start_full=False,
                 )
                 found: list[int] = []
-                sweep = Sweep(poller.d, lambda: found.append(1), tuning)
+                sweep = Sweep(poller.d, lambda leased: found.append(len(leased)), tuning)
                 yield Rig(rs, store, poller, sweep, found)
         finally:
             await store.close()
@@ -328,7 +328,7 @@ async def test_replicas_on_postgres_share_one_sweep(tmp_path: Path, pg_dsn: str)
                 )  # fmt: skip
                 poller.d.limiter = store.shared_limiter(rate)  # type: ignore[assignment]
                 poller.d.rate = rate
-                sweeps.append(Sweep(poller.d, lambda: None, tuning))
+                sweeps.append(Sweep(poller.d, lambda leased: None, tuning))
             stop = asyncio.Event()
             loops = [asyncio.create_task(s.run(stop)) for s in sweeps]
 
@@ -345,3 +345,35 @@ async def test_replicas_on_postgres_share_one_sweep(tmp_path: Path, pg_dsn: str)
     assert min(gaps) >= 0.4, gaps  # one sweeper, one page each 0.5 s period
     by_replica = [sum(s.d.metrics.sweeps.labels(o)._value.get() for o in ("end",)) for s in sweeps]
     assert sorted(by_replica) == [0, len(times)]
+
+
+async def test_a_held_claim_seen_final_is_polled_at_once(tmp_path: Path) -> None:
+    """An order this poller holds for a later poll (leased, so the store cannot expedite
+    it) that the list shows final is polled at once, not when its hold ends: found by the
+    sweep."""
+    polling = PollingSettings(initial_delay=8, backoff_factor=1, max_interval=8, jitter=0)
+    async with rig(tmp_path, sim()) as r:
+        r.poller.d.polling = polling
+        r.rs.sim.create(["O-HELD"])
+        now = time.time()
+        await r.store.add_orders(["O-HELD"], now, now)
+        stop = asyncio.Event()
+        running = asyncio.create_task(r.poller.run(stop, 2.0))
+
+        async def held() -> bool:
+            return r.rs.sim.received == 1 and bool(r.poller._held)
+
+        await until(held)  # polled once, next poll 8 s on, held in memory till then
+        r.rs.sim.complete(["O-HELD"])
+        sweep = Sweep(r.poller.d, r.poller.found)
+        result = await sweep.sweep_once(1)
+        assert (result.seen, result.expedited) == (1, 0)  # leased: the store could not
+
+        async def final() -> bool:
+            return (await r.store.counts())["final"] == 1
+
+        await until(final, timeout=6)  # before the held poll's 8 s
+        stop.set()
+        await running
+        (row,) = await r.store.get_orders(["O-HELD"])
+        assert (row.found_by, r.rs.sim.received) == ("sweep", 2)

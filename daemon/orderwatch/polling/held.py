@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Collection
 from typing import Any
 
 from orderwatch.polling.client import SWEEP_S
 from orderwatch.polling.policy import Reschedule
 from orderwatch.polling.prefetch import Prefetch
-from orderwatch.store.base import Claim, Store
+from orderwatch.store.base import EXPEDITED_AT, Claim, Store
 
 HOLD_S = 10.0  # how long after its claim a polled order may stay in memory, unwritten
 
@@ -88,6 +89,18 @@ class HeldClaims:
             ready.put((c, unsaved))
             moved += 1
         return moved
+
+    def expedite(self, order_ids: Collection[str]) -> int:
+        """Held claims of these orders become due at once, ahead of everything merely due
+        (a sweep or a push says they may be final; their GET then counts as expedited)."""
+        hit = 0
+        for i, (_, seq, c, unsaved) in enumerate(self._heap):
+            if c.order_id in order_ids and c.due_at != EXPEDITED_AT:
+                self._heap[i] = (EXPEDITED_AT, seq, c._replace(due_at=EXPEDITED_AT), unsaved)
+                hit += 1
+        if hit:
+            heapq.heapify(self._heap)
+        return hit
 
     def take_all(self) -> list[tuple[Claim, Reschedule]]:
         held, self._heap = self._heap, []

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +96,7 @@ class Poller:
         self.store_failed_at_stop = False  # the hand-back found the store gone
         from orderwatch.polling.sweep import Sweep  # here: the sweep imports this module
 
-        self.sweep = Sweep(deps, self.wake)  # the list endpoint, when it saves requests
+        self.sweep = Sweep(deps, self.found)  # the list endpoint, when it saves requests
 
     def set_polling(self, polling: PollingSettings) -> None:
         """A reload changed the cadence: polls from now on follow it."""
@@ -106,6 +106,13 @@ class Poller:
         """New orders were added in this process: look for due work now."""
         self._held.store_unknown()
         self._wake.set()
+
+    def found(self, leased: Collection[str] = ()) -> None:
+        """Orders may be final (`Store.expedite` made the unleased ones due first): claim
+        them now; those among `leased` this process holds for a later poll are due now too."""
+        if leased:
+            self._held.expedite(leased)
+        self.wake()
 
     # -- loops ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, shutdown_timeout_s: float) -> None:

@@ -9,11 +9,14 @@ and the GET PROCESSING stays PROCESSING (and is not expedited again for `distrus
 When (the rule): more orders pending than per-order polling can GET in `horizon_s` at the
 configured rate (pending > rate x horizon_s); once sweeping, until fewer are pending than
 `keep_fraction` of that, so the last orders of a burst are not left to per-order polling
-just as their deferrals run out. How often: at most every `min_period_s`, and no oftener
-than keeps list pages within `share` of the rate. How far: from the first page on, until a
-page ends the list, the pages have shown every pending order, a page shows no pending order
-and only orders created before the oldest pending one was added (less `created_slack_s`),
-or the budget (the pending orders' own pages plus `extra_pages`) is spent.
+just as their deferrals run out. How often: a sweep starts at most every `min_period_s`
+after the last one started, and no oftener than keeps list pages within `share` of the rate.
+How far: from the first page on, until a page ends the list, the pages have shown every
+pending order, a page shows no pending order and only orders created before the oldest
+pending one was added (less `created_slack_s`), or the budget is spent: what `share` of the
+rate sends in `max_period_s` (60 pages at 10/s), or the pending orders' own pages plus
+`extra_pages` where that is more. (The list holds ended and untracked orders too: the
+pending ones are spread over more pages than their number needs.)
 Nothing here depends on the order the list comes in: a different order costs coverage
 (more orders polled one by one), never correctness.
 
@@ -57,7 +60,8 @@ class SweepTuning:
     keep_fraction: float = 0.1  # ...and go on until fewer than this share of that are pending
     min_period_s: float = 2.0  # sweeps start at most this often
     share: float = 0.2  # of the rate, at most, for list pages
-    extra_pages: int = 2  # a sweep's budget beyond ceil(pending / LIMIT)
+    extra_pages: int = 2  # a sweep's budget beyond ceil(pending / LIMIT)...
+    max_period_s: float = 30.0  # ...or what `share` of the rate sends in this, if more
     defer_periods: float = 3.0  # an order seen PROCESSING waits this many periods for a GET
     min_defer_s: float = 10.0  # ...and at least this long
     created_slack_s: float = 300.0  # an order may be created this long before it is added
@@ -98,7 +102,7 @@ class Sweep:
     def __init__(
         self,
         deps: PollerDeps,
-        on_found: Callable[[], None],
+        on_found: Callable[[set[str]], None],
         tuning: SweepTuning | None = None,
     ) -> None:
         self.d = deps
@@ -106,6 +110,8 @@ class Sweep:
         self._on_found = on_found
         self._period = self.t.min_period_s
         self._sweeping = False  # the rule held at the last look (its lower bound applies)
+        self._started = 0.0  # monotonic: when the last sweep began
+        self._cycle = 0.0  # between the last two sweeps' starts (a sweep's pages take time)
         self._next_at = 0.0  # monotonic: when the next sweep may start
         self._failures = 0
         self._refused_at: float | None = None  # monotonic
@@ -151,16 +157,24 @@ class Sweep:
         pending = (await self.d.store.counts())["pending"]
         if not self.wanted(pending):
             return self.t.idle_check_s
-        lease_s = max(self.t.min_defer_s, self.t.defer_periods * self._period)
+        lease_s = self._defer_s()
         if not await self.d.store.hold_lease(LEASE, self.d.owner, self.d.wall(), lease_s):
             return self._period  # another replica sweeps
         result = await self.sweep_once(pending)
-        self._next_at = time.monotonic() + self._after(result)
+        wait = self._after(result)
+        ok = result.outcome not in ("failed", "paused")
+        self._next_at = (self._started if ok else time.monotonic()) + wait  # start to start
         return max(0.0, self._next_at - time.monotonic())
+
+    def _defer_s(self) -> float:
+        """How long an order seen PROCESSING waits for its next GET: a few sweeps' time (as
+        the last ones went, pages and all), so the next sweeps see it first."""
+        return max(self.t.min_defer_s, self.t.defer_periods * max(self._period, self._cycle))
 
     def _after(self, r: SweepResult) -> float:
         """The wait before the next sweep; also the period its deferrals are sized by."""
         if r.outcome in ("failed", "paused"):
+            self._started = 0.0  # a back-off is no sweep cycle: deferrals stay short
             backoff = self._period * 2.0 ** min(self._failures, 16)
             return min(self.t.max_backoff_s, backoff)
         self._period = max(self.t.min_period_s, r.pages / (self.d.rate * self.t.share))
@@ -171,11 +185,18 @@ class Sweep:
         """Page through the list from its start for the `pending` tracked orders."""
         oldest = await self.d.store.oldest_pending_added_at()
         cutoff = -math.inf if oldest is None else oldest - self.t.created_slack_s
-        budget = math.ceil(pending / LIMIT) + self.t.extra_pages
+        budget = max(
+            math.ceil(pending / LIMIT) + self.t.extra_pages,
+            math.floor(self.d.rate * self.t.share * self.t.max_period_s),
+        )
         after: str | None = None
         pages = seen = expedited = deferred = 0
         outcome = "budget"
         self._forget(self.d.wall())
+        started = time.monotonic()
+        if self._started:
+            self._cycle = started - self._started
+        self._started = started
         while pages < budget:
             answer = await self._ask(after)
             pages += 1
@@ -218,13 +239,13 @@ class Sweep:
                 finals.append(o.order_id)
         expedited: list[str] = []
         if finals:
-            expedited, _leased = await d.store.expedite(finals, by="sweep")
+            expedited, leased = await d.store.expedite(finals, by="sweep")
             self._expedited.update(dict.fromkeys(expedited, now))
-            if expedited:
-                self._on_found()
+            if expedited or leased:
+                self._on_found(set(leased))  # held here for a later poll: due now
         moved = 0
         if processing:
-            defer_s = max(self.t.min_defer_s, self.t.defer_periods * self._period)
+            defer_s = self._defer_s()
             give_up = d.polling.give_up_after_s
             moved = await d.store.defer(processing, now + defer_s / 2, now + defer_s, give_up)
         return len(pending), len(expedited), moved
