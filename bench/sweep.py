@@ -69,13 +69,20 @@ async def one_arm(sweep: str, shape: Shape, delays: dict[str, float]) -> dict[st
                             break
                         await asyncio.sleep(0.2)
                     assert d.store is not None
-                    found = Counter(r.found_by for r in await d.store.get_orders(list(delays)))
+                    rows = {r.order_id: r for r in await d.store.get_orders(list(delays))}
                 stats = await sim_stats(base)
     first: dict[str, float] = {}
     for e in receiver.events:
         first.setdefault(e.order_id, e.received_at)
     latencies = [first[i] - (t0 + delays[i]) for i in delays if i in first]
+    orders = [  # (completed after, latency, found by, GETs), for a look at the tail
+        (delays[i], round(first[i] - (t0 + delays[i]), 3), rows[i].found_by, rows[i].polls + 1)
+        for i in delays
+        if i in first
+    ]
+    found = Counter(r.found_by for r in rows.values())
     return {
+        "orders": orders,
         "sweep": sweep,
         "latencies": latencies,
         "missing": n - len(latencies),
