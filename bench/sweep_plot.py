@@ -11,6 +11,8 @@ from typing import Any
 
 from bench.common import REPO
 
+BINS = [10 ** (k / 20) for k in range(-40, 51)]  # 0.01 s to 316 s, even on a log axis
+
 
 def draw(results: dict[str, Any], png: Path) -> None:
     import matplotlib
@@ -19,23 +21,23 @@ def draw(results: dict[str, Any], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     shape = results["shape"]
-    fig, (cdf, hist) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    fig, (cdf, hist) = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
     for arm, color in zip(results["arms"], ("tab:blue", "tab:orange"), strict=True):
         lat = sorted(max(x, 0.01) for x in arm["latencies"])
         name = "sweep (list endpoint)" if arm["sweep"] == "auto" else "per-order polling"
         p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
         label = f"{name}: p99 {p99:.1f} s, {arm['gets_per_order']:.2f} GETs/order"
         cdf.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], color=color, label=label)
-        hist.hist(lat, bins=60, color=color, alpha=0.6, label=name)
-    cdf.set_xscale("log")
+        hist.hist(lat, bins=BINS, color=color, alpha=0.6)
+    for ax in (cdf, hist):
+        ax.set_xscale("log")
+        ax.axvline(10, color="grey", linestyle=":", linewidth=1)
     cdf.set_xlabel("completion → webhook, s (log scale)")
     cdf.set_ylabel("share of orders")
-    cdf.axvline(10, color="grey", linestyle=":", linewidth=1)
-    cdf.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=9)
     cdf.grid(True, which="both", alpha=0.3)
-    hist.set_xlabel("completion → webhook, s")
-    hist.set_ylabel("orders")
-    hist.legend(fontsize=8)
+    hist.set_xlabel("completion → webhook, s (log scale; dotted: 10 s)")
+    hist.set_ylabel("orders per bin")
     fig.suptitle(
         f"{shape['orders']:,} orders pending at {shape['rate']} requests/s, completions over"
         f" {shape['spread_s']:.0f} s, {shape['history']:,} older orders in the account"

@@ -153,7 +153,12 @@ class RunaClient:
             self._session.headers["X-Api-Key"] = api_key
 
     async def __aenter__(self) -> RunaClient:
-        options: dict[str, Any] = {"limit": self._max_connections, "ttl_dns_cache": 300}
+        # One connection more than there are workers: the sweep's page never waits for a
+        # worker's connection after its grant (a send that leaves late eats the limiter's
+        # margin; with four workers and a sweep on four connections the server saw 11 in a
+        # second at 10/s).
+        limit = self._max_connections + 1
+        options: dict[str, Any] = {"limit": limit, "ttl_dns_cache": 300}
         connector = (
             aiohttp.TCPConnector(**options)
             if self._before_send is None
