@@ -145,8 +145,14 @@ class PostgresConnection:
                 )
             for ddl in (*TABLES, *SEED_COUNTS, LIMITER_DDL):
                 await conn.execute(ddl)
-            for table, column, kind in ADDED_COLUMNS:
-                await conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            for table, column, kind in ADDED_COLUMNS:  # ALTER locks the table: only if missing
+                cur = await conn.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                    " current_schema() AND table_name = %s AND column_name = %s",
+                    (table, column),
+                )
+                if await cur.fetchone() is None:
+                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             await conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO NOTHING",
