@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bench import finals, latency, limiters, overhead, push, rate, scale, steady, webhooks
+from bench import finals, latency, limiters, overhead, push, rate, scale, steady, sweep, webhooks
 from bench.common import Report, machine
 from orderwatch.core import aio
 
@@ -21,12 +21,13 @@ BENCHES = {
     "finals": finals.run,
     "steady": steady.run,
     "push": push.run,
+    "sweep": sweep.run,
 }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--smoke", action="store_true", help="short versions (for CI)")
+    p.add_argument("--smoke", "--quick", action="store_true", help="short versions (for CI)")
     p.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run only these")
     p.add_argument("--out", default="bench/results/latest.json")
     p.add_argument(

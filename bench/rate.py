@@ -23,7 +23,13 @@ async def one(rate: int, seconds: float, report: Report) -> None:
                     "requests_per_second": rate,
                     "max_concurrency": min(64, max(4, rate // 10)),
                 },
-                polling={"initial_delay": "0s", "max_interval": "10ms", "jitter": 0},
+                # per-order GETs are what is measured: no list sweep standing in for them
+                polling={
+                    "initial_delay": "0s",
+                    "max_interval": "10ms",
+                    "jitter": 0,
+                    "sweep": "off",
+                },
             )
             async with daemon(s) as d:
                 await d.add_orders([f"O-RATE{i:05d}" for i in range(5000)])
@@ -56,7 +62,12 @@ async def stalled(seconds: float, report: Report) -> None:
                 Path(tmp),
                 base,
                 rate_limit={"requests_per_second": rate, "max_concurrency": 4},
-                polling={"initial_delay": "0s", "max_interval": "200ms", "jitter": 0.1},
+                polling={
+                    "initial_delay": "0s",
+                    "max_interval": "200ms",
+                    "jitter": 0.1,
+                    "sweep": "off",
+                },
                 runa={"timeout": "2s"},
             )
             rng = random.Random(1)

@@ -94,7 +94,7 @@ async def run(report: Report, smoke: bool) -> None:
             yaml.safe_dump(
                 {
                     "runa": {"base_url": "http://127.0.0.1:9/v2", "api_key": API_KEY},
-                    "polling": {"initial_delay": "1h"},
+                    "polling": {"initial_delay": "1h", "sweep": "off"},  # idle: no list pages
                     "watchlists": [str(wl)],
                     "state_dir": str(tmp / "state"),
                     "output_dir": str(tmp / "orders"),

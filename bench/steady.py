@@ -34,7 +34,8 @@ async def steady(base: str, tmp: Path, rate: int, seconds: float) -> dict[str, f
             {
                 "runa": {"base_url": base, "api_key": API_KEY},
                 "rate_limit": {"requests_per_second": rate, "max_concurrency": 16},
-                "polling": {"initial_delay": "0s", "max_interval": "1s"},
+                # per-order polling is what is costed: no list sweep standing in for it
+                "polling": {"initial_delay": "0s", "max_interval": "1s", "sweep": "off"},
                 "state_dir": str(tmp / f"state-{rate}"),
                 "output_dir": str(tmp / f"orders-{rate}"),
                 "admin": {"listen": None},

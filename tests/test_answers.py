@@ -9,7 +9,7 @@ import pytest
 from orderwatch.core.retry_after import parse_retry_after
 from orderwatch.core.strict_json import MAX_DEPTH, strict_json
 from orderwatch.delivery.events import make_event, terminal_data
-from orderwatch.polling.answers import Kind, classify
+from orderwatch.polling.answers import Kind, Listed, Page, classify, classify_list
 
 NOW = 1_700_000_000.0
 
@@ -202,3 +202,74 @@ def test_a_body_with_a_duplicate_key_is_an_invalid_answer() -> None:
     ok = b'{"id": "O-1", "status": "COMPLETED", "items": [{"id": "a"}, {"id": "b"}]}'
     assert kind(200, ok) is Kind.FINAL
     assert strict_json(b'{"a": {"a": 1}}') == {"a": {"a": 1}}
+
+
+def page(*items: object, **cursors: object) -> bytes:
+    return json.dumps({"items": list(items), "pagination": {"cursors": cursors}}).encode()
+
+
+def listed(status: int, raw: bytes) -> tuple[Kind, str]:
+    a = classify_list(status, raw, None, NOW)
+    return a.kind, a.detail
+
+
+def test_a_list_page_of_the_documented_shape() -> None:
+    """Basic details and {id, status, message} items become Listed orders in page order;
+    cursors are kept; an item whose id could never be tracked is counted but not listed."""
+    raw = page(
+        {"id": "O-1", "status": "PROCESSING", "message": "m"},
+        {"id": "O-2", "status": "COMPLETED", "created_at": "2024-02-05T00:00:00Z", "x": 1},
+        {"id": "O-3", "status": "FAILED", "created_at": None},
+        {"id": "../etc", "status": "FAILED"},
+        after="O-3",
+    )
+    a = classify_list(200, raw, None, NOW)
+    assert a.kind is Kind.LISTED and a.data.size == 4
+    assert a.data.orders == (
+        Listed("O-1", "PROCESSING", None),
+        Listed("O-2", "COMPLETED", "2024-02-05T00:00:00Z"),
+        Listed("O-3", "FAILED", None),
+    )
+    assert (a.data.after, a.data.before) == ("O-3", None)
+    empty = classify_list(
+        200, b'{"items": [], "pagination": {"cursors": {}, "page": {}}}', None, NOW
+    )
+    assert empty.kind is Kind.LISTED and empty.data == Page((), 0, None, None)
+
+
+def test_a_malformed_list_page_is_invalid() -> None:
+    """Not JSON, a key named twice, no items, an item without an id, an unknown status, a
+    repeated order, a cursor that is not a string: the whole page is invalid."""
+    for raw, why in (
+        (b"<html>", "page is not JSON (or names a key twice)"),
+        (b'{"items": [], "items": [], "pagination": {}}', "page is not JSON (or names a key twice)"),
+        (b'{"items": [{"id": "O-1", "status": "COMPLETED", "status": "PROCESSING"}], "pagination": {}}',
+         "page is not JSON (or names a key twice)"),
+        (b'{"items": [], "pagination": NaN}', "page is not JSON (or names a key twice)"),
+        (json.dumps({"pagination": {}}).encode(), "page has no items list"),
+        (json.dumps({"items": []}).encode(), "page has no pagination object"),
+        (page({"status": "COMPLETED"}), "an item is not an order with an id"),
+        (page({"id": 7, "status": "COMPLETED"}), "an item is not an order with an id"),
+        (page({"id": "O-1", "status": "DONE"}), "unknown order status"),
+        (page({"id": "O-1", "status": "FAILED", "created_at": 5}), "created_at is not a string"),
+        (page({"id": "O-1", "status": "FAILED"}, {"id": "O-1", "status": "FAILED"}),
+         "an order id is on the page twice"),
+        (page(after=3), "a cursor is not a string"),
+        (page(after=""), "a cursor is not a string"),
+    ):  # fmt: skip
+        assert listed(200, raw) == (Kind.INVALID, why), raw
+
+
+def test_list_answers_that_are_not_a_page() -> None:
+    """pagination_error is invalid (this page, not the order); 429, 401/403, refusals and
+    5xx are what they are for a GET."""
+    error = json.dumps({"type": "pagination_error", "message": "bad cursor"}).encode()
+    assert listed(400, error) == (Kind.INVALID, "http 400 pagination_error")
+    assert listed(400, b"x")[0] is Kind.INVALID
+    assert listed(404, b"{}")[0] is Kind.INVALID
+    assert listed(403, b"{}") == (Kind.AUTH, "http 403")
+    assert listed(503, b"") == (Kind.SERVER_ERROR, "http 503")
+    removed = json.dumps({"type": "version_removed"}).encode()
+    assert listed(410, removed)[0] is Kind.REFUSED
+    a = classify_list(429, b"{}", "7", NOW)
+    assert (a.kind, a.retry_after_s) == (Kind.RATE_LIMITED, 7.0)

@@ -405,6 +405,8 @@ async def test_status_counts_failed_answers_beside_the_last_error(tmp_path: Path
         "ORDER",
         "STATE",
         "RESULT",
+        "FOUND",
+        "BY",
         "ANSWERS",
         "NEXT",
         "POLL",
@@ -412,7 +414,8 @@ async def test_status_counts_failed_answers_beside_the_last_error(tmp_path: Path
         "ERROR",
     ]
     assert re.fullmatch(
-        r"O-404X +pending +- +0 processing, [1-9]\d* failed in a row +\S+( \S+)? +http 404", row
+        r"O-404X +pending +- +- +0 processing, [1-9]\d* failed in a row +\S+( \S+)? +http 404",
+        row,
     ), row
 
 

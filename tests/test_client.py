@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from aiohttp import web
@@ -321,3 +322,36 @@ async def test_a_timeout_that_comes_out_as_another_error_leaves_the_task_clean()
             task = asyncio.current_task()
             assert task is not None and task.cancelling() == 0
     assert answer.kind is Kind.TRANSPORT and answer.detail == "transport: ClientOSError"
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+async def test_list_orders_pages_with_the_apis_cursors(slash: str) -> None:
+    """list_orders asks {base}/order with limit and one cursor, passed as the API gave it;
+    every page is classified, and a refusal of the list comes back like a GET's."""
+    async with (
+        running_simulator(SimOptions(api_key="xx.k", complete_after=3600, history=3)) as rs,
+        RunaClient(
+            rs.base_url + slash, "xx.k", api_version="2024-02-05", timeout_s=2, max_connections=1
+        ) as client,
+    ):
+        rs.sim.create(["O-C1", "O-C2"])
+        first = await client.list_orders(2)
+        assert first.kind is Kind.LISTED
+        assert [o.order_id for o in first.data.orders] == ["O-C2", "O-C1"]
+        rest = await client.list_orders(500, after=first.data.after)
+        assert rest.kind is Kind.LISTED and rest.data.size == 3
+        assert all(o.status in ("COMPLETED", "FAILED") and o.created_at for o in rest.data.orders)
+        back = await client.list_orders(1, before=rest.data.before)
+        assert [o.order_id for o in back.data.orders] == ["O-C1"]
+        bad = await client.list_orders(500, after="O-NO SUCH&limit=1")
+        rs.sim.script_list("403")
+        refused = await client.list_orders(500)
+    assert (bad.kind, bad.detail) == (Kind.INVALID, "http 400 pagination_error")
+    assert (refused.kind, refused.http_status) == (Kind.AUTH, 403)
+    queries = [q for _, q in rs.sim.list.requests]
+    assert queries[:3] == [
+        "limit=2",
+        f"limit=500&after={first.data.after}",
+        f"limit=1&before={rest.data.before}",
+    ]
+    assert parse_qs(queries[3]) == {"limit": ["500"], "after": ["O-NO SUCH&limit=1"]}

@@ -16,7 +16,7 @@ from orderwatch.devtools.receiver import Receiver, running_receiver
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 from orderwatch.ops.metrics import Metrics
 from orderwatch.polling.answers import Kind
-from orderwatch.polling.metrics import REQUEST_BUCKETS, PollCounters
+from orderwatch.polling.metrics import LIST_KINDS, ORDER_KINDS, REQUEST_BUCKETS, PollCounters
 
 from harness import (
     API_KEY,
@@ -38,6 +38,7 @@ ANSWERS = [
     (Kind.SERVER_ERROR, 31.5),
     (Kind.PROCESSING, 0.3),
 ]
+LIST_ANSWERS = [(Kind.LISTED, 0.2), (Kind.INVALID, 0.05), (Kind.RATE_LIMITED, 0.01)]
 
 
 def test_poll_counters_render_as_the_library_would() -> None:
@@ -47,8 +48,9 @@ def test_poll_counters_render_as_the_library_would() -> None:
     theirs = CollectorRegistry(auto_describe=True)
     requests = Counter(
         "orderwatch_api_requests",
-        "GET requests sent to the Runa API, by classified outcome.",
-        ["outcome"],
+        "GET requests sent to the Runa API, by endpoint (order: one order, list: a page"
+        " of the order list) and classified outcome.",
+        ["endpoint", "outcome"],
         registry=theirs,
     )
     seconds = Histogram(
@@ -62,11 +64,17 @@ def test_poll_counters_render_as_the_library_would() -> None:
         "Unix time of the last valid answer from the Runa API.",
         registry=theirs,
     )
-    for k in Kind:
-        requests.labels(k.value)
+    for k in ORDER_KINDS:
+        requests.labels("order", k.value)
+    for k in LIST_KINDS:
+        requests.labels("list", k.value)
     for kind, s in ANSWERS:
         counters.answered(kind, s)
-        requests.labels(kind.value).inc()
+        requests.labels("order", kind.value).inc()
+        seconds.observe(s)
+    for kind, s in LIST_ANSWERS:
+        counters.listed(kind, s)
+        requests.labels("list", kind.value).inc()
         seconds.observe(s)
     counters.last_success = 1764900000.25
     last.set(1764900000.25)

@@ -25,13 +25,8 @@ from orderwatch.config.secrets import register_secrets
 from orderwatch.core.errors import UsageError
 from orderwatch.core.redact import REDACTOR
 from orderwatch.devtools.pusher import completion_body
-from orderwatch.devtools.simulator import (
-    RunningSim,
-    SimOptions,
-    add_arguments,
-    options_from_args,
-    running_simulator,
-)
+from orderwatch.devtools.sim_cli import add_arguments, options_from_args
+from orderwatch.devtools.simulator import RunningSim, SimOptions, running_simulator
 from orderwatch.ops.daemon import Daemon
 from orderwatch.ops.metrics import Metrics
 from orderwatch.polling.expedite import Expedited

@@ -7,6 +7,7 @@ from collections import deque
 import aiohttp
 import pytest
 
+from orderwatch.devtools.sim_list import ListFaults
 from orderwatch.devtools.simulator import Faults, SimOptions, running_simulator
 
 KEY = "xx.sim"
@@ -128,3 +129,44 @@ async def test_stats_count_every_request_past_the_arrival_log() -> None:
         async with aiohttp.ClientSession() as s, s.get(f"{root}/_sim/stats") as r:
             stats = await r.json()
         assert stats["count"] == 3
+
+
+async def test_list_pages_newest_first_with_cursors() -> None:
+    """GET /order lists newest first; `after` and `before` page on from an edge; history
+    orders come after the tracked ones; bad cursors and limits are 400 pagination_error."""
+    async with running_simulator(SimOptions(complete_after=3600, history=7)) as rs:
+        rs.sim.create(["O-L1", "O-L2", "O-L3"])
+        _, first, _ = await get(f"{rs.base_url}/order?limit=2")
+        assert [i["id"] for i in first["items"]] == ["O-L3", "O-L2"]  # type: ignore[index]
+        after = first["pagination"]["cursors"]["after"]  # type: ignore[index]
+        _, rest, _ = await get(f"{rs.base_url}/order?limit=500&after={after}")
+        ids = [i["id"] for i in rest["items"]]  # type: ignore[index]
+        assert ids[0] == "O-L1" and len(ids) == 8 and all(i.startswith("O-0") for i in ids[1:])
+        assert all(i["status"] in ("COMPLETED", "FAILED") for i in rest["items"][1:])  # type: ignore[index]
+        _, back, _ = await get(f"{rs.base_url}/order?limit=5&before=O-L1")
+        assert [i["id"] for i in back["items"]] == ["O-L3", "O-L2"]  # type: ignore[index]
+        _, tail, _ = await get(f"{rs.base_url}/order?after={ids[-1]}")
+        assert tail == {"items": [], "pagination": {"cursors": {}, "page": {"limit": 100}}}
+        for query in ("limit=0", "limit=501", "limit=x", "after=O-NONE", "after=O-L1&before=O-L2"):
+            status, body, _ = await get(f"{rs.base_url}/order?{query}")
+            assert (status, body["type"]) == (400, "pagination_error"), query  # type: ignore[index]
+        stats = rs.sim.list.received, len(rs.sim.arrivals), rs.sim.received
+        assert stats == (9, 9, 0)  # list requests arrive like any other; GETs are counted apart
+
+
+async def test_list_faults_apply_to_the_list_only() -> None:
+    """A key that may not list gets 403 on the list while GET /order/{id} answers; scripted
+    list faults come in order; the list may be made to disagree with GET."""
+    async with running_simulator(SimOptions(api_key=KEY, complete_after=3600)) as rs:
+        rs.sim.create(["O-LF"])
+        rs.sim.set_list_faults(ListFaults(forbidden=True))
+        assert (await get(f"{rs.base_url}/order"))[0] == 403
+        assert (await get(f"{rs.base_url}/order/O-LF"))[0] == 200
+        rs.sim.set_list_faults(ListFaults())
+        rs.sim.script_list("500", "malformed", "pagination_error", "429", "empty", "ok")
+        codes = [(await get(f"{rs.base_url}/order"))[0] for _ in range(6)]
+        assert codes == [500, 200, 400, 429, 200, 200]
+        rs.sim.list.list_status["O-LF"] = "COMPLETED"
+        _, page, _ = await get(f"{rs.base_url}/order")
+        assert page["items"][0]["status"] == "COMPLETED"  # type: ignore[index]
+        assert (await get(f"{rs.base_url}/order/O-LF"))[1]["status"] == "PROCESSING"  # type: ignore[index]

@@ -780,3 +780,107 @@ async def test_the_status_page_lists_read_indexes_not_tables(sqlite_store: Sqlit
             if (step.startswith("SCAN") and "INDEX" not in step)
             or step == "USE TEMP B-TREE FOR ORDER BY"
         ], (sql, plan)
+
+
+async def test_found_by_names_what_brought_the_final_get(store: Store) -> None:
+    """An order expedited (by a sweep, by a push) and then found final on that claim is found
+    by it; one found final on an ordinary claim, even after an expedite, by a poll."""
+    await store.add_orders(["L"], T0, T0 + 0.5)
+    await store.add_orders(["S", "P", "Q"], T0, T0 + 1)
+    (lc,) = await store.claim_due(T0 + 1, 1, "w", 30)  # L's lease: expedite cannot move it
+    assert lc.order_id == "L"
+    assert await store.expedite(["S", "L"], by="sweep") == (["S"], ["L"])
+    assert await store.expedite(["P"]) == (["P"], [])  # a push, by default
+    claims = {c.order_id: c for c in await store.claim_due(T0 + 2, 10, "w", 30)}
+    assert claims["S"].due_at == claims["P"].due_at == 0.0 and claims["Q"].due_at == T0 + 1
+    await store.expedite(["Q"], by="sweep")  # leased: the claim in hand was an ordinary one
+    for oid, c in [*claims.items(), ("L", lc)]:
+        ev = make_event(oid, "COMPLETED", {"id": oid, "status": "COMPLETED"}, T0 + 3)
+        assert await store.finish(c, "final", "COMPLETED", ev, [])
+    rows = await store.get_orders(["S", "P", "Q", "L"])
+    assert [r.found_by for r in rows] == ["sweep", "push", "poll", "poll"]
+
+
+async def test_defer_pushes_back_only_due_unleased_orders(store: Store) -> None:
+    """defer moves pending orders due before the bound to `until`; it leaves leased,
+    expedited, later, ended and soon-expiring orders alone, and ignores unknown IDs."""
+    await store.add_orders(["due", "leased", "fast"], T0, T0 + 1)
+    await store.add_orders(["later"], T0, T0 + 50)
+    await store.add_orders(["dying"], T0 - 95, T0 + 1)  # gives up at T0 + 5 (100 s)
+    await store.add_orders(["done"], T0, T0)
+    (done,) = await store.claim_due(T0, 10, "w", 30)
+    await store.finish(done, "final", "FAILED", make_event("done", "FAILED", {}, T0), [])
+    for c in await store.claim_due(T0 + 1, 10, "w", 30):
+        if c.order_id != "leased":
+            await store.release(c)  # due at T0 + 1 again
+    await store.expedite(["fast"], by="sweep")
+    ids = ["due", "later", "leased", "fast", "dying", "done", "unknown"]
+    assert await store.defer(ids, due_before=T0 + 20, until=T0 + 30, give_up_after_s=100) == 1
+    rows = {r.order_id: r for r in await store.get_orders(ids)}
+    times = {oid: r.next_poll_at for oid, r in rows.items()}
+    assert times == {
+        "due": T0 + 30,
+        "later": T0 + 50,
+        "leased": T0 + 31,  # its lease's end
+        "fast": 0.0,
+        "dying": T0 + 1,
+        "done": None,
+    }
+    again = await store.defer(["due"], due_before=T0 + 20, until=T0 + 60, give_up_after_s=100)
+    assert again == 0  # due at T0 + 30 now: not before the bound
+    assert await store.defer([], due_before=T0 + 20, until=T0 + 30, give_up_after_s=100) == 0
+
+
+async def test_one_lease_holder_at_a_time(two_stores: tuple[Store, Store]) -> None:
+    """A named lease is held by one owner until it runs out; its holder may extend it;
+    another owner takes it once it has run out."""
+    a, b = two_stores
+    assert await a.hold_lease("sweep", "a", T0, 10)
+    assert not await b.hold_lease("sweep", "b", T0 + 5, 10)
+    assert await a.hold_lease("sweep", "a", T0 + 5, 10)  # extended to T0 + 15
+    assert not await b.hold_lease("sweep", "b", T0 + 14, 10)
+    assert await b.hold_lease("other", "b", T0 + 14, 10)  # another name, another lease
+    assert await b.hold_lease("sweep", "b", T0 + 15, 10)
+    assert not await a.hold_lease("sweep", "a", T0 + 16, 10)
+    results = await asyncio.gather(
+        *(s.hold_lease("race", o, T0, 10) for s, o in ((a, "a"), (b, "b")))
+    )
+    assert sorted(results) == [False, True]
+
+
+async def test_a_store_from_before_found_by_gains_the_column(tmp_path: Path) -> None:
+    """A state file made before orders had found_by opens, gains the column and keeps its
+    orders (their found_by unknown)."""
+    s = await SqliteStore.open(tmp_path / "state", daemon=True, now=T0)
+    await s.add_orders(["OLD"], T0, T0)
+    await s.close()
+    with sqlite3.connect(tmp_path / "state" / "orderwatch.sqlite3") as db:
+        db.execute("ALTER TABLE orders DROP COLUMN found_by")
+    s = await SqliteStore.open(tmp_path / "state", daemon=True, now=T0)
+    try:
+        (row,) = await s.get_orders(["OLD"])
+        assert (row.state, row.found_by) == ("pending", None)
+        assert await s.expedite(["OLD"], by="sweep") == (["OLD"], [])
+    finally:
+        await s.close()
+
+
+@pytest.mark.postgres
+async def test_a_postgres_store_from_before_found_by_gains_the_column(pg_dsn: str) -> None:
+    """The same on PostgreSQL: the column is added at open, under the migration lock."""
+    import psycopg
+
+    from orderwatch.store.postgres import PostgresStore
+
+    s = await PostgresStore.open(pg_dsn)
+    await s.add_orders(["OLD"], T0, T0)
+    await s.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE orders DROP COLUMN found_by")
+    s = await PostgresStore.open(pg_dsn)
+    try:
+        assert await s.expedite(["OLD"], by="sweep") == (["OLD"], [])
+        (row,) = await s.get_orders(["OLD"])
+        assert (row.state, row.found_by) == ("pending", "sweep")
+    finally:
+        await s.close()

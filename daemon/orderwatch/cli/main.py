@@ -11,7 +11,7 @@ from orderwatch.cli import verify
 from orderwatch.cli.args import config_arg, duration
 from orderwatch.core.errors import ConfigError, OrderwatchError
 from orderwatch.core.version import __version__
-from orderwatch.devtools import simulator
+from orderwatch.devtools import sim_cli
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="give up after this long, e.g. 90s or 10m, and exit 1"
         " (default: no limit, wait until every order has ended)",
     )
-    p = command("simulate", "serve the bundled Runa API simulator", simulator.DESCRIPTION)
-    simulator.add_arguments(p)
+    p = command("simulate", "serve the bundled Runa API simulator", sim_cli.DESCRIPTION)
+    sim_cli.add_arguments(p)
     p = command("demo", "simulator + daemon + webhook receiver in a temp dir", DEMO)
     p.add_argument(
         "--orders", type=int, default=6, help="how many orders to follow (default: %(default)s)"

@@ -73,7 +73,7 @@ def render_status(report: dict[str, Any], now: float) -> str:
         if oldest is not None:
             lines.append(f"oldest pending added {_ago(oldest, now)}")
         return "\n".join(lines)
-    header = ("ORDER", "STATE", "RESULT", "ANSWERS", "NEXT POLL", "LAST ERROR")
+    header = ("ORDER", "STATE", "RESULT", "FOUND BY", "ANSWERS", "NEXT POLL", "LAST ERROR")
     table = [header]
     for o in orders:
         table.append(
@@ -81,6 +81,7 @@ def render_status(report: dict[str, Any], now: float) -> str:
                 o["order_id"],
                 o["state"],
                 o["final_status"] or "-",
+                (o.get("found_by") or "-") if o["state"] == "final" else "-",
                 answers_text(o["polls"], o["error_streak"]),
                 _ago(o["next_poll_at"], now) if o["state"] == "pending" else "-",
                 o["last_error"] or "-",

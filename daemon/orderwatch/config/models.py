@@ -159,6 +159,9 @@ class PollingSettings(_Section):
     # How long a claimed order is invisible to other workers/replicas. A replica that dies
     # holding claims delays those orders by at most this; it must exceed a request's timeout.
     lease_s: PositiveSeconds = Field(60.0, alias="lease")
+    # Read the list endpoint for many orders at once when per-order polling cannot keep up
+    # (polling/sweep.py says when); off: one GET per order, always.
+    sweep: Literal["auto", "off"] = "auto"
 
 
 class WebhookSettings(_Section):

@@ -1,37 +1,35 @@
-"""The bundled Runa API simulator: `GET /v2/order/{id}` and `GET /v2/ping` with the shapes of
-Runa's OpenAPI description, orders that complete or fail after a chosen delay, and injectable
+"""The bundled Runa API simulator: `GET /v2/order/{id}`, `GET /v2/order` (the list, in
+sim_list) and `GET /v2/ping` with the shapes of Runa's OpenAPI description, orders that
+complete or fail after a chosen delay, an account history of older orders, and injectable
 faults (latency, 429, 5xx, timeouts, malformed bodies, connection resets, bad keys).
 
 Control endpoints for tests and benchmarks live under `/_sim/` (stats, orders, faults,
-complete). It records every order request's arrival time, which is where the rate limit is
-judged."""
+list_faults, complete). It records every API request's arrival time, which is where the
+rate limit is judged."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import hashlib
 import random
-import secrets
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from orderwatch.config.durations import parse_duration
 from orderwatch.core.pulse import Pulse
 from orderwatch.devtools.pusher import (
     Pusher,
     PushOptions,
-    add_push_arguments,
-    push_options_from_args,
 )
+from orderwatch.devtools.sim_bodies import error as _error
+from orderwatch.devtools.sim_bodies import final_payload as _final_payload
+from orderwatch.devtools.sim_list import HISTORY_SPACING_S, ListEndpoint, ListFaults, ulid_id
 
 API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
 FAULT_NAMES = ("reset", "timeout", "429", "500", "504", "malformed", "401", "404", "ok")
@@ -61,6 +59,7 @@ class SimOptions:
     faults: Faults = field(default_factory=Faults)
     seed: int | None = None
     push: PushOptions | None = None  # Runa's own push as orders complete (devtools/pusher.py)
+    history: int = 0  # older final orders in the account, listed but never tracked
 
 
 @dataclass
@@ -69,55 +68,6 @@ class _Order:
     complete_after: float
     status: str | None = None  # forced final status
     payload: dict[str, Any] | None = None
-
-
-def _error(status: int, type_: str, message: str) -> web.Response:
-    body = {"type": type_, "message": message, "help": "see https://developer.runa.io"}
-    return web.json_response(body, status=status)
-
-
-def _iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def _final_payload(order_id: str, status: str) -> dict[str, Any]:
-    """A CompletedOrderWithFullDetails body; unique payout links per item."""
-    rnd = random.Random(order_id)
-    now = datetime.now(UTC).replace(microsecond=0)
-    n_items = 0 if status == "FAILED" else rnd.randint(1, 3)
-    value = f"{rnd.randint(5, 100)}.00"
-    items = [
-        {
-            "id": f"E-{secrets.token_hex(5).upper()}",
-            "distribution_method": {"type": "PAYOUT_LINK"},
-            "products": {"type": "SINGLE", "value": "AMZ-US"},
-            "face_value": value,
-            "price": value,
-            "currency": "USD",
-            "payout": {
-                "status": "ACTIVE",
-                "status_updated_at": _iso(now),
-                "url": f"https://spend.runa.io/{secrets.token_urlsafe(18)}",
-                "expiry_date": _iso(now + timedelta(days=365)),
-            },
-        }
-        for _ in range(n_items)
-    ]
-    total = f"{float(value) * n_items:.2f}"
-    return {
-        "id": order_id,
-        "status": status,
-        "created_at": _iso(now - timedelta(seconds=5)),
-        "completed_at": _iso(now),
-        "description": "orderwatch simulator order",
-        "payment_method": {"type": "ACCOUNT_BALANCE", "currency": "USD"},
-        "currency": "USD",
-        "total_price": total,
-        "total_discount": "0.00",
-        "items": items,
-        "transaction_detail": {"USD": {"value": total}},  # no FX: the schema has no null
-        "metadata": {"source": "simulator"},
-    }
 
 
 def max_in_window(times: Iterable[float], window_s: float = 1.0) -> int:
@@ -139,6 +89,8 @@ class Simulator:
         self._clock = clock
         self._rng = random.Random(options.seed)
         self._orders: dict[str, _Order] = {}
+        self._wall0 = time.time() - clock()  # the wall time of clock() == 0: created_at
+        self.list = ListEndpoint(self, self._rng)
         self._script: deque[str] = deque()
         self.arrivals: deque[float] = deque(maxlen=1_000_000)
         self.requests: deque[tuple[float, str]] = deque(maxlen=1_000_000)  # (arrival, order id)
@@ -147,12 +99,17 @@ class Simulator:
         self.answered: Counter[str] = Counter()
         self.pusher = Pusher(options.push, random.Random(options.seed)) if options.push else None
         self.changed = Pulse()  # a request arrived, or was answered (tests wait on it)
+        for i in range(options.history, 0, -1):  # the account's older orders, oldest first
+            t = clock() - i * HISTORY_SPACING_S
+            self._orders[ulid_id(self._wall0 + t, self._rng)] = _Order(t, 0.0)
         self.app = web.Application()
         self.app.router.add_get("/v2/order/{id}", self._order)
+        self.app.router.add_get("/v2/order", self._list)
         self.app.router.add_get("/v2/ping", self._ping)
         self.app.router.add_get("/_sim/stats", self._stats)
         self.app.router.add_post("/_sim/orders", self._create)
         self.app.router.add_post("/_sim/faults", self._set_faults)
+        self.app.router.add_post("/_sim/list_faults", self._set_list_faults)
         self.app.router.add_post("/_sim/complete", self._complete)
 
     # -- Python API --------------------------------------------------------------------
@@ -188,6 +145,35 @@ class Simulator:
     def max_in_window(self, window_s: float = 1.0) -> int:
         return max_in_window(self.arrivals, window_s)
 
+    def script_list(self, *responses: str) -> None:
+        """The next list requests answer like this, in order (see sim_list)."""
+        self.list.script(*responses)
+
+    def set_list_faults(self, faults: ListFaults) -> None:
+        self.list.faults = faults
+
+    @property
+    def orders(self) -> dict[str, Any]:
+        """Every order known, in the order they became known (the list's order)."""
+        return self._orders
+
+    def created_wall(self, order_id: str) -> float:
+        return self._wall0 + self._orders[order_id].first_seen
+
+    def status_of(self, order_id: str) -> str | None:
+        """What GET would say of an order now, without answering: None when not found."""
+        order = self._orders.get(order_id)
+        if order is None or order_id.startswith(self.options.not_found_prefix):
+            return None
+        age = self._clock() - order.first_seen
+        if age < self.options.not_found_for:
+            return None
+        if age < order.complete_after + self.options.not_found_for:
+            return "PROCESSING"
+        if order.payload is not None:
+            return str(order.payload["status"])
+        return order.status or self._outcome(order_id)
+
     # -- handlers ----------------------------------------------------------------------
     def _pick_fault(self) -> str:
         if self._script:
@@ -218,8 +204,27 @@ class Simulator:
         self.changed()
         return response
 
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        now = time.monotonic()
+        self.arrivals.append(now)  # the list counts against the same rate
+        response = await self.list.handle(request, now)
+        if response.status == 429:
+            self.rate_limited_at.append(now)
+        return response
+
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         fault = self._pick_fault()
+        refusal = await self._general(request, fault)
+        if refusal is not None:
+            return refusal
+        return self._order_body(request.match_info["id"], fault == "404")
+
+    async def refusal(self, request: web.Request) -> web.StreamResponse | None:
+        """The general faults, for a request that is not an order's (the list)."""
+        return await self._general(request, self._pick_fault())
+
+    async def _general(self, request: web.Request, fault: str) -> web.StreamResponse | None:
+        """The answer `fault`, the key or the API version force; None: answer normally."""
         if fault == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -250,7 +255,7 @@ class Simulator:
             if self._rng.random() < 0.5:
                 return web.Response(text="<html>bad gateway</html>", content_type="text/html")
             return web.json_response({"id": "O-SOMEONE-ELSE", "status": "COMPLETED"})
-        return self._order_body(request.match_info["id"], fault == "404")
+        return None
 
     def _order_body(self, order_id: str, force_404: bool) -> web.Response:
         now = self._clock()
@@ -295,6 +300,7 @@ class Simulator:
         return web.json_response(
             {
                 "count": self.received,
+                "list_count": self.list.received,
                 "max_in_window": self.max_in_window(1.0),
                 "answered": dict(self.answered),
                 "orders": len(self._orders),
@@ -303,14 +309,23 @@ class Simulator:
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.create(list(body["ids"]), body.get("complete_after"), body.get("status"))
-        return web.json_response({"created": len(body["ids"])})
+        ids, each = list(body.get("ids", ())), body.get("complete_after_each", {})
+        self.create(ids, body.get("complete_after"), body.get("status"))
+        for oid, after in each.items():  # many delays in one call
+            self.create([oid], after, body.get("status"))
+        return web.json_response({"created": len(ids) + len(each)})
 
     async def _set_faults(self, request: web.Request) -> web.Response:
         body = await request.json()
         known = {f.name for f in fields(Faults)}
         self.set_faults(Faults(**{k: v for k, v in body.items() if k in known}))
         return web.json_response(asdict(self.faults))
+
+    async def _set_list_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        known = {f.name for f in fields(ListFaults)}
+        self.set_list_faults(ListFaults(**{k: v for k, v in body.items() if k in known}))
+        return web.json_response(asdict(self.list.faults))
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -358,91 +373,3 @@ async def serve_forever(options: SimOptions, host: str, port: int) -> None:
         gc.freeze()
         gc.set_threshold(50_000, 50, 1000)
         await asyncio.Event().wait()
-
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8765
-_NOT_FOUND = SimOptions.not_found_prefix
-DESCRIPTION = f"""\
-Serve a stand-in for Runa's order API, to try orderwatch without a Runa account.
-Point the config at it:  runa.base_url: http://{DEFAULT_HOST}:{DEFAULT_PORT}/v2
-(--host and --port change the address).
-
-GET /v2/order/ID answers PROCESSING until --complete-after has passed since the
-order was first asked for, then its final body: COMPLETED, or FAILED for a
---fail-ratio share of the IDs. IDs that start with {_NOT_FOUND} answer 404 not_found
-(an order Runa does not know). GET /v2/ping answers pong.
-
-API key: with --api-key KEY only requests whose X-Api-Key is KEY are answered
-(the others get 401); without it any key is accepted. The --rate-* options
-answer that share of requests with a fault instead."""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to listen on (default: %(default)s)"
-    )
-    p.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="port to listen on (default: %(default)s)"
-    )
-    p.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="answer 401 unless X-Api-Key equals this (default: none, any key is accepted)",
-    )
-    p.add_argument(
-        "--complete-after",
-        default="3s",
-        metavar="DURATION",
-        help="orders are final this long after they are first asked for (default: %(default)s)",
-    )
-    p.add_argument(
-        "--fail-ratio",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="share of orders that end FAILED, 0 to 1 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--latency",
-        default="0s",
-        metavar="DURATION",
-        help="added to every answer (default: %(default)s)",
-    )
-    for name, what in (
-        ("429", "with 429 Too Many Requests"),
-        ("5xx", "with 500 Internal Server Error"),
-        ("timeout", f"only after {Faults.hang_s:g} s (a timeout)"),
-        ("malformed", "with HTML or another order's body"),
-        ("reset", "by resetting the connection"),
-    ):
-        p.add_argument(
-            f"--rate-{name}",
-            type=float,
-            default=0.0,
-            metavar="SHARE",
-            help=f"share of requests answered {what} (default: %(default)s)",
-        )
-    p.add_argument(
-        "--seed", type=int, help="seed of the fault draws, for a repeatable run (default: random)"
-    )
-    add_push_arguments(p)
-
-
-def options_from_args(args: argparse.Namespace) -> SimOptions:
-    faults = Faults(
-        latency=parse_duration(args.latency),
-        rate_429=args.rate_429,
-        rate_5xx=args.rate_5xx,
-        rate_timeout=args.rate_timeout,
-        rate_malformed=args.rate_malformed,
-        rate_reset=args.rate_reset,
-    )
-    return SimOptions(
-        api_key=args.api_key,
-        complete_after=parse_duration(args.complete_after),
-        fail_ratio=args.fail_ratio,
-        faults=faults,
-        seed=args.seed,
-        push=push_options_from_args(args),
-    )

@@ -165,7 +165,7 @@ class Gate:
 
 
 # -- what an answer means for the pauses (the scheduler tells the gate after each GET) --------
-VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND)
+VALID = (Kind.PROCESSING, Kind.FINAL, Kind.NOT_FOUND, Kind.LISTED)
 
 
 def tell_gate(gate: Gate, metrics: PollMetrics, answer: Answer, now: float) -> float | None:

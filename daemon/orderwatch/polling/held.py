@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Container
+from collections.abc import Collection, Container
 from typing import Any
 
 import structlog
@@ -21,7 +21,7 @@ from orderwatch.core.errors import StoreError
 from orderwatch.polling.client import SWEEP_S
 from orderwatch.polling.policy import Reschedule
 from orderwatch.polling.prefetch import Prefetch
-from orderwatch.store.base import GOODBYE_S, Claim, Store
+from orderwatch.store.base import EXPEDITED_AT, GOODBYE_S, Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
 HOLD_S = 10.0  # how long after its claim a polled order may stay in memory, unwritten
@@ -108,6 +108,18 @@ class HeldClaims:
             self._heap = [e for e in self._heap if e[2].order_id not in order_ids]
             heapq.heapify(self._heap)
         return taken
+
+    def expedite(self, order_ids: Collection[str]) -> int:
+        """Held claims of these orders become due at once, ahead of everything merely due
+        (a sweep or a push says they may be final; their GET then counts as expedited)."""
+        hit = 0
+        for i, (_, seq, c, unsaved) in enumerate(self._heap):
+            if c.order_id in order_ids and c.due_at != EXPEDITED_AT:
+                self._heap[i] = (EXPEDITED_AT, seq, c._replace(due_at=EXPEDITED_AT), unsaved)
+                hit += 1
+        if hit:
+            heapq.heapify(self._heap)
+        return hit
 
     def take_all(self) -> list[tuple[Claim, Reschedule]]:
         held, self._heap = self._heap, []

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +104,9 @@ class Poller:
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
         self.store_failed_at_stop = False  # the hand-back found the store gone
+        from orderwatch.polling.sweep import Sweep  # here: the sweep imports this module
+
+        self.sweep = Sweep(deps, self.found)  # the list endpoint, when it saves requests
 
     @property
     def holding(self) -> int:  # claims waiting in memory for their next poll (held.py)
@@ -122,6 +125,13 @@ class Poller:
         self._held.store_unknown()
         self._wake.set()
 
+    def found(self, leased: Collection[str] = ()) -> None:
+        """Orders may be final (`Store.expedite` made the unleased ones due first): claim
+        them now; those among `leased` this process holds for a later poll are due now too."""
+        if leased:
+            self._held.expedite(leased)
+        self.wake()
+
     # -- loops ---------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
         """Poll until `stop` is set; then let in-flight requests finish within the timeout."""
@@ -130,16 +140,18 @@ class Poller:
             for i in range(self.d.max_concurrency)
         ]
         self._held.enabled = True
+        sweeping = asyncio.create_task(self.sweep.run(stop), name="sweep")
         try:
             await until_stopped(stop, self._dispatch(stop))
         finally:
+            sweeping.cancel()  # no list request after a stop
             self._held.enabled = False  # polls still in flight write what they learn
             queued = self._ready.take_all()  # never started: no GET for them after a stop
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained(), shutdown_timeout_s)
             for w in workers:
                 w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, sweeping, return_exceptions=True)
             claims = [*queued, *self._held.take_all()]
             self.store_failed_at_stop = not await self._held.hand_back(claims)
 

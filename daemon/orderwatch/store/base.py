@@ -50,7 +50,8 @@ class Claim(NamedTuple):
 
 def finish_params(claim: Claim, state: str, final_status: str, now: float) -> tuple[Any, ...]:
     """The parameters of both stores' finishing UPDATE, in its order: the new state, the
-    progress the claim carries, then the fenced row."""
+    progress the claim carries, whether an expedite made it due (then whoever expedited it
+    found it, else a poll did), then the fenced row."""
     return (
         state,
         final_status,
@@ -58,6 +59,7 @@ def finish_params(claim: Claim, state: str, final_status: str, now: float) -> tu
         claim.polls,
         claim.error_streak,
         claim.first_404_at,
+        claim.due_at == EXPEDITED_AT,
         claim.order_id,
         claim.fence,
     )
@@ -87,6 +89,7 @@ class OrderRow:
     last_error: str | None
     final_status: str | None  # COMPLETED / FAILED / EXPIRED / NOT_FOUND
     finished_at: float | None
+    found_by: str | None = None  # what found it final: poll, sweep or push (None: not yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +209,23 @@ class Store(Protocol):
         is no longer pending."""
         ...
 
-    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    async def expedite(
+        self, order_ids: Sequence[str], by: str = "push"
+    ) -> tuple[list[str], list[str]]:
         """Pending orders that may be final now (a push, a sweep of the list endpoint): the
         unleased ones become due at EXPEDITED_AT, ahead of everything merely due. Returns
         (expedited, leased): a leased one is someone's claim already, and its holder polls
-        it. Unknown and ended orders are in neither list. Durable when it returns."""
+        it. Unknown and ended orders are in neither list. Durable when it returns. `by`
+        (push, sweep) is what `found_by` says if the GET this brings finds the order final."""
+        ...
+
+    async def defer(
+        self, order_ids: Sequence[str], due_before: float, until: float, give_up_after_s: float
+    ) -> int:
+        """Pending, unleased orders among these, due before `due_before` (and not expedited),
+        become due at `until` instead: a sweep saw them PROCESSING. An order whose give-up
+        time (added_at + give_up_after_s) comes before `until` is left alone, so it still
+        expires on time. How many moved. Not durable: a lost deferral costs one GET."""
         ...
 
     async def accept_pushes(
@@ -326,6 +341,11 @@ class Store(Protocol):
         between, even in another process or replica: for facts that several merge into (the
         learned cadence). `update` must be quick and pure; it may run on the store's thread.
         Returns the new value."""
+
+    async def hold_lease(self, name: str, owner: str, now: float, lease_s: float) -> bool:
+        """Take or extend the named lease for `owner` until now + lease_s, when no one else
+        holds it past `now`: True while `owner` holds it (one sweep at a time among
+        replicas). Kept in meta."""
         ...
 
     # -- capabilities --------------------------------------------------------------------

@@ -22,7 +22,8 @@ TABLES = [
         last_error TEXT,
         last_body BYTEA,
         final_status TEXT,
-        finished_at DOUBLE PRECISION)""",
+        finished_at DOUBLE PRECISION,
+        found_by TEXT)""",
     """CREATE INDEX IF NOT EXISTS orders_due ON orders (next_poll_at)
         WHERE state = 'pending'""",
     """CREATE INDEX IF NOT EXISTS orders_oldest ON orders (added_at)
@@ -69,6 +70,12 @@ ORDER_STATES = ("pending", "final", "expired", "not_found")
 ORDER_ROW = (
     "id, state, added_at, polls, error_streak, next_poll_at, last_error, final_status, finished_at"
 )
+
+# Columns added since a schema was first created: each backend adds the missing ones at open
+# (older orderwatch versions read the tables by column name, so none needs a new version).
+ADDED_COLUMNS = [
+    ("orders", "found_by", "TEXT"),  # how the final was found: poll, sweep or push
+]
 
 # order_counts is kept in step by add_orders and finish, in their own transactions, so counting
 # a million orders is one small read, not a scan (status, metrics and systemd STATUS ask often).

@@ -14,7 +14,7 @@ reconnects and the daemon retries on its next pass.
 
 The same files as the embedded store (orderwatch.store.sqlite), all sharing
 `PostgresConnection`: connection (pool, session settings, migration, meta, close), claims,
-writes, reads, deliveries; store puts them together.
+writes, reads, deliveries, sweeps (deferred polls, leases); store puts them together.
 """
 
 from orderwatch.store.postgres.store import PostgresStore

@@ -57,7 +57,9 @@ class PostgresClaims(PostgresConnection):
         value = await self._one("SELECT MIN(next_poll_at) FROM orders WHERE state = 'pending'")
         return None if value is None else float(value)
 
-    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    async def expedite(
+        self, order_ids: Sequence[str], by: str = "push"
+    ) -> tuple[list[str], list[str]]:
         expedited: list[str] = []
         leased: list[str] = []
         it = iter(order_ids)
@@ -65,10 +67,11 @@ class PostgresClaims(PostgresConnection):
             rows = await self._all(
                 "WITH hit AS (SELECT id, lease_owner IS NOT NULL AS leased FROM orders"
                 "  WHERE state = 'pending' AND id = ANY(%s::text[]) FOR UPDATE),"
-                " upd AS (UPDATE orders o SET next_poll_at = %s FROM hit"
-                "  WHERE o.id = hit.id AND NOT hit.leased RETURNING o.id)"
+                " upd AS (UPDATE orders o SET found_by = %s, next_poll_at = CASE WHEN hit.leased"
+                "  THEN o.next_poll_at ELSE %s END FROM hit WHERE o.id = hit.id RETURNING o.id)"
                 " SELECT id, leased FROM hit",
                 chunk,
+                by,
                 EXPEDITED_AT,
                 what="expedite orders",
             )
@@ -95,7 +98,8 @@ class PostgresClaims(PostgresConnection):
             cur = await conn.execute(
                 "UPDATE orders SET state = %s, final_status = %s, finished_at = %s,"
                 " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
-                " polls = %s, error_streak = %s, first_404_at = %s"
+                " polls = %s, error_streak = %s, first_404_at = %s,"
+                " found_by = CASE WHEN %s THEN found_by ELSE 'poll' END"
                 " WHERE id = %s AND fence = %s AND state = 'pending'",
                 finish_params(claim, state, final_status, now),
             )

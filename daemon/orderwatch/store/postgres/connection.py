@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from orderwatch.core.errors import StoreError
 from orderwatch.store.base import GOODBYE_S
 from orderwatch.store.cluster_limiter import LIMITER_DDL, first_line, pooled
-from orderwatch.store.schema import SCHEMA_VERSION, SEED_COUNTS, TABLES
+from orderwatch.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, SEED_COUNTS, TABLES
 
 MIGRATION_LOCK = 74001  # pg_advisory_xact_lock key: replicas starting together migrate in turn
 META_LOCK = 74002  # with hashtext(key): one update_meta of a key at a time across replicas
@@ -146,6 +146,14 @@ class PostgresConnection:
                 )
             for ddl in (*TABLES, *SEED_COUNTS, LIMITER_DDL):
                 await conn.execute(ddl)
+            for table, column, kind in ADDED_COLUMNS:  # ALTER locks the table: only if missing
+                cur = await conn.execute(
+                    "SELECT 1 FROM information_schema.columns WHERE table_schema ="
+                    " current_schema() AND table_name = %s AND column_name = %s",
+                    (table, column),
+                )
+                if await cur.fetchone() is None:
+                    await conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             await conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (key) DO NOTHING",

@@ -24,7 +24,7 @@ class PostgresReads(PostgresConnection):
     async def get_orders(self, order_ids: Sequence[str]) -> list[OrderRow]:
         rows = await self._all(
             "SELECT id, state, added_at, polls, error_streak, next_poll_at, last_error,"
-            " final_status, finished_at FROM orders WHERE id = ANY(%s)",
+            " final_status, finished_at, found_by FROM orders WHERE id = ANY(%s)",
             list(order_ids),
         )
         found = {r[0]: OrderRow(*r) for r in rows}

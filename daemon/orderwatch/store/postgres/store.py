@@ -8,11 +8,17 @@ from orderwatch.store.postgres.claims import PostgresClaims
 from orderwatch.store.postgres.deliveries import PostgresDeliveries
 from orderwatch.store.postgres.pushes import PostgresPushes
 from orderwatch.store.postgres.reads import PostgresReads
+from orderwatch.store.postgres.sweeps import PostgresSweeps
 from orderwatch.store.postgres.writes import PostgresWrites
 
 
 class PostgresStore(
-    PostgresClaims, PostgresWrites, PostgresReads, PostgresDeliveries, PostgresPushes
+    PostgresClaims,
+    PostgresWrites,
+    PostgresReads,
+    PostgresDeliveries,
+    PostgresPushes,
+    PostgresSweeps,
 ):
     """Store over one PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
 

@@ -6,7 +6,8 @@ disk and SQLite sees no concurrent use of a connection. Other processes (`orderw
 
 One file per concern, all sharing `SqliteConnection`: connection (thread, transactions,
 recovery, meta, close), claims (orders in and out), writes (reschedule and release after a
-poll), reads (counts and rows for status), deliveries (the outbox); store puts them together.
+poll), reads (counts and rows for status), deliveries (the outbox), sweeps (deferred
+polls, named leases); store puts them together.
 """
 
 from orderwatch.store.sqlite.connection import DB_NAME

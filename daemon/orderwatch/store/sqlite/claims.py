@@ -125,10 +125,12 @@ class SqliteClaims(SqliteConnection):
             self._scalar, "SELECT MIN(next_poll_at) FROM orders WHERE state = 'pending'"
         )
 
-    async def expedite(self, order_ids: Sequence[str]) -> tuple[list[str], list[str]]:
-        return await self._run(self._expedite, list(order_ids))
+    async def expedite(
+        self, order_ids: Sequence[str], by: str = "push"
+    ) -> tuple[list[str], list[str]]:
+        return await self._run(self._expedite, list(order_ids), by)
 
-    def _expedite(self, order_ids: list[str]) -> tuple[list[str], list[str]]:
+    def _expedite(self, order_ids: list[str], by: str) -> tuple[list[str], list[str]]:
         expedited: list[str] = []
         leased: list[str] = []
         for chunk in _chunks(order_ids, _CHUNK):
@@ -140,9 +142,10 @@ class SqliteClaims(SqliteConnection):
                     (ids,),
                 ).fetchall()
                 self.db.execute(
-                    "UPDATE orders SET next_poll_at = ? WHERE state = 'pending'"
-                    " AND lease_owner IS NULL AND id IN (SELECT value FROM json_each(?))",
-                    (EXPEDITED_AT, ids),
+                    "UPDATE orders SET found_by = ?, next_poll_at = CASE WHEN lease_owner"
+                    " IS NULL THEN ? ELSE next_poll_at END WHERE state = 'pending'"
+                    " AND id IN (SELECT value FROM json_each(?))",
+                    (by, EXPEDITED_AT, ids),
                 )
             for order_id, is_leased in rows:
                 (leased if is_leased else expedited).append(order_id)
@@ -179,7 +182,8 @@ class SqliteClaims(SqliteConnection):
             cur = self.db.execute(
                 "UPDATE orders SET state = ?, final_status = ?, finished_at = ?,"
                 " next_poll_at = NULL, lease_owner = NULL, last_error = NULL,"
-                " polls = ?, error_streak = ?, first_404_at = ?"
+                " polls = ?, error_streak = ?, first_404_at = ?,"
+                " found_by = CASE WHEN ? THEN found_by ELSE 'poll' END"
                 " WHERE id = ? AND fence = ? AND state = 'pending'",
                 finish_params(claim, state, final_status, now),
             )

@@ -18,7 +18,7 @@ import structlog
 from orderwatch.core.errors import StoreError
 from orderwatch.store.base import GOODBYE_S
 from orderwatch.store.lock import prepare_state_dir
-from orderwatch.store.schema import SCHEMA_VERSION, SEED_COUNTS, TABLES
+from orderwatch.store.schema import ADDED_COLUMNS, SCHEMA_VERSION, SEED_COUNTS, TABLES
 
 T = TypeVar("T")
 DB_NAME = "orderwatch.sqlite3"
@@ -104,6 +104,9 @@ class SqliteConnection(ABC):
             _refuse_newer(db)
             for ddl in (*TABLES, *SEED_COUNTS):
                 db.execute(ddl)
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             db.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),

@@ -42,7 +42,7 @@ class SqliteReads(SqliteConnection):
             marks = ",".join("?" * len(part))
             for r in self.db.execute(
                 "SELECT id, state, added_at, polls, error_streak, next_poll_at, last_error,"
-                f" final_status, finished_at FROM orders WHERE id IN ({marks})",
+                f" final_status, finished_at, found_by FROM orders WHERE id IN ({marks})",
                 part,
             ):
                 found[r[0]] = OrderRow(*r)

@@ -7,10 +7,13 @@ from orderwatch.store.sqlite.claims import SqliteClaims
 from orderwatch.store.sqlite.deliveries import SqliteDeliveries
 from orderwatch.store.sqlite.pushes import SqlitePushes
 from orderwatch.store.sqlite.reads import SqliteReads
+from orderwatch.store.sqlite.sweeps import SqliteSweeps
 from orderwatch.store.sqlite.writes import SqliteWrites
 
 
-class SqliteStore(SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries, SqlitePushes):
+class SqliteStore(
+    SqliteClaims, SqliteWrites, SqliteReads, SqliteDeliveries, SqlitePushes, SqliteSweeps
+):
     """Store over one SQLite file. Open with `await SqliteStore.open(state_dir)`."""
 
     def shared_limiter(self, rate: float) -> RateLimiter | None:
