@@ -36,6 +36,7 @@ from orderwatch.polling.metrics import PollMetrics
 from orderwatch.polling.pause_memory import PauseMemory
 from orderwatch.polling.policy import Release, Reschedule, decide
 from orderwatch.polling.prefetch import Prefetch
+from orderwatch.polling.sweep import Sweep
 from orderwatch.store.base import Claim, Store
 
 log = structlog.get_logger("orderwatch.poller")
@@ -104,8 +105,6 @@ class Poller:
         self._wake_at = math.inf  # when the waiting scheduler looks again by itself
         self.heartbeat = time.monotonic()  # the dispatcher's last pass: the watchdog checks it
         self.store_failed_at_stop = False  # the hand-back found the store gone
-        from orderwatch.polling.sweep import Sweep  # here: the sweep imports this module
-
         self.sweep = Sweep(deps, self.found)  # the list endpoint, when it saves requests
 
     @property
