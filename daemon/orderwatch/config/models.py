@@ -72,6 +72,14 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _listen(v: str) -> str:
+    split_listen(v)
+    return v
+
+
+Listen = Annotated[str, AfterValidator(_listen)]  # host:port, checked
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -188,16 +196,9 @@ MIN_REMOTE_TOKEN = 16  # an admin token guarding a listener others can reach
 
 
 class AdminSettings(_Section):
-    listen: str | None = "127.0.0.1:9464"
+    listen: Listen | None = "127.0.0.1:9464"
     token: SecretStr | None = None  # bearer token for the admin API; or token_file
     token_file: FilePath | None = None  # where token was read from, if a file
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            split_listen(v)
-        return v
 
     @field_validator("token")
     @classmethod
@@ -239,19 +240,12 @@ def _svix_secret(v: SecretStr) -> SecretStr:
 class PushSettings(_Section):
     """Runa's own `order.completion` push (through Svix): the fast path beside polling."""
 
-    listen: str | None = None  # host:port of its own listener; None: off
+    listen: Listen | None = None  # host:port of its own listener; None: off
     path: str = "/runa/webhook"
     secret: SecretStr | None = None
     secret_file: FilePath | None = None  # where secret was read from, if a file
     secrets: tuple[SecretStr, ...] = ()  # more during a rotation: any one verifies
     track_unknown: bool = True  # a push for an order not tracked yet starts tracking it
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str | None) -> str | None:
-        if v is not None:
-            split_listen(v)
-        return v
 
     @field_validator("path")
     @classmethod
