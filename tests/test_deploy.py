@@ -268,6 +268,11 @@ async def test_rules_and_dashboard_use_only_exported_series(tmp_path: Path) -> N
     assert {"state": "final"} in samples["orderwatch_orders"]
     assert samples["orderwatch_delivery_latency_seconds_count"] == [{}]
     assert "orderwatch_rate_limit_requests_per_second 200.0" in text
+    # Push is off and one order starts no sweep, yet their series are there with every outcome
+    # at 0 from the start: the check below covers the push and sweep rules and panels too.
+    assert {"outcome": "bad_signature"} in samples["orderwatch_pushes_total"]
+    assert {"outcome": "refused"} in samples["orderwatch_sweeps_total"]
+    assert {"endpoint": "list", "outcome": "listed"} in samples["orderwatch_api_requests_total"]
 
     exprs = [r["expr"] for r in rules()] + [grafana_substituted(e) for e in dashboard_exprs()]
     problems = []
