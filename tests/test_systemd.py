@@ -28,7 +28,7 @@ import pytest
 
 from orderwatch.devtools.simulator import SimOptions, running_simulator
 
-from harness import API_KEY, child_env, write_config
+from harness import API_KEY, SECRET, child_env, write_config
 
 
 class NotifySocket:
@@ -381,3 +381,32 @@ def test_exec_reload_fails_when_the_main_pid_is_unknown(tmp_path: Path) -> None:
     reload = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert reload.returncode != 0
     assert not mark.exists()
+
+
+def test_the_shipped_push_block_and_its_credential_line_fit_together(tmp_path: Path) -> None:
+    """The systemd config had no push section: uncommented, the one shipped there checks out
+    with the credential the unit's commented LoadCredential= line names."""
+    (line,) = [x for x in UNIT.read_text().splitlines() if "runa-push" in x]
+    assert line.startswith("#LoadCredential=runa-push:")
+    shipped = (UNIT.parents[1] / "config" / "orderwatch.systemd.yaml").read_text()
+    config = re.sub(r"^# (push:|  \S)", r"\1", shipped, flags=re.M)
+    assert "\npush:\n" in config and "${CREDENTIALS_DIRECTORY}/runa-push" in config
+    config = config.replace("/var/lib/orderwatch", str(tmp_path))
+    (tmp_path / "watchlist.txt").write_text("")
+    path = tmp_path / "orderwatch.yaml"
+    path.write_text(config)
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    for name, value in (("runa", API_KEY), ("webhook", SECRET), ("runa-push", SECRET)):
+        (creds / name).write_text(value + "\n")
+    env = {**child_env(), "CREDENTIALS_DIRECTORY": str(creds)}
+
+    def check() -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "orderwatch", "check-config", "-c", str(path)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+
+    r = check()
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    (creds / "runa-push").unlink()  # the push block is read: without its credential, refused
+    r = check()
+    assert r.returncode == 2 and "push.secret_file" in r.stderr, r.stderr
