@@ -26,18 +26,21 @@ demo: $(STAMP)
 	$(BIN)/orderwatch demo
 
 # Two worker processes (pytest-xdist; TEST_JOBS=1 for one): most tests wait on children and
-# real-time windows, so two take a little over half the time of one, even on two cores.
+# real-time windows, so two take a little over half the time of one, even on two cores. The
+# tests marked serial (what a server saw in a time window) run after, alone.
 TEST_JOBS ?= 2
 PYTEST := $(BIN)/pytest -n $(TEST_JOBS) --dist worksteal
 
 test: $(STAMP)
-	$(PYTEST)
+	$(PYTEST) -m "not serial"
+	$(BIN)/pytest -m serial
 
 # The tests not marked slow (child processes, real-time waits, rate windows): for the edit-
 # and-test loop. pytest's header says how many it selected and left out; `make test` runs all.
 test-quick: $(STAMP)
 	@echo 'test-quick: the tests not marked slow; `make test` runs every one'
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not serial"
+	$(BIN)/pytest -m "serial and not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -104,6 +104,7 @@ async def test_cookies_from_the_api_are_not_kept() -> None:
     assert seen == [None, None]
 
 
+@pytest.mark.serial
 async def test_a_late_connection_cannot_bunch_sends_at_the_server() -> None:
     """At 2/s, the first GET's connection takes 0.3 s to open (a stalled loop, a slow
     handshake): the limiter counted it when it was granted, so the third GET, granted a

@@ -15,6 +15,7 @@ from orderwatch.polling.limiter import SpacedLimiter
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_spacing_and_window_under_contention() -> None:
     """100 concurrent callers at 40/s: never more than 40 in any 1 s window, evenly spaced."""
     lim = SpacedLimiter(40, start_full=False)

@@ -23,7 +23,11 @@ def pytest_runs(target: str) -> list[list[str]]:
 
 def test_make_test_quick_leaves_out_the_slow_tests_and_make_test_runs_all() -> None:
     """`make test` had no quick subset: `make test-quick` runs the tests not marked slow;
-    `make test` stays the whole suite, with no selection."""
+    `make test` stays the whole suite: the tests marked serial in one process after the rest
+    in two, so between them they select every test."""
     jobs = ["-n", "2", "--dist", "worksteal"]
-    assert pytest_runs("test-quick") == [[*jobs, "-m", "not slow"]]
-    assert pytest_runs("test") == [jobs]
+    assert pytest_runs("test-quick") == [
+        [*jobs, "-m", "not slow and not serial"],
+        ["-m", "serial and not slow"],
+    ]
+    assert pytest_runs("test") == [[*jobs, "-m", "not serial"], ["-m", "serial"]]

@@ -48,6 +48,7 @@ async def _hammer(limiter: PostgresLimiter, callers: int, until: float) -> list[
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_three_limiters_share_one_rate(pg_dsn: str) -> None:
     """Three replicas' limiters (separate pools) hammering at 20/s: the merged sends never
     exceed 20 in any 1-second window, and together they use close to 20/s."""
@@ -78,6 +79,7 @@ async def test_three_limiters_share_one_rate(pg_dsn: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_late_answers_never_crowd_a_window(pg_dsn: str) -> None:
     """An answer that comes back late (a network hiccup on the way back, not a wait for the
     row lock) makes the replica place its slot late, and its send crowds the next replica's.

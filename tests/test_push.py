@@ -396,6 +396,7 @@ async def simulator_child(*args: str) -> AsyncIterator[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_a_thousand_pushes_in_a_second_keep_the_rate(tmp_path: Path) -> None:
     """1,000 pushes for new orders within about a second: every one committed and answered
     2xx, every order ends final, and the API (a simulator in its own process) never sees

@@ -13,6 +13,7 @@ from harness import API_KEY, running_daemon, settings_for, until
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("rate", "orders"), [(10, 300), (200, 600)])
+@pytest.mark.serial
 async def test_server_never_sees_more_than_the_limit(
     tmp_path: Path, rate: int, orders: int
 ) -> None:

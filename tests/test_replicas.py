@@ -19,7 +19,7 @@ from orderwatch.devtools.simulator import Faults, RunningSim, SimOptions, runnin
 from conftest import PG_ADMIN
 from harness import API_KEY, SECRET, Proxy, spawn, until, write_config
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.serial]
 RATE = 40
 LEASE_S = 4.0
 
@@ -46,6 +46,23 @@ async def pg_scalar(dsn: str, sql: str, *args: object) -> object:
         cur = await conn.execute(sql, args)
         row = await cur.fetchone()
         return row[0] if row else None
+
+
+async def where_they_are(dsn: str, order_ids: set[str]) -> str:
+    """What the store says of these orders and their deliveries: a timeout's message."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT o.id, o.state, o.polls, o.error_streak, o.next_poll_at - extract(epoch"
+            " FROM now()), o.lease_owner, o.last_error, d.state, d.attempts, d.last_outcome,"
+            " d.next_attempt_at - extract(epoch FROM now()), d.lease_owner FROM orders o"
+            " LEFT JOIN events e ON e.order_id = o.id LEFT JOIN deliveries d"
+            " ON d.event_id = e.event_id WHERE o.id = ANY(%s) ORDER BY o.id",
+            (sorted(order_ids),),
+        )
+        rows = await cur.fetchall()
+    return f"{len(order_ids)} orders never heard of: " + "\n".join(map(str, rows[:20]))
 
 
 async def resume_then_finish(rs: RunningSim, dsn: str, ids: list[str], since: float) -> None:
@@ -118,7 +135,11 @@ async def test_three_replicas_survive_repeated_sigkill(tmp_path: Path, pg_dsn: s
             async def all_heard() -> bool:
                 return {e.order_id for e in receiver.events} == set(ids)
 
-            await until(all_heard, receiver.changed, timeout=90)
+            try:
+                await until(all_heard, receiver.changed, timeout=90)
+            except AssertionError:
+                unheard = set(ids) - {e.order_id for e in receiver.events}
+                raise AssertionError(await where_they_are(pg_dsn, unheard)) from None
         finally:
             for r in replicas:
                 if r.returncode is None:

@@ -49,6 +49,7 @@ async def test_wait_polls_itself_and_reports_outcome(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_wait_hands_over_to_a_running_daemon(tmp_path: Path) -> None:
     """With a daemon on the same state, wait only enqueues and follows the store: the server
     sees the daemon's rate, never two pollers."""
