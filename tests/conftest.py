@@ -81,6 +81,29 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.close()
 
 
+@pytest.fixture(params=BACKENDS)
+async def two_stores(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, Store]]:
+    """Two store instances on the same state, as two processes (or replicas) would have."""
+    if request.param == "postgres":
+        from orderwatch.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+        a: Store = await PostgresStore.open(dsn)
+        b: Store = await PostgresStore.open(dsn)
+    else:
+        a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
+        b = await SqliteStore.open(tmp_path / "state")
+        for lite in (a, b):
+            lite.one_statement = request.param == "sqlite"
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     """A real SQLite store in tmp_path, opened as the daemon opens it."""

@@ -8,7 +8,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,6 @@ from orderwatch.polling.policy import Reschedule, decide, error_delay
 from orderwatch.store.base import Claim, Store
 from orderwatch.store.sqlite import SqliteStore
 
-from conftest import BACKENDS
 from harness import API_KEY, running_daemon, settings_for, states, until
 
 T0 = 1_700_000_000.0
@@ -350,27 +349,6 @@ async def test_a_learned_cadence_survives_a_restart(tmp_path: Path) -> None:
 async def stored_seen(store: Store | None) -> int:
     assert store is not None
     return Sketch.from_json(await store.get_meta(KEY)).seen
-
-
-@pytest.fixture(params=[b for b in BACKENDS if b != "sqlite-rows"])
-async def two_stores(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Store, Store]]:
-    """Two instances on one state: replicas on PostgreSQL, or two processes on one file."""
-    if request.param == "postgres":
-        from orderwatch.store.postgres import PostgresStore
-
-        dsn = request.getfixturevalue("pg_dsn")
-        a: Store = await PostgresStore.open(dsn)
-        b: Store = await PostgresStore.open(dsn)
-    else:
-        a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
-        b = await SqliteStore.open(tmp_path / "state")
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
 
 
 def feed(cadence: Cadence, completions: list[float], prefix: str) -> None:

@@ -17,7 +17,6 @@ from orderwatch.delivery.events import make_event
 from orderwatch.store.base import PUSH_RETENTION_S, Claim, PushSeen, Store
 from orderwatch.store.sqlite import QUEUED_WRITE_DELAY_S, SqliteStore
 
-from conftest import BACKENDS
 from harness import until
 
 T0 = 1_700_000_000.0
@@ -395,29 +394,6 @@ async def test_counts_follow_every_transition(store: Store) -> None:
         claims["A"], "final", "COMPLETED", make_event("A", "COMPLETED", {}, T0), []
     )
     assert await store.counts() == {"pending": 2, "final": 1, "expired": 1, "not_found": 1}
-
-
-@pytest.fixture(params=BACKENDS)
-async def two_stores(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[Store, Store]]:
-    """Two store instances on the same state, as two processes (or replicas) would have."""
-    if request.param == "postgres":
-        from orderwatch.store.postgres import PostgresStore
-
-        dsn = request.getfixturevalue("pg_dsn")
-        a: Store = await PostgresStore.open(dsn)
-        b: Store = await PostgresStore.open(dsn)
-    else:
-        a = await SqliteStore.open(tmp_path / "state", daemon=True, now=0.0)
-        b = await SqliteStore.open(tmp_path / "state")
-        for lite in (a, b):
-            lite.one_statement = request.param == "sqlite"
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_concurrent_claimers_get_disjoint_orders(two_stores: tuple[Store, Store]) -> None:
