@@ -29,7 +29,7 @@ from orderwatch.polling.client import RunaClient
 from orderwatch.polling.gate import Gate
 from orderwatch.polling.limiter import SpacedLimiter
 from orderwatch.polling.scheduler import Poller, PollerDeps
-from orderwatch.store.base import Store
+from orderwatch.store.base import Claim, Store
 
 API_KEY = "xx.test-key-0123456789"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -45,6 +45,22 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def claim_at(t0: float, **kw: Any) -> Claim:
+    """A claim on O-1 due and added at `t0`, never polled, leased for two minutes; `kw`
+    overrides any field."""
+    base: dict[str, Any] = dict(
+        order_id="O-1",
+        fence=1,
+        due_at=t0,
+        added_at=t0,
+        polls=0,
+        error_streak=0,
+        first_404_at=None,
+        lease_until=t0 + 120,
+    )
+    return Claim(**{**base, **kw})
 
 
 def one_worker(

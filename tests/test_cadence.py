@@ -33,7 +33,7 @@ from orderwatch.polling.policy import Reschedule, decide, error_delay
 from orderwatch.store.base import Claim, Store
 from orderwatch.store.sqlite import SqliteStore
 
-from harness import API_KEY, running_daemon, settings_for, states, until
+from harness import API_KEY, claim_at, running_daemon, settings_for, states, until
 
 T0 = 1_700_000_000.0
 
@@ -86,17 +86,7 @@ def gaps(ages: tuple[float, ...]) -> list[float]:
 
 
 def claim(**kw: object) -> Claim:
-    base: dict[str, object] = dict(
-        order_id="O-1",
-        fence=1,
-        due_at=T0,
-        added_at=T0,
-        polls=0,
-        error_streak=0,
-        first_404_at=None,
-        lease_until=T0 + 120,
-    )
-    return Claim(**{**base, **kw})  # type: ignore[arg-type]
+    return claim_at(T0, **kw)
 
 
 def poll_by(cadence: Cadence, p: PollingSettings, completion: float, oid: str) -> list[float]:

@@ -16,6 +16,8 @@ from orderwatch.polling.policy import (
 )
 from orderwatch.store.base import Claim
 
+from harness import claim_at
+
 P = PollingSettings.model_validate(
     {
         "initial_delay": "2s",
@@ -30,18 +32,7 @@ T0 = 1_000_000.0
 
 
 def claim(**kw: object) -> Claim:
-    base = dict(
-        order_id="O-1",
-        fence=1,
-        due_at=T0,
-        added_at=T0,
-        polls=0,
-        error_streak=0,
-        first_404_at=None,
-        lease_until=T0 + 120,
-    )
-    base.update(kw)
-    return Claim(**base)  # type: ignore[arg-type]
+    return claim_at(T0, **kw)
 
 
 def rng() -> random.Random:
