@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+
+
+def pick_fault(r: float, rates: Iterable[tuple[str, float]]) -> str:
+    """The fault whose share of [0, 1) the draw `r` falls in, or "ok" past them all."""
+    for name, rate in rates:
+        if r < rate:
+            return name
+        r -= rate
+    return "ok"
 
 
 def error(status: int, type_: str, message: str) -> web.Response:

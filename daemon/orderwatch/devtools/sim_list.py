@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from orderwatch.devtools.sim_bodies import basic_details, error
+from orderwatch.devtools.sim_bodies import basic_details, error, pick_fault
 
 if TYPE_CHECKING:
     from orderwatch.devtools.simulator import Simulator
@@ -116,16 +116,15 @@ class ListEndpoint:
             return self._script.popleft()
         if self.faults.forbidden:
             return "403"
-        f, r = self.faults, self._rng.random()
-        for name, rate in (
-            ("pagination_error", f.rate_pagination_error),
-            ("500", f.rate_5xx),
-            ("malformed", f.rate_malformed),
-        ):
-            if r < rate:
-                return name
-            r -= rate
-        return "ok"
+        f = self.faults
+        return pick_fault(
+            self._rng.random(),
+            (
+                ("pagination_error", f.rate_pagination_error),
+                ("500", f.rate_5xx),
+                ("malformed", f.rate_malformed),
+            ),
+        )
 
     async def handle(self, request: web.Request, arrived: float) -> web.StreamResponse:
         self.received += 1

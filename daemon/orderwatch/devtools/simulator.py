@@ -29,6 +29,7 @@ from orderwatch.devtools.pusher import (
 )
 from orderwatch.devtools.sim_bodies import error as _error
 from orderwatch.devtools.sim_bodies import final_payload as _final_payload
+from orderwatch.devtools.sim_bodies import pick_fault
 from orderwatch.devtools.sim_list import HISTORY_SPACING_S, ListEndpoint, ListFaults, ulid_id
 
 API_VERSION = "2024-02-05"  # the one live version (API-NOTES)
@@ -178,18 +179,17 @@ class Simulator:
     def _pick_fault(self) -> str:
         if self._script:
             return self._script.popleft()
-        f, r = self.faults, self._rng.random()
-        for name, rate in (
-            ("reset", f.rate_reset),
-            ("timeout", f.rate_timeout),
-            ("429", f.rate_429),
-            ("500", f.rate_5xx),
-            ("malformed", f.rate_malformed),
-        ):
-            if r < rate:
-                return name
-            r -= rate
-        return "ok"
+        f = self.faults
+        return pick_fault(
+            self._rng.random(),
+            (
+                ("reset", f.rate_reset),
+                ("timeout", f.rate_timeout),
+                ("429", f.rate_429),
+                ("500", f.rate_5xx),
+                ("malformed", f.rate_malformed),
+            ),
+        )
 
     async def _order(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
